@@ -1,0 +1,255 @@
+"""Tiny random-weight SD1.5 checkpoint and ControlNet for tests: real file layouts, seconds to build.
+
+The checkpoint is an original (LDM) single-file SD1.5 checkpoint that ComfyUI's CheckpointLoaderSimple
+detects as SD1.5: a shrunken UNet (``TINY_UNET_CONFIG``), with the full-size CLIP-L text encoder and
+the full-size KL VAE (ComfyUI always builds those at full size). The ControlNet is an original
+single-file ControlNet (``control_model.*``) for that UNet. The modules are built with ComfyUI's own
+classes, so the keys are exactly the ones ComfyUI loads; the weights are seeded PyTorch default
+inits (also where the originals start at zero), stored in fp16. Nothing is trained: outputs are
+noise, but finite, deterministic and shaped like the real thing.
+
+    python tools/tiny_models.py MODELS_DIR [--seed N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+VERSION = "2"  # bump when the generated weights change, so cached files are rebuilt
+
+# The tiny UNet in ComfyUI's openaimodel.UNetModel terms: exactly the config ComfyUI's model detection
+# reads back from the checkpoint (plus SD15's num_heads / num_head_channels).
+TINY_UNET_CONFIG = {
+    "use_checkpoint": False,
+    "image_size": 32,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "adm_in_channels": None,
+    "in_channels": 4,
+    "out_channels": 4,
+    "model_channels": 320,
+    "num_res_blocks": [1, 1],
+    "transformer_depth": [1, 1],          # one transformer block after each input ResBlock
+    "transformer_depth_output": [1, 1, 1, 1],
+    "channel_mult": [1, 2],               # 320 and 640 channels, one downsample
+    "transformer_depth_middle": 1,
+    "use_linear_in_transformer": False,   # conv proj_in / proj_out, as SD1.x
+    "context_dim": 768,
+    "use_temporal_resblock": False,
+    "use_temporal_attention": False,
+    "num_heads": 8,                       # head dim 40 at 320 channels, 80 at 640, as SD1.5
+    "num_head_channels": -1,
+}
+
+# ComfyUI's SD1.x VAE (comfy.sd.VAE builds this from a 4-channel-latent KL VAE state dict).
+SD_VAE_DDCONFIG = {
+    "double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+    "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0,
+}
+
+_SALT = {"unet": 0, "clip": 1, "vae": 2, "controlnet": 3}
+_SILU_GAIN = 1.68  # 1 / sqrt(E[silu(z)^2]) for z ~ N(0, 1): keeps a conv + SiLU stack's variance
+
+
+def tiny_unet_diffusers_config() -> dict:
+    """The diffusers ``UNet2DConditionModel`` config with the same layout as ``TINY_UNET_CONFIG``."""
+    return {
+        "sample_size": 8,
+        "in_channels": 4,
+        "out_channels": 4,
+        "center_input_sample": False,
+        "flip_sin_to_cos": True,
+        "freq_shift": 0,
+        "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        "mid_block_type": "UNetMidBlock2DCrossAttn",
+        "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        "only_cross_attention": False,
+        "block_out_channels": (320, 640),
+        "layers_per_block": 1,
+        "downsample_padding": 1,
+        "mid_block_scale_factor": 1,
+        "act_fn": "silu",
+        "norm_num_groups": 32,
+        "norm_eps": 1e-5,
+        "cross_attention_dim": 768,
+        "transformer_layers_per_block": 1,
+        "attention_head_dim": 8,  # SD1.x convention: this is the number of heads
+        "use_linear_projection": False,
+        "upcast_attention": False,
+    }
+
+
+# ----- building the modules ------------------------------------------------------------------------
+
+def _import_comfy():
+    """Make ComfyUI's modules importable the way the tests' ``comfy_lib`` fixture does (CPU, no argv)."""
+    if "comfy.model_management" not in sys.modules:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from comfy_server import default_comfyui_path
+
+        path = str(default_comfyui_path())
+        if path not in sys.path:
+            sys.path.insert(0, path)
+        import comfy.options
+
+        comfy.options.enable_args_parsing(False)
+        from comfy.cli_args import args
+
+        args.cpu = True
+    import comfy.ops
+
+    return comfy.ops.disable_weight_init
+
+
+_TORCH_BASES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d,
+                torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.Embedding)
+
+
+@contextmanager
+def _seeded(seed: int, part: str):
+    """Seed the global CPU generator for one component, restoring its state afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed * 16 + _SALT[part])
+        yield
+
+
+def _init_(module: torch.nn.Module) -> torch.nn.Module:
+    """Give every parameter PyTorch's default init (ComfyUI's ops skip init and zero_module zeroes)."""
+    for sub in module.modules():
+        if not list(sub.parameters(recurse=False)):
+            continue
+        base = next((b for b in _TORCH_BASES if isinstance(sub, b)), None)
+        if base is None:
+            raise TypeError(f"no init for {type(sub).__name__}")
+        base.reset_parameters(sub)
+    return module
+
+
+def _state_dict(module: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    return {prefix + k: v.to(torch.float16).contiguous() for k, v in module.state_dict().items()}
+
+
+def _unet_state_dict(seed: int) -> dict[str, torch.Tensor]:
+    ops = _import_comfy()
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    with _seeded(seed, "unet"):
+        unet = _init_(UNetModel(**TINY_UNET_CONFIG, dtype=torch.float32, device="cpu", operations=ops))
+    return _state_dict(unet, "model.diffusion_model.")
+
+
+def _clip_state_dict(seed: int) -> dict[str, torch.Tensor]:
+    ops = _import_comfy()
+    import comfy.clip_model
+    import comfy.sd1_clip
+
+    config = json.loads((Path(comfy.sd1_clip.__file__).parent / "sd1_clip_config.json").read_text())
+    with _seeded(seed, "clip"):
+        clip = _init_(comfy.clip_model.CLIPTextModel(config, torch.float32, "cpu", ops))
+    # Like the original SD1.5 file: the HF CLIPTextModel's weights only (no text_projection).
+    return {k: v for k, v in _state_dict(clip, "cond_stage_model.transformer.").items()
+            if k.startswith("cond_stage_model.transformer.text_model.")}
+
+
+def _vae_state_dict(seed: int) -> dict[str, torch.Tensor]:
+    _import_comfy()
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    with _seeded(seed, "vae"):
+        vae = _init_(AutoencoderKL(ddconfig=dict(SD_VAE_DDCONFIG), embed_dim=4))
+    return _state_dict(vae, "first_stage_model.")
+
+
+def _controlnet_state_dict(seed: int) -> dict[str, torch.Tensor]:
+    ops = _import_comfy()
+    from comfy.cldm.cldm import ControlNet
+
+    config = {k: v for k, v in TINY_UNET_CONFIG.items() if k != "out_channels"}
+    with _seeded(seed, "controlnet"):
+        net = _init_(ControlNet(**config, hint_channels=3, dtype=torch.float32, device="cpu", operations=ops))
+        # The hint block is 8 convs with SiLU and no norms: with default inits the hint's content dies
+        # out within a few layers and only the biases come through. Keep its variance instead.
+        for conv in net.input_hint_block.modules():
+            if isinstance(conv, torch.nn.Conv2d):
+                torch.nn.init.normal_(conv.weight, std=_SILU_GAIN / conv.weight[0].numel() ** 0.5)
+                torch.nn.init.zeros_(conv.bias)
+    sd = _state_dict(net, "control_model.")
+    # As a real ControlNet starts: the encoder is a copy of the base UNet's (same seed). The hint block,
+    # zero_convs and middle_block_out keep their small random init (not zero), so hints change the output.
+    unet = _unet_state_dict(seed)
+    for key in sd:
+        unet_key = "model.diffusion_model." + key[len("control_model."):]
+        if unet_key in unet:
+            sd[key] = unet[unet_key]
+    return sd
+
+
+# ----- files ------------------------------------------------------------------------------------------
+
+def _is_current(path: Path) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return json.loads((f.metadata() or {}).get("tiny_models", "{}")).get("version") == VERSION
+    except Exception:
+        return False
+
+
+def _write(path: Path, build, seed: int, kind: str) -> Path:
+    """Write ``build(seed)`` to ``path`` atomically, unless a current file is already there."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.is_file() and _is_current(path):
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = build(seed)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        # One metadata entry: safetensors writes several in a random order, and the bytes must repeat.
+        info = json.dumps({"version": VERSION, "seed": seed, "kind": kind}, sort_keys=True)
+        save_file(tensors, tmp, metadata={"tiny_models": info})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # save_file creates 0600
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _build_checkpoint(seed: int) -> dict[str, torch.Tensor]:
+    sd = _unet_state_dict(seed)
+    sd.update(_clip_state_dict(seed))
+    sd.update(_vae_state_dict(seed))
+    return sd
+
+
+def tiny_sd15_checkpoint(models_dir: Path, seed: int = 0) -> Path:
+    """``models_dir/tiny_sd15_seed{seed}.safetensors``: tiny UNet + CLIP-L + SD VAE, LDM layout (~630 MB)."""
+    return _write(Path(models_dir) / f"tiny_sd15_seed{seed}.safetensors", _build_checkpoint, seed, "sd15")
+
+
+def tiny_controlnet(models_dir: Path, seed: int = 0) -> Path:
+    """``models_dir/tiny_controlnet_seed{seed}.safetensors``: a ControlNet for the tiny checkpoint of ``seed``."""
+    return _write(Path(models_dir) / f"tiny_controlnet_seed{seed}.safetensors", _controlnet_state_dict, seed,
+                  "controlnet")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("models_dir", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    options = parser.parse_args()
+    print(tiny_sd15_checkpoint(options.models_dir, options.seed))
+    print(tiny_controlnet(options.models_dir, options.seed))
