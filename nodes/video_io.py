@@ -1,0 +1,441 @@
+"""Video file I/O: load a clip as an IMAGE batch, save an IMAGE batch as mp4 / gif / webp.
+
+Decoding and mp4 encoding use OpenCV; gif and webp use Pillow. Saves are atomic: frames are written to a hidden
+temporary file next to the target and renamed into place, so a failed or interrupted save leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import uuid
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+import folder_paths
+from comfy_api.latest import io, ui
+
+log = logging.getLogger(__name__)
+
+CATEGORY = "video_edit/io"
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".gif", ".webp", ".mpg", ".mpeg", ".wmv",
+                    ".flv", ".ts")
+SAVE_FORMATS = ("mp4", "gif", "webp")
+MAX_SIZE = 8192
+MP4_FOURCCS = ("avc1", "mp4v")  # H.264 first; MPEG-4 Part 2 when this OpenCV build has no H.264 encoder
+FALLBACK_FPS = 24.0  # assumed when a container reports no frame rate
+
+_mp4_fourcc: str | None = None  # the fourcc that last opened a writer (avoids re-probing H.264 on every save)
+
+
+# ----- loading -------------------------------------------------------------------------------------------------------
+
+def list_input_videos() -> list[str]:
+    """Video files directly in ComfyUI's input folder (the ``file`` choices of VE_LoadVideo)."""
+    input_dir = folder_paths.get_input_directory()
+    try:
+        names = os.listdir(input_dir)
+    except OSError:
+        return []
+    return sorted(n for n in names
+                  if n.lower().endswith(VIDEO_EXTENSIONS) and os.path.isfile(os.path.join(input_dir, n)))
+
+
+def resolve_video_path(file: str | None, path: str | None) -> tuple[str, str]:
+    """The file VE_LoadVideo reads and the input that named it: ``path`` when set, else ``file``."""
+    if path and path.strip():
+        p = os.path.expanduser(path.strip().strip('"').strip("'"))
+        if not os.path.isabs(p):
+            p = os.path.join(folder_paths.get_input_directory(), p)
+        return os.path.abspath(p), "path"
+    if not file:
+        raise ValueError("VE_LoadVideo: no video selected. Pick one in 'file' (upload a video into ComfyUI's "
+                         "input folder) or set 'path' to a video file.")
+    return folder_paths.get_annotated_filepath(file), "file"
+
+
+def _missing_message(video_path: str, which: str) -> str:
+    fix = ("put the video into ComfyUI's input folder or pick another one in 'file'" if which == "file"
+           else "give an absolute path or one relative to ComfyUI's input folder")
+    return f"VE_LoadVideo: video not found for input '{which}': {video_path} ({fix})."
+
+
+def _check_size(name: str, value: int) -> None:
+    if value < 0 or value % 8:
+        lo, hi = max(8, value // 8 * 8), (value // 8 + 1) * 8
+        raise ValueError(f"VE_LoadVideo: {name}={value} is not a multiple of 8 (latents are 1/8 of the image size). "
+                         f"Set {name} to {lo} or {hi}, or 0 to follow the source video.")
+
+
+def target_size(src_w: int, src_h: int, width: int, height: int) -> tuple[int, int]:
+    """Output (width, height): both 0 keeps the source size floored to multiples of 8; one 0 follows the aspect."""
+    if width == 0 and height == 0:
+        return max(8, src_w // 8 * 8), max(8, src_h // 8 * 8)
+    if width == 0:
+        width = max(8, int(src_w * height / src_h) // 8 * 8)
+    elif height == 0:
+        height = max(8, int(src_h * width / src_w) // 8 * 8)
+    return width, height
+
+
+def fit_cover(frame: np.ndarray, width: int, height: int, resize: bool = True) -> np.ndarray:
+    """Resize keeping the aspect ratio so the frame covers ``width x height``, then center-crop to it.
+
+    With ``resize=False`` (width = height = 0: keep the source pixels) a large-enough frame is only center-cropped.
+    """
+    h, w = frame.shape[:2]
+    if not resize and w >= width and h >= height:
+        x0, y0 = (w - width) // 2, (h - height) // 2
+        frame = frame[y0:y0 + height, x0:x0 + width]
+    elif (w, h) != (width, height):
+        scale = max(width / w, height / h)
+        new_w, new_h = max(width, round(w * scale)), max(height, round(h * scale))
+        if (new_w, new_h) != (w, h):
+            interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+            frame = cv2.resize(frame, (new_w, new_h), interpolation=interp)
+        x0, y0 = (new_w - width) // 2, (new_h - height) // 2
+        frame = frame[y0:y0 + height, x0:x0 + width]
+    return np.ascontiguousarray(frame)
+
+
+def _cv2_frames(video_path: str, want):
+    """Frame rate and a generator of ``(index, RGB frame or None)``; frames ``want(index)`` rejects aren't converted."""
+    cap = cv2.VideoCapture(video_path, cv2.CAP_FFMPEG)
+    if not cap.isOpened():
+        cap.release()
+        cap = cv2.VideoCapture(video_path)
+    if not cap.isOpened():
+        cap.release()
+        return None
+
+    def frames():
+        try:
+            index = 0
+            while cap.grab():
+                frame = None
+                if want(index):
+                    ok, frame = cap.retrieve()
+                    if not ok or frame is None:
+                        return
+                    if frame.ndim == 2:
+                        frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+                    frame = cv2.cvtColor(frame[..., :3], cv2.COLOR_BGR2RGB)
+                yield index, frame
+                index += 1
+        finally:
+            cap.release()
+
+    return float(cap.get(cv2.CAP_PROP_FPS) or 0.0), frames()
+
+
+def _pil_frames(video_path: str, want):
+    """Like ``_cv2_frames`` for animated images FFmpeg cannot decode (animated webp); None if Pillow can't open it."""
+    try:
+        image = Image.open(video_path)
+        image.load()
+    except Exception:
+        return None
+    duration = image.info.get("duration") or 0
+
+    def frames():
+        with image:
+            for index in range(getattr(image, "n_frames", 1)):
+                try:
+                    image.seek(index)
+                    frame = np.asarray(image.convert("RGB")) if want(index) else None
+                except (OSError, ValueError, EOFError):  # truncated file: stop at the last good frame
+                    return
+                yield index, frame
+
+    return (1000.0 / duration if duration else 0.0), frames()
+
+
+def read_video(video_path: str, n_frames: int = 24, start_frame: int = 0, frame_stride: int = 2, width: int = 512,
+               height: int = 512, which: str = "path") -> tuple[np.ndarray, float]:
+    """Decode frames ``start_frame + i * frame_stride`` (``n_frames`` of them, 0 = all) as uint8 RGB ``[F,H,W,3]``.
+
+    Returns the frames and the source frame rate. Raises ValueError naming the input to fix.
+    """
+    _check_size("width", width)
+    _check_size("height", height)
+    if n_frames < 0 or start_frame < 0 or frame_stride < 1:
+        raise ValueError(f"VE_LoadVideo: need n_frames >= 0, start_frame >= 0 and frame_stride >= 1 "
+                         f"(got {n_frames}, {start_frame}, {frame_stride}).")
+    if not os.path.isfile(video_path):
+        raise ValueError(_missing_message(video_path, which))
+    name = os.path.basename(video_path)
+    last = None if n_frames == 0 else start_frame + (n_frames - 1) * frame_stride
+
+    def want(index: int) -> bool:
+        return index >= start_frame and (index - start_frame) % frame_stride == 0
+
+    frames: list[np.ndarray] = []
+    count = 0  # frames seen in the file (stops at the last one needed)
+    for open_frames in (_cv2_frames, _pil_frames):
+        opened = open_frames(video_path, want)
+        if opened is None:
+            continue
+        src_fps, source = opened
+        size = None
+        for index, frame in source:
+            count = index + 1
+            if frame is not None:
+                if size is None:
+                    size = target_size(frame.shape[1], frame.shape[0], width, height)
+                frames.append(fit_cover(frame, *size, resize=bool(width or height)))
+            if last is not None and index >= last:
+                break
+        source.close()
+        if count:
+            break
+
+    if count == 0:
+        raise ValueError(f"VE_LoadVideo: '{name}' (input '{which}') could not be opened as a video; it is not a "
+                         f"video file or its codec is unsupported. Re-encode it (e.g. to H.264 mp4) or pick "
+                         f"another file.")
+    if n_frames and len(frames) < n_frames:
+        most = (count - start_frame - 1) // frame_stride + 1 if count > start_frame else 0
+        fix = (f"lower n_frames to {most} (or lower frame_stride / start_frame), or set n_frames to 0 to take all "
+               f"available frames" if most else f"lower start_frame below {count}")
+        raise ValueError(f"VE_LoadVideo: '{name}' has only {count} frames, but n_frames={n_frames} with "
+                         f"start_frame={start_frame} and frame_stride={frame_stride} needs {last + 1} frames; {fix}.")
+    if not frames:
+        raise ValueError(f"VE_LoadVideo: start_frame={start_frame} is past the end of '{name}' ({count} frames); "
+                         f"lower start_frame below {count}.")
+    if not (math.isfinite(src_fps) and src_fps > 0):
+        log.warning("VE_LoadVideo: '%s' reports no frame rate; assuming %.0f fps", name, FALLBACK_FPS)
+        src_fps = FALLBACK_FPS
+    return np.stack(frames), src_fps
+
+
+class VELoadVideo(io.ComfyNode):
+    """Load a video file as an IMAGE batch, picking frames by start/stride and resizing to a multiple of 8."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VE_LoadVideo",
+            display_name="Load Video (Video Edit)",
+            category=CATEGORY,
+            description="Loads frames start_frame, start_frame+frame_stride, ... of a video as an IMAGE batch, "
+                        "resized to cover width x height and center-cropped.",
+            inputs=[
+                io.Combo.Input("file", options=list_input_videos(), upload=io.UploadType.video,
+                               tooltip="A video in ComfyUI's input folder (ignored when 'path' is set)."),
+                io.Int.Input("n_frames", default=24, min=0, max=100000,
+                             tooltip="Number of frames to load; 0 loads every frame from start_frame on."),
+                io.Int.Input("start_frame", default=0, min=0, max=10_000_000,
+                             tooltip="Index of the first frame to load."),
+                io.Int.Input("frame_stride", default=2, min=1, max=1000,
+                             tooltip="Take every n-th frame (Tune-A-Video samples every 2nd)."),
+                io.Int.Input("width", default=512, min=0, max=MAX_SIZE, step=8,
+                             tooltip="Output width, a multiple of 8; 0 follows the source (aspect kept)."),
+                io.Int.Input("height", default=512, min=0, max=MAX_SIZE, step=8,
+                             tooltip="Output height, a multiple of 8; 0 follows the source (aspect kept)."),
+                io.String.Input("path", default="", optional=True,
+                                tooltip="Optional video path (absolute, or relative to the input folder); "
+                                        "overrides 'file'."),
+            ],
+            outputs=[
+                io.Image.Output("images", display_name="images", tooltip="Frames [F,H,W,3], RGB in [0,1]."),
+                io.Float.Output("fps", display_name="fps", tooltip="Frame rate of the loaded frames: source fps / "
+                                                                   "frame_stride."),
+                io.Int.Output("frame_count", display_name="frame_count", tooltip="Number of frames loaded."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, file, n_frames, start_frame, frame_stride, width, height, path="") -> io.NodeOutput:
+        video_path, which = resolve_video_path(file, path)
+        frames, src_fps = read_video(video_path, n_frames, start_frame, frame_stride, width, height, which)
+        images = torch.from_numpy(frames).float().div_(255.0)
+        return io.NodeOutput(images, src_fps / frame_stride, int(images.shape[0]))
+
+    @classmethod
+    def fingerprint_inputs(cls, file=None, path="", **kwargs):
+        if path is None:  # linked from another node: its value (and so this key) changes with the upstream output
+            return "linked path"
+        try:
+            video_path, _ = resolve_video_path(file, path)
+            stat = os.stat(video_path)
+        except (OSError, ValueError):
+            return f"missing {file!r} {path!r}"
+        return f"{video_path}|{stat.st_mtime_ns}|{stat.st_size}"
+
+    @classmethod
+    def validate_inputs(cls, file=None, path=""):
+        # Taking 'file' here also lets a 'path' override run when the combo value is not (or no longer) listed.
+        if path is None or (not (path and path.strip()) and file is None):
+            return True  # linked inputs are only known at run time
+        try:
+            video_path, which = resolve_video_path(file, path)
+        except ValueError as error:
+            return str(error)
+        if not os.path.isfile(video_path):
+            return _missing_message(video_path, which)
+        return True
+
+
+# ----- saving --------------------------------------------------------------------------------------------------------
+
+def images_to_uint8(images) -> np.ndarray:
+    """IMAGE ``[F,H,W,C]`` floats in [0,1] -> uint8 RGB frames; ValueError for an empty or misshapen batch."""
+    if not isinstance(images, torch.Tensor):
+        raise ValueError(f"VE_SaveVideo: 'images' must be an IMAGE tensor, got {type(images).__name__}.")
+    if images.ndim != 4:
+        raise ValueError(f"VE_SaveVideo: 'images' must be an IMAGE batch [frames, height, width, channels], got "
+                         f"shape {tuple(images.shape)}; connect an IMAGE output.")
+    if images.shape[0] == 0:
+        raise ValueError("VE_SaveVideo: 'images' is empty (0 frames), nothing to save; check the node feeding it.")
+    channels = images.shape[-1]
+    if channels not in (1, 3, 4) or images.shape[1] < 2 or images.shape[2] < 2:
+        raise ValueError(f"VE_SaveVideo: 'images' has shape {tuple(images.shape)}; expected [frames, height, width, 3] "
+                         f"(1 or 4 channels are also accepted) with height and width of at least 2.")
+    frames = torch.nan_to_num(images.detach().float().cpu(), 0.0).clamp_(0.0, 1.0).mul_(255.0).round_()
+    frames = frames.to(torch.uint8)
+    if channels == 1:
+        frames = frames.expand(-1, -1, -1, 3)
+    return np.ascontiguousarray(frames[..., :3].numpy())
+
+
+def _check_interrupt() -> None:
+    """Raise ComfyUI's interrupt exception when the user cancelled the run (no-op outside ComfyUI)."""
+    mm = sys.modules.get("comfy.model_management")  # only when ComfyUI already runs; importing it picks a device
+    if mm is not None:
+        mm.throw_exception_if_processing_interrupted()
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _encode_mp4(frames: np.ndarray, fps: float, path: str) -> str:
+    global _mp4_fourcc
+    h, w = frames.shape[1:3]
+    if w % 2 or h % 2:
+        log.warning("VE_SaveVideo: mp4 needs an even size; cropping %dx%d to %dx%d", w, h, w // 2 * 2, h // 2 * 2)
+        w, h = w // 2 * 2, h // 2 * 2
+    writer = None
+    order = [_mp4_fourcc] + [f for f in MP4_FOURCCS if f != _mp4_fourcc] if _mp4_fourcc else list(MP4_FOURCCS)
+    for fourcc in order:
+        writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*fourcc), float(fps), (w, h))
+        if writer.isOpened():
+            if fourcc != _mp4_fourcc:
+                if fourcc == "avc1":
+                    log.info("VE_SaveVideo: mp4 is encoded as H.264 (fourcc 'avc1')")
+                else:
+                    log.warning("VE_SaveVideo: this OpenCV build cannot encode H.264 ('avc1'); mp4 falls back to "
+                                "MPEG-4 Part 2 ('%s'), which browsers may not play - use webp or gif for previews",
+                                fourcc)
+                _mp4_fourcc = fourcc
+            break
+        writer.release()
+        writer = None
+        _remove_quietly(path)
+    if writer is None:
+        raise RuntimeError(f"VE_SaveVideo: OpenCV could not open an mp4 writer with any of {MP4_FOURCCS} at {path}; "
+                           f"save as gif or webp instead.")
+    try:
+        for frame in frames:
+            _check_interrupt()
+            writer.write(cv2.cvtColor(frame[:h, :w], cv2.COLOR_RGB2BGR))
+    finally:
+        writer.release()
+    return fourcc
+
+
+def _to_pil_images(frames: np.ndarray) -> list[Image.Image]:
+    result = []
+    for frame in frames:
+        _check_interrupt()
+        result.append(Image.fromarray(frame, "RGB"))
+    return result
+
+
+def _encode_gif(frames: np.ndarray, fps: float, path: str) -> str:
+    images = _to_pil_images(frames)
+    duration = max(20, round(100.0 / fps) * 10)  # GIF stores centiseconds; < 20 ms is slowed down by viewers
+    images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=duration, loop=0)
+    return "gif"
+
+
+def _encode_webp(frames: np.ndarray, fps: float, path: str) -> str:
+    images = _to_pil_images(frames)
+    images[0].save(path, format="WEBP", save_all=True, append_images=images[1:], duration=max(1, round(1000.0 / fps)),
+                   loop=0, lossless=False, quality=90, method=4)
+    return "webp"
+
+
+ENCODERS = {"mp4": _encode_mp4, "gif": _encode_gif, "webp": _encode_webp}
+
+
+def write_video(frames: np.ndarray, fps: float, fmt: str, target: str) -> str:
+    """Write uint8 RGB frames to ``target`` atomically (temp file in the same folder, then ``os.replace``).
+
+    Returns the codec used. On any failure or interruption the temp file is removed and ``target`` is untouched.
+    """
+    if fmt not in ENCODERS:
+        raise ValueError(f"VE_SaveVideo: format must be one of {', '.join(SAVE_FORMATS)}, got {fmt!r}.")
+    if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+        raise ValueError(f"VE_SaveVideo: fps must be a positive number, got {fps!r}.")
+    folder, name = os.path.split(os.path.abspath(target))
+    stem, ext = os.path.splitext(name)
+    tmp = os.path.join(folder, f".{stem}.{uuid.uuid4().hex[:8]}.tmp{ext}")  # keeps the extension for the encoder
+    try:
+        codec = ENCODERS[fmt](frames, fps, tmp)
+        if not os.path.isfile(tmp) or os.path.getsize(tmp) == 0:
+            raise RuntimeError(f"VE_SaveVideo: the {fmt} encoder wrote nothing to {tmp}.")
+        os.replace(tmp, target)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    return codec
+
+
+class VESaveVideo(io.ComfyNode):
+    """Save an IMAGE batch as an mp4, gif or webp video in ComfyUI's output folder."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VE_SaveVideo",
+            display_name="Save Video (Video Edit)",
+            category=CATEGORY,
+            description="Saves frames as one mp4 (OpenCV; H.264 when available), gif or webp file in the output "
+                        "folder.",
+            inputs=[
+                io.Image.Input("images", tooltip="Frames to save, [F,H,W,3]."),
+                io.Float.Input("fps", default=8.0, min=0.01, max=1000.0, step=0.01, tooltip="Playback frame rate."),
+                io.String.Input("filename_prefix", default="video_edit/edit",
+                                tooltip="File name prefix, may include a subfolder of the output folder."),
+                io.Combo.Input("format", options=list(SAVE_FORMATS), default="mp4", tooltip="Container / codec."),
+            ],
+            outputs=[io.String.Output("path", display_name="path", tooltip="Absolute path of the saved file.")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, images, fps, filename_prefix, format) -> io.NodeOutput:
+        frames = images_to_uint8(images)
+        height, width = frames.shape[1:3]
+        folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
+            filename_prefix, folder_paths.get_output_directory(), width, height)
+        file = f"{filename}_{counter:05}_.{format}"
+        target = os.path.join(folder, file)
+        codec = write_video(frames, float(fps), format, target)
+        log.info("VE_SaveVideo: saved %s (%d frames, %dx%d, %.3g fps, %s)", target, len(frames), width, height, fps,
+                 codec)
+        result = ui.SavedResult(file, subfolder, io.FolderType.output)
+        preview = ui.SavedImages([result], is_animated=True) if format == "gif" else ui.PreviewVideo([result])
+        return io.NodeOutput(target, ui=preview)
+
+
+NODES = [VELoadVideo, VESaveVideo]
