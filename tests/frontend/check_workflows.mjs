@@ -1,0 +1,282 @@
+// Load UI-format ComfyUI workflows in the real ComfyUI frontend (headless Debian chromium) and report
+// what the frontend makes of them.
+//
+//   node check_workflows.mjs <server_url> <out.json> [--screenshots DIR] <workflow.json>...
+//
+// One browser, one page: the app is opened once, then every workflow is loaded through the app's own
+// API (app.loadGraphData) one after the other. For each workflow the report holds
+//   missing  node types of the workflow (and of its subgraph definitions) that are not registered in
+//            LiteGraph, plus the types the frontend itself reported missing (its afterConfigureGraph
+//            hook and the "missing nodes" dialog)
+//   errors   page errors, failed requests, console errors and error/warning toasts or open dialogs (the
+//            missing-nodes dialog among them) raised while it loaded and while its prompt was built (see
+//            IGNORED below for what is not counted)
+//   warnings console warnings and missing input-media previews (see WARNINGS below); not failures
+//   prompt   the API prompt the frontend builds from it: (await app.graphToPrompt()).output
+// and out.json maps each workflow path (as given) to that object. Errors from opening the page before
+// any workflow are reported under the key "__startup__" with the same shape.
+//
+// Before opening the page the script sets the server's user setting Comfy.TutorialCompleted=true, so the
+// first-run template browser does not open (that writes to the server's user settings).
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { chromium } from 'playwright-core'
+
+const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium'
+const CHROMIUM_FLAGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--no-first-run',
+  '--disable-quic'
+]
+const READY_TIMEOUT_MS = 120_000
+const SETTLE_MS = 400
+
+// What is NOT counted as an error, explicitly (each occurrence is listed under __startup__.ignored):
+//  - failed requests and "Failed to load resource" console errors for URLs on another host than the
+//    ComfyUI server (the frontend calls api.comfy.org for releases and node-pack info; no internet here),
+//  - console errors the frontend logs when such an external fetch fails,
+//  - a missing /favicon.ico,
+//  - 404s of the optional per-user files the frontend probes on startup (/user.css, /api/userdata/...).
+// Reported as warnings (in the workflow's "warnings", not failing): 404s of /api/view?type=input... (the
+// preview of an input image/video the workflow names but the server's input folder lacks) and
+// console.warn messages.
+const IGNORED = [
+  { what: 'favicon request', test: (text, url) => /\/favicon\.ico/.test(url || '') },
+  { what: 'external-host resource', test: (text, url, origin) => !!url && isExternal(url, origin) },
+  {
+    what: 'external-host fetch error message',
+    test: (text) => /(api\.comfy\.org|registry\.comfy\.org|ERR_NAME_NOT_RESOLVED|ERR_INTERNET_DISCONNECTED)/i.test(text)
+  },
+  {
+    what: 'optional user file probe',
+    test: (text, url, origin) =>
+      !!url && /(HTTP 404|status of 404|ERR_ABORTED)/.test(text) &&
+      (url.startsWith(`${origin}/api/userdata`) || url === `${origin}/user.css`)
+  }
+]
+const WARNINGS = [
+  {
+    what: 'missing input media preview',
+    test: (text, url, origin) =>
+      !!url && /(HTTP 404|status of 404|ERR_ABORTED)/.test(text) && url.startsWith(`${origin}/api/view?`) &&
+      /[?&]type=input(&|$)/.test(url)
+  }
+]
+
+function isExternal(url, origin) {
+  try {
+    const u = new URL(url)
+    if (u.protocol === 'data:' || u.protocol === 'blob:') return false
+    return u.origin !== origin
+  } catch {
+    return false
+  }
+}
+
+function parseArgs(argv) {
+  const args = { workflows: [], screenshots: null }
+  const rest = []
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === '--screenshots') args.screenshots = argv[++i]
+    else rest.push(argv[i])
+  }
+  if (rest.length < 2) {
+    console.error('usage: node check_workflows.mjs <server_url> <out.json> [--screenshots DIR] <workflow.json>...')
+    process.exit(2)
+  }
+  ;[args.server, args.out, ...args.workflows] = rest
+  args.server = args.server.replace(/\/+$/, '')
+  return args
+}
+
+async function main() {
+  const args = parseArgs(process.argv.slice(2))
+  const origin = new URL(args.server).origin
+  if (args.screenshots) fs.mkdirSync(args.screenshots, { recursive: true })
+
+  // No first-run template browser.
+  await fetch(`${args.server}/settings/Comfy.TutorialCompleted`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: 'true'
+  })
+
+  const report = {}
+  const startup = { missing: [], errors: [], warnings: [], prompt: {} }
+  let current = startup
+  const ignored = []
+  const note = (text, url, warning = false) => {
+    const full = text + (url ? ` (${url})` : '')
+    const rule = IGNORED.find((r) => r.test(text, url, origin))
+    if (rule) return ignored.push(`${rule.what}: ${full}`)
+    const warn = WARNINGS.find((r) => r.test(text, url, origin))
+    if (warn) return current.warnings.push(`${warn.what}: ${full}`)
+    if (warning) return current.warnings.push(full)
+    current.errors.push(full)
+  }
+
+  const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 've-chromium-'))
+  const context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: CHROMIUM_FLAGS,
+    viewport: { width: 1600, height: 1000 }
+  })
+  try {
+    const page = context.pages()[0] ?? (await context.newPage())
+    page.on('pageerror', (err) => note(`pageerror: ${err.stack || err.message}`))
+    page.on('console', (msg) => {
+      if (msg.type() === 'error') note(`console.error: ${msg.text()}`, msg.location()?.url)
+      else if (msg.type() === 'warning') note(`console.warn: ${msg.text()}`, msg.location()?.url, true)
+    })
+    page.on('requestfailed', (req) => {
+      note(`request failed: ${req.method()} ${req.failure()?.errorText ?? ''}`, req.url())
+    })
+    page.on('response', (res) => {
+      if (res.status() >= 400) note(`HTTP ${res.status()}: ${res.request().method()}`, res.url())
+    })
+
+    const t0 = Date.now()
+    await page.goto(args.server + '/', { waitUntil: 'domcontentloaded' })
+    await page.waitForFunction(
+      () =>
+        window.app?.graph &&
+        window.app.canvas &&
+        window.LiteGraph &&
+        Object.keys(window.LiteGraph.registered_node_types).length > 10 &&
+        !document.querySelector('.p-progressspinner'),
+      null,
+      { timeout: READY_TIMEOUT_MS, polling: 200 }
+    )
+    // The frontend's own missing-node report: the afterConfigureGraph hook gets the list it computed.
+    await page.evaluate(() => {
+      window.__veMissing = null
+      window.app.registerExtension({
+        name: 'comfyui-video-edit.workflowCheck',
+        afterConfigureGraph(missingNodeTypes) {
+          window.__veMissing = (missingNodeTypes ?? []).map((m) => (typeof m === 'string' ? m : m.type))
+        }
+      })
+    })
+    await page.waitForTimeout(SETTLE_MS)
+    startup.errors.push(...(await collectUi(page)))
+    startup.seconds = (Date.now() - t0) / 1000
+    startup.node_types = await page.evaluate(() => Object.keys(window.LiteGraph.registered_node_types).length)
+
+    for (const file of args.workflows) {
+      const entry = { missing: [], errors: [], warnings: [], prompt: {} }
+      const t0 = Date.now()
+      report[file] = entry
+      current = entry
+      let workflow
+      try {
+        workflow = JSON.parse(fs.readFileSync(file, 'utf8'))
+      } catch (err) {
+        entry.errors.push(`cannot read workflow: ${err.message}`)
+        continue
+      }
+      try {
+        const result = await page.evaluate(
+          async ({ workflow, name }) => {
+            const types = new Set()
+            for (const n of workflow.nodes ?? []) types.add(n.type)
+            for (const sg of workflow.definitions?.subgraphs ?? []) {
+              for (const n of sg.nodes ?? []) types.add(n.type)
+            }
+            const subgraphIds = new Set((workflow.definitions?.subgraphs ?? []).map((s) => s.id))
+            const unregistered = [...types].filter(
+              (t) => !(t in window.LiteGraph.registered_node_types) && !subgraphIds.has(t)
+            )
+            window.__veMissing = null
+            await window.app.loadGraphData(workflow, true, true, name)
+            // Let rAF-scheduled work (previews, fit view) run.
+            await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)))
+            const { output } = await window.app.graphToPrompt()
+            return {
+              unregistered,
+              reported: window.__veMissing ?? [],
+              prompt: JSON.parse(JSON.stringify(output)),
+              loadedNodes: window.app.graph.nodes.length
+            }
+          },
+          { workflow, name: path.basename(file) }
+        )
+        entry.missing = [...new Set([...result.unregistered, ...result.reported])]
+        entry.prompt = result.prompt
+        entry.loaded_nodes = result.loadedNodes
+      } catch (err) {
+        entry.errors.push(`loading failed: ${err.message}`)
+      }
+      await page.waitForTimeout(SETTLE_MS)
+      // Open dialogs (the missing-nodes dialog among them) and error/warning toasts count as errors.
+      entry.errors.push(...(await collectUi(page)))
+      if (args.screenshots) {
+        try {
+          await page.evaluate(() => {
+            window.app.canvas.min_font_size_for_lod = 0 // full detail even when zoomed out (not saved)
+            return window.app.extensionManager?.command?.execute?.('Comfy.Canvas.FitView')
+          })
+          await page.waitForTimeout(150)
+        } catch {}
+        await page.screenshot({ path: path.join(args.screenshots, path.basename(file, '.json') + '.png') })
+      }
+      await closeUi(page)
+      entry.seconds = (Date.now() - t0) / 1000
+    }
+  } finally {
+    await context.close()
+    fs.rmSync(userDataDir, { recursive: true, force: true })
+  }
+
+  const out = { __startup__: startup, ...report }
+  out.__startup__.ignored = ignored
+  fs.mkdirSync(path.dirname(path.resolve(args.out)), { recursive: true })
+  fs.writeFileSync(args.out, JSON.stringify(out, null, 1))
+  const bad = Object.entries(report).filter(([, e]) => e.missing.length || e.errors.length)
+  console.log(`${args.workflows.length} workflow(s) checked, ${bad.length} with missing nodes or errors; ${ignored.length} ignored message(s)`)
+}
+
+// Open dialogs and error/warning toasts, as text.
+async function collectUi(page) {
+  return page.evaluate(() => {
+    const texts = []
+    for (const d of document.querySelectorAll('.p-dialog')) {
+      const t = d.innerText.trim().replace(/\s+/g, ' ')
+      if (t) texts.push(`dialog: ${t.slice(0, 2000)}`)
+    }
+    for (const t of document.querySelectorAll('.p-toast-message')) {
+      if (/p-toast-message-(error|warn)/.test(t.className)) {
+        texts.push(`toast: ${t.innerText.trim().replace(/\s+/g, ' ').slice(0, 2000)}`)
+      }
+    }
+    return texts
+  })
+}
+
+async function closeUi(page) {
+  for (let i = 0; i < 5; i++) {
+    const open = await page.evaluate(
+      () => document.querySelectorAll('.p-dialog, .p-toast-message').length
+    )
+    if (!open) return
+    await page.evaluate(() => {
+      for (const b of document.querySelectorAll(
+        '.p-dialog .p-dialog-close-button, .p-dialog-header-close, .p-toast-close-button, .p-toast-icon-close'
+      ))
+        b.click()
+    })
+    await page.keyboard.press('Escape')
+    await page.waitForTimeout(100)
+  }
+}
+
+main().catch((err) => {
+  console.error(err)
+  process.exit(1)
+})

@@ -1,0 +1,321 @@
+"""The shipped workflows in the real ComfyUI frontend, and the UI <-> API converter in tools/workflow_format.py.
+
+One headless chromium session (tests/frontend/check_workflows.mjs) loads every ``workflows/*.json`` plus a few
+workflows written here (a broken one, a core txt2img graph made with ``api_to_ui``, a widget-layout sample of
+this pack's nodes and tricky core nodes, and a graph with bypassed / muted nodes, a Reroute, a PrimitiveNode and
+a Note) into the frontend served by the ``comfy`` server, and records per workflow the node types it misses,
+the page errors, and the prompt ``app.graphToPrompt()`` builds.
+
+Needs node, tests/frontend/node_modules (``npm ci``) and /usr/bin/chromium: ``tools/setup_env.sh --test``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from workflow_format import PACK_ID, api_to_ui, node_layout, strip_meta, ui_to_api
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FRONTEND_DIR = REPO_ROOT / "tests" / "frontend"
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*.json"))
+
+BROKEN_TYPE = "VE_DoesNotExist"
+# Core nodes whose widgets exercise the converter's rules: seed controls (flag, legacy name rule, flag false),
+# upload widgets, optional and forceInput widgets, V1 list combos and V3 COMBO specs.
+LAYOUT_CORE_TYPES = ["KSampler", "KSamplerAdvanced", "RandomNoise", "RandomCropImages", "MoonvalleyVideo2VideoNode",
+                     "StabilityUpscaleCreativeNode", "CLIPLoader", "RegexReplace", "LoadImage", "LoadImageMask",
+                     "LoadVideo", "CLIPTextEncode", "EmptyLatentImage", "ImageScaleBy", "SaveAnimatedWEBP",
+                     "ControlNetApplyAdvanced", "CheckpointLoaderSimple", "ModelSamplingSD3"]
+
+
+def _frontend_missing() -> str | None:
+    if shutil.which("node") is None:
+        return "node is not installed"
+    if not (FRONTEND_DIR / "node_modules" / "playwright-core").is_dir():
+        return "tests/frontend/node_modules missing (npm ci in tests/frontend)"
+    if not Path(CHROMIUM).exists():
+        return f"no chromium at {CHROMIUM}"
+    return None
+
+
+def core_prompt(checkpoint: str) -> dict:
+    """A plain SD1.5 txt2img graph in API format."""
+    return {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat on a sofa", "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "3": {"class_type": "KSampler", "inputs": {
+            "seed": 1234, "steps": 3, "cfg": 7.5, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
+            "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "ve_frontend_test", "images": ["8", 0]}},
+    }
+
+
+def layout_prompt(object_info: dict) -> dict:
+    """One unconnected node of each pack node type and of LAYOUT_CORE_TYPES, every widget off its default."""
+    types = sorted(t for t, info in object_info.items() if (info.get("python_module") or "").endswith(PACK_ID))
+    types += [t for t in LAYOUT_CORE_TYPES if t in object_info]
+    prompt = {}
+    for i, node_type in enumerate(types, start=1):
+        info = object_info[node_type]
+        specs = {**(info["input"].get("required") or {}), **(info["input"].get("optional") or {})}
+        inputs = {}
+        for w in node_layout(node_type, info).widgets:
+            if w.kind != "value":
+                continue
+            spec = specs[w.input]
+            default = w.default
+            if isinstance(default, bool):
+                value = not default
+            elif isinstance(default, int):
+                value = default + 1
+            elif isinstance(default, float):
+                value = default + 0.25
+            elif spec[0] == "STRING":
+                value = f"text for {w.name}"
+            else:   # a combo: its last option, or a made-up file name when it has none
+                options = spec[0] if isinstance(spec[0], list) else (spec[1].get("options") or [])
+                value = options[-1] if options else f"missing_{w.name}.mp4"
+            inputs[w.input] = value
+        prompt[str(i)] = {"class_type": node_type, "inputs": inputs}
+    return prompt
+
+
+def edge_case_workflow(object_info: dict, checkpoint: str) -> dict:
+    """The core graph with a bypassed and a muted node, a Reroute, a PrimitiveNode and a Note added."""
+    prompt = core_prompt(checkpoint)
+    prompt["11"] = {"class_type": "LatentUpscaleBy", "inputs": {"upscale_method": "bilinear", "scale_by": 2.0,
+                                                                 "samples": ["3", 0]}}
+    prompt["8"]["inputs"]["samples"] = ["11", 0]
+    prompt["12"] = {"class_type": "ImageInvert", "inputs": {"image": ["8", 0]}}
+    prompt["13"] = {"class_type": "PreviewImage", "inputs": {"images": ["12", 0]}}
+    prompt["6"]["inputs"]["text"] = "a {cat} on a sofa \\{kept\\} // comment"
+    ui = api_to_ui(prompt, object_info)
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    nodes[11]["mode"] = 4   # bypassed: VAEDecode.samples comes from KSampler
+    nodes[12]["mode"] = 2   # muted: PreviewImage.images is dropped
+    next_node, next_link = ui["last_node_id"], ui["last_link_id"]
+    # a Reroute between the checkpoint's CLIP and the negative prompt
+    link = next(l for l in ui["links"] if l[3] == 7)
+    next_node += 1
+    next_link += 1
+    reroute = next_node
+    ui["nodes"].append({"id": reroute, "type": "Reroute", "pos": [200, 700], "size": [75, 26], "flags": {},
+                        "order": 20, "mode": 0, "inputs": [{"name": "", "type": "*", "link": link[0]}],
+                        "outputs": [{"name": "", "type": "CLIP", "links": [next_link]}],
+                        "properties": {"showOutputText": False, "horizontal": False}})
+    link[3], link[4] = reroute, 0
+    next(i for i in nodes[7]["inputs"] if i["name"] == "clip")["link"] = next_link
+    ui["links"].append([next_link, reroute, 0, 7, 0, "CLIP"])
+    # a PrimitiveNode driving KSampler.steps (a widget converted to an input)
+    next_node += 1
+    next_link += 1
+    ui["nodes"].append({"id": next_node, "type": "PrimitiveNode", "pos": [0, 900], "size": [210, 82], "flags": {},
+                        "order": 21, "mode": 0, "inputs": [], "title": "steps",
+                        "outputs": [{"name": "INT", "type": "INT", "widget": {"name": "steps"}, "links": [next_link]}],
+                        "properties": {"Run widget replace on values": False}, "widgets_values": [5, "fixed"]})
+    nodes[3]["inputs"].append({"name": "steps", "type": "INT", "widget": {"name": "steps"}, "link": next_link})
+    ui["links"].append([next_link, next_node, 0, 3, len(nodes[3]["inputs"]) - 1, "INT"])
+    next_node += 1
+    ui["nodes"].append({"id": next_node, "type": "Note", "pos": [0, 1100], "size": [300, 100], "flags": {},
+                        "order": 22, "mode": 0, "inputs": [], "outputs": [], "properties": {},
+                        "widgets_values": ["not part of the prompt"]})
+    ui["last_node_id"], ui["last_link_id"] = next_node, next_link
+    return ui
+
+
+@pytest.fixture(scope="session")
+def frontend(comfy, tmp_path_factory):
+    """Runs check_workflows.mjs once over all workflows; ``report[path]`` is {missing, errors, warnings, prompt}."""
+    reason = _frontend_missing()
+    if reason:
+        pytest.skip(f"frontend check unavailable: {reason}; run tools/setup_env.sh --test")
+    object_info = comfy.object_info()
+    work = tmp_path_factory.mktemp("frontend")
+    core_ui = api_to_ui(core_prompt(comfy.checkpoint_name), object_info)
+    broken = copy.deepcopy(core_ui)
+    next(n for n in broken["nodes"] if n["type"] == "VAEDecode")["type"] = BROKEN_TYPE
+    synthetic = {
+        "broken": broken,
+        "core": core_ui,
+        "layout": api_to_ui(layout_prompt(object_info), object_info),
+        "edge_cases": edge_case_workflow(object_info, comfy.checkpoint_name),
+    }
+    paths = {}
+    for name, workflow in synthetic.items():
+        paths[name] = work / f"{name}.json"
+        paths[name].write_text(json.dumps(workflow, indent=1))
+    out = work / "report.json"
+    shots = Path(os.environ.get("VE_FRONTEND_SCREENSHOTS", work / "screenshots"))
+    files = [str(p) for p in WORKFLOWS] + [str(p) for p in paths.values()]
+    started = time.monotonic()
+    result = subprocess.run(["node", str(FRONTEND_DIR / "check_workflows.mjs"), comfy.url, str(out),
+                             "--screenshots", str(shots), *files],
+                            cwd=FRONTEND_DIR, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"check_workflows.mjs failed:\n{result.stdout}\n{result.stderr}"
+    report = json.loads(out.read_text())
+    return {"report": report, "paths": {k: str(v) for k, v in paths.items()}, "synthetic": synthetic,
+            "object_info": object_info, "seconds": time.monotonic() - started, "screenshots": shots}
+
+
+def _entry(frontend, key: str) -> dict:
+    report = frontend["report"]
+    assert key in report, f"{key} was not checked; report has {sorted(report)}"
+    return report[key]
+
+
+def _describe(entry: dict) -> str:
+    return json.dumps({k: entry.get(k) for k in ("missing", "errors", "warnings")}, indent=1)[:6000]
+
+
+def test_workflows_exist():
+    assert WORKFLOWS, "workflows/ has no *.json workflows"
+
+
+@pytest.mark.comfy
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
+def test_workflow_loads_in_frontend(frontend, workflow):
+    entry = _entry(frontend, str(workflow))
+    assert not entry["missing"], f"{workflow.name}: node types missing in the frontend:\n{_describe(entry)}"
+    assert not entry["errors"], f"{workflow.name}: errors while loading in the frontend:\n{_describe(entry)}"
+    assert entry["prompt"], f"{workflow.name}: the frontend built an empty prompt"
+
+
+@pytest.mark.comfy
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
+def test_workflow_converter_matches_frontend(frontend, workflow):
+    entry = _entry(frontend, str(workflow))
+    ours = strip_meta(ui_to_api(json.loads(workflow.read_text()), frontend["object_info"]))
+    assert ours == strip_meta(entry["prompt"])
+
+
+@pytest.mark.comfy
+def test_broken_workflow_is_reported(frontend):
+    entry = _entry(frontend, frontend["paths"]["broken"])
+    assert BROKEN_TYPE in entry["missing"]
+    # the frontend's own missing-nodes dialog was detected too
+    assert any(BROKEN_TYPE in e and e.startswith("dialog:") for e in entry["errors"]), _describe(entry)
+
+
+@pytest.mark.comfy
+@pytest.mark.parametrize("name", ["core", "layout", "edge_cases"])
+def test_synthetic_workflow_loads_and_converts(frontend, name):
+    entry = _entry(frontend, frontend["paths"][name])
+    assert not entry["missing"] and not entry["errors"], _describe(entry)
+    ours = strip_meta(ui_to_api(frontend["synthetic"][name], frontend["object_info"]))
+    assert ours == strip_meta(entry["prompt"])
+
+
+@pytest.mark.comfy
+def test_core_graph_round_trips_through_frontend(frontend, comfy):
+    entry = _entry(frontend, frontend["paths"]["core"])
+    assert strip_meta(entry["prompt"]) == strip_meta(core_prompt(comfy.checkpoint_name))
+    layout = _entry(frontend, frontend["paths"]["layout"])
+    assert strip_meta(layout["prompt"]) == strip_meta(layout_prompt(frontend["object_info"]))
+
+
+@pytest.mark.comfy
+def test_edge_cases_resolved_like_frontend(frontend):
+    prompt = _entry(frontend, frontend["paths"]["edge_cases"])["prompt"]
+    assert "11" not in prompt and "12" not in prompt                          # bypassed, muted
+    assert prompt["13"]["inputs"] == {}                                       # its input came from the muted node
+    assert prompt["8"]["inputs"]["samples"] == ["3", 0]                       # routed through the bypass
+    assert prompt["7"]["inputs"]["clip"] == ["4", 1]                          # through the Reroute
+    assert prompt["3"]["inputs"]["steps"] == 5                                # from the PrimitiveNode
+    assert prompt["6"]["inputs"]["text"] == "a cat on a sofa {kept} "         # dynamic prompt syntax
+
+
+# ----- converter tests without the browser (object_info from the server) ---------------------------------------------------------------------------
+
+@pytest.mark.comfy
+def test_api_to_ui_round_trip(comfy):
+    object_info = comfy.object_info()
+    prompt = core_prompt(comfy.checkpoint_name)
+    ui = api_to_ui(prompt, object_info)
+    assert ui["version"] == 0.4
+    assert len(ui["nodes"]) == len(prompt) and len(ui["links"]) == 9
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    assert nodes[3]["widgets_values"] == [1234, "fixed", 3, 7.5, "euler", "normal", 1.0]
+    assert nodes[3]["properties"]["Node name for S&R"] == "KSampler"
+    assert nodes[4]["properties"]["cnr_id"] == "comfy-core"
+    xs = {k: nodes[int(k)]["pos"][0] for k in prompt}
+    assert xs["4"] < xs["6"] < xs["3"] < xs["8"] < xs["9"]                     # left to right by depth
+    for link_id, src, src_slot, dst, dst_slot, type_ in ui["links"]:
+        assert nodes[dst]["inputs"][dst_slot]["link"] == link_id
+        assert link_id in nodes[src]["outputs"][src_slot]["links"]
+        assert nodes[src]["outputs"][src_slot]["type"] == type_
+    assert strip_meta(ui_to_api(ui, object_info)) == strip_meta(prompt)
+
+
+@pytest.mark.comfy
+def test_api_to_ui_pack_nodes(comfy):
+    object_info = comfy.object_info()
+    ours = [t for t, i in object_info.items() if (i.get("python_module") or "").endswith(PACK_ID)]
+    if not ours:
+        pytest.skip("no nodes of this pack are registered")
+    prompt = layout_prompt(object_info)
+    ui = api_to_ui(prompt, object_info)
+    for node in ui["nodes"]:
+        if node["type"] in ours:
+            assert node["properties"]["cnr_id"] == PACK_ID
+    assert strip_meta(ui_to_api(ui, object_info)) == strip_meta(prompt)
+
+
+def test_node_layout_rules():
+    """The widget rules of the 1.32.9 frontend, on a made-up node definition (no server)."""
+    info = {
+        "input": {
+            "required": {
+                "model": ["MODEL", {}],
+                "seed": ["INT", {"default": 1}],                                  # legacy name rule
+                "other_seed": ["INT", {"default": 2, "control_after_generate": True}],
+                "noise_seed": ["INT", {"default": 3, "control_after_generate": False}],
+                "file": ["COMBO", {"options": ["a.mp4"], "video_upload": True}],
+                "mode": [["x", "y"], {"control_after_generate": True}],
+                "text": ["STRING", {"forceInput": True}],
+            },
+            "optional": {"strength": ["FLOAT", {"default": 0.5}]},
+        },
+        "input_order": {"required": ["model", "seed", "other_seed", "noise_seed", "file", "mode", "text"],
+                        "optional": ["strength"]},
+        "output": ["MODEL"], "output_name": ["MODEL"], "display_name": "Test", "python_module": f"custom_nodes.{PACK_ID}",
+    }
+    layout = node_layout("VE_Test", info)
+    assert [(w.name, w.kind) for w in layout.widgets] == [
+        ("seed", "value"), ("control_after_generate", "control"),
+        ("other_seed", "value"), ("control_after_generate", "control"),
+        ("noise_seed", "value"),
+        ("file", "value"),
+        ("mode", "value"), ("control_after_generate", "control"), ("control_filter_list", "filter"),
+        ("strength", "value"),
+        ("upload", "upload"),
+    ]
+    assert [s.name for s in layout.sockets] == ["model", "text", "seed", "other_seed", "noise_seed", "file", "mode",
+                                                "strength", "upload"]
+    prompt = {"1": {"class_type": "VE_Test", "inputs": {"seed": 5, "other_seed": 6, "noise_seed": 7, "file": "a.mp4",
+                                                        "mode": "y", "strength": 0.75, "text": ["2", 0]}},
+              "2": {"class_type": "VE_Text", "inputs": {}}}
+    object_info = {"VE_Test": info, "VE_Text": {"input": {"required": {}}, "output": ["STRING"],
+                                                "output_name": ["text"], "python_module": "nodes"}}
+    ui = api_to_ui(prompt, object_info)
+    node = next(n for n in ui["nodes"] if n["id"] == 1)
+    assert node["widgets_values"] == [5, "fixed", 6, "fixed", 7, "a.mp4", "y", "fixed", "", 0.75, "image"]
+    assert node["properties"] == {"cnr_id": PACK_ID, "Node name for S&R": "VE_Test"}
+    assert [i["name"] for i in node["inputs"]] == ["model", "text"]
+    assert strip_meta(ui_to_api(ui, object_info)) == strip_meta(prompt)
+    # muted source: the link input disappears; bypassed node: dropped
+    ui["nodes"][0 if ui["nodes"][0]["id"] == 2 else 1]["mode"] = 2
+    assert "text" not in ui_to_api(ui, object_info)["1"]["inputs"]
+    node["mode"] = 4
+    assert "1" not in ui_to_api(ui, object_info)
