@@ -1,0 +1,63 @@
+"""Cross-frame self-attention: which frames a frame's queries look at, and attention over those keys.
+
+Layout: ComfyUI runs a video as a batch of frames, possibly several "chunks" of it at once (the cond and
+uncond halves of CFG), so tokens arrive as ``((chunk frame), tokens, channels)``. Queries stay per frame;
+keys and values are gathered from the reference frames and concatenated along the token axis, so any fast
+attention kernel (SDPA, xformers, sage) still runs and no attention matrix is materialised.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+CROSS_FRAME_MODES = ("sparse_causal", "first_frame", "middle_frame", "full")
+
+
+def reference_frames(num_frames: int, mode: str) -> torch.Tensor:
+    """Frame indices each frame attends to, shape ``[num_frames, refs]``.
+
+    - ``sparse_causal`` (Tune-A-Video): ``[0, max(i-1, 0)]``. Frame 0 sees itself twice (= plain
+      self-attention), frame 1 sees only frame 0, frame i >= 2 sees frames 0 and i-1, never itself.
+    - ``first_frame``: ``[0]``; ``middle_frame`` (FateZero's zero-shot anchor): ``[(F-1)//2]``.
+    - ``full``: every frame (spatio-temporal attention; memory grows with F^2).
+    """
+    frames = torch.arange(num_frames)
+    if mode == "sparse_causal":
+        return torch.stack([torch.zeros_like(frames), (frames - 1).clamp(min=0)], dim=1)
+    if mode == "first_frame":
+        return torch.zeros(num_frames, 1, dtype=torch.long)
+    if mode == "middle_frame":
+        return torch.full((num_frames, 1), (num_frames - 1) // 2, dtype=torch.long)
+    if mode == "full":
+        return frames.repeat(num_frames, 1)
+    raise ValueError(f"unknown cross-frame mode {mode!r}; choose one of {CROSS_FRAME_MODES}")
+
+
+def gather_reference_tokens(x: torch.Tensor, chunks: int, refs: torch.Tensor) -> torch.Tensor:
+    """``((c f), n, d)`` tokens -> ``((c f), (r n), d)``: for each frame, its reference frames' tokens."""
+    per_frame = rearrange(x, "(c f) n d -> c f n d", c=chunks)
+    gathered = per_frame[:, refs.to(x.device)]  # c f r n d
+    return rearrange(gathered, "c f r n d -> (c f) (r n) d")
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """Multi-head attention on ``(b, n, heads*dim)`` tensors with torch's fused kernel."""
+    q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=heads) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v)
+    return rearrange(out, "b h n d -> b n (h d)")
+
+
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+def cross_frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, chunks: int, mode: str,
+                          attention: AttentionFn = sdpa_attention) -> torch.Tensor:
+    """Self-attention where frame i's queries attend to the keys/values of ``reference_frames(F, mode)[i]``."""
+    if q.shape[0] % chunks:
+        raise ValueError(f"batch {q.shape[0]} is not a whole number of {chunks} chunks of frames")
+    refs = reference_frames(q.shape[0] // chunks, mode)
+    return attention(q, gather_reference_tokens(k, chunks, refs), gather_reference_tokens(v, chunks, refs), heads)

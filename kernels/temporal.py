@@ -1,0 +1,77 @@
+"""Temporal layers that inflate an image UNet for video (Tune-A-Video).
+
+``TemporalAttention`` is Tune-A-Video's ``norm_temp`` + ``attn_temp``: pre-LayerNorm self-attention over the
+frame axis at each fixed spatial position, no positional encoding, no mask, residual. Its output projection is
+zero-initialised, weight *and* bias (the official code leaves the bias random), so an untuned inflated UNet
+computes exactly what the image UNet computes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+class TemporalAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, dim_head: int):
+        super().__init__()
+        inner = heads * dim_head
+        self.heads = heads
+        self.norm_temp = nn.LayerNorm(dim)
+        self.attn_temp = nn.Module()
+        self.attn_temp.to_q = nn.Linear(dim, inner, bias=False)
+        self.attn_temp.to_k = nn.Linear(dim, inner, bias=False)
+        self.attn_temp.to_v = nn.Linear(dim, inner, bias=False)
+        self.attn_temp.to_out = nn.ModuleList([nn.Linear(inner, dim)])
+        nn.init.zeros_(self.attn_temp.to_out[0].weight)
+        nn.init.zeros_(self.attn_temp.to_out[0].bias)
+
+    def forward(self, x: torch.Tensor, chunks: int) -> torch.Tensor:
+        """``x``: ``((c f), tokens, dim)`` -> same shape, with attention over f at each token position."""
+        attn = self.attn_temp
+        h = rearrange(self.norm_temp(x), "(c f) n d -> (c n) f d", c=chunks)
+        q, k, v = (rearrange(proj(h), "b f (h d) -> b h f d", h=self.heads) for proj in (attn.to_q, attn.to_k, attn.to_v))
+        out = rearrange(F.scaled_dot_product_attention(q, k, v), "b h f d -> b f (h d)")
+        out = rearrange(attn.to_out[0](out), "(c n) f d -> (c f) n d", c=chunks)
+        return x + out
+
+
+def frame_spanning_group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                              eps: float, chunks: int) -> torch.Tensor:
+    """GroupNorm whose statistics span all frames of a clip, as the official inflated ResNets compute it.
+
+    ``x``: ``((c f), ch, h, w)``. Tune-A-Video applies ``nn.GroupNorm`` to the 5-D ``b ch f h w`` tensor, so
+    each group is normalised over (ch/G, f, h, w). Stacking the frames along height gives the same statistics.
+    """
+    frames = x.shape[0] // chunks
+    stacked = rearrange(x, "(c f) ch h w -> c ch (f h) w", c=chunks)
+    out = F.group_norm(stacked, num_groups, weight, bias, eps)
+    return rearrange(out, "c ch (f h) w -> (c f) ch h w", f=frames)
+
+
+class TemporalLayers(nn.Module):
+    """One ``TemporalAttention`` per transformer block, stored under that block's own module path, so the
+    state-dict keys read like the official ones: ``input_blocks.1.1.transformer_blocks.0.attn_temp.to_q.weight``.
+    """
+
+    def __init__(self, specs: dict[str, tuple[int, int, int]]):
+        """``specs``: block path -> (dim, heads, dim_head)."""
+        super().__init__()
+        self.paths = list(specs)
+        for path, (dim, heads, dim_head) in specs.items():
+            parent = self
+            *parents, leaf = path.split(".")
+            for name in parents:
+                if not hasattr(parent, name):
+                    parent.add_module(name, nn.Module())
+                parent = getattr(parent, name)
+            parent.add_module(leaf, TemporalAttention(dim, heads, dim_head))
+
+    def layer(self, path: str) -> TemporalAttention:
+        return self.get_submodule(path)
+
+    def tunable_parameters(self) -> list[nn.Parameter]:
+        """Tune-A-Video's trainable part: every ``attn_temp`` parameter; ``norm_temp`` stays frozen."""
+        return [p for name, p in self.named_parameters() if ".attn_temp." in name]

@@ -1,0 +1,121 @@
+"""Tune-A-Video kernels on their own (pure torch): algorithms.md §6.1 invariants 2, 3 and 4."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from video_edit.kernels.attention import cross_frame_attention, gather_reference_tokens, reference_frames
+from video_edit.kernels.inversion import CLEAN_SIGMA, Inversion, inversion_sigmas
+from video_edit.kernels.temporal import TemporalAttention, TemporalLayers, frame_spanning_group_norm
+
+HEADS = 4
+
+
+def qkv(frames=5, chunks=2, tokens=6, dim=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(chunks * frames, tokens, dim, generator=g) for _ in range(3)]
+
+
+def plain_attention(q, k, v):
+    q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=HEADS) for t in (q, k, v))
+    weights = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1)
+    return rearrange(weights @ v, "b h n d -> b n (h d)")
+
+
+def test_reference_frames_follow_the_official_rule():
+    assert reference_frames(4, "sparse_causal").tolist() == [[0, 0], [0, 0], [0, 1], [0, 2]]
+    assert reference_frames(3, "first_frame").tolist() == [[0], [0], [0]]
+    assert reference_frames(4, "middle_frame").tolist() == [[1], [1], [1], [1]]
+    assert reference_frames(3, "full").tolist() == [[0, 1, 2]] * 3
+    with pytest.raises(ValueError, match="unknown cross-frame mode"):
+        reference_frames(3, "sideways")
+
+
+def test_sparse_causal_matches_a_per_frame_loop():
+    """Each frame i attends to the concatenation [frame 0 ; frame max(i-1, 0)] of its own chunk."""
+    q, k, v = qkv()
+    out = cross_frame_attention(q, k, v, HEADS, chunks=2, mode="sparse_causal")
+    for chunk in range(2):
+        for i in range(5):
+            row, first, prev = chunk * 5 + i, chunk * 5, chunk * 5 + max(i - 1, 0)
+            keys = torch.cat([k[first], k[prev]])[None]
+            values = torch.cat([v[first], v[prev]])[None]
+            expected = plain_attention(q[row][None], keys, values)[0]
+            torch.testing.assert_close(out[row], expected, rtol=1e-5, atol=1e-5)
+    assert gather_reference_tokens(k, 2, reference_frames(5, "sparse_causal")).shape[1] == 2 * k.shape[1]
+
+
+def test_frame0_is_plain_self_attention_and_own_keys_never_matter():
+    q, k, v = qkv(chunks=1)
+    out = cross_frame_attention(q, k, v, HEADS, chunks=1, mode="sparse_causal")
+    torch.testing.assert_close(out[0], plain_attention(q[:1], k[:1], v[:1])[0], rtol=1e-5, atol=1e-5)
+    for i in range(1, 5):
+        k2, v2 = k.clone(), v.clone()
+        k2[i] += 3 * torch.randn_like(k2[i])
+        v2[i] += 3 * torch.randn_like(v2[i])
+        perturbed = cross_frame_attention(q, k2, v2, HEADS, chunks=1, mode="sparse_causal")
+        torch.testing.assert_close(perturbed[i], out[i], rtol=0, atol=0)
+        if i + 1 < 5:  # ... but the next frame, which attends to frame i, does change
+            assert not torch.allclose(perturbed[i + 1], out[i + 1])
+
+
+def test_identical_frames_make_every_mode_equal_plain_attention():
+    q, k, v = (t[:1].repeat(6, 1, 1) for t in qkv(chunks=1))
+    expected = plain_attention(q, k, v)
+    for mode in ("sparse_causal", "first_frame", "middle_frame", "full"):
+        torch.testing.assert_close(cross_frame_attention(q, k, v, HEADS, 2, mode), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_temporal_attention_starts_as_identity_and_mixes_only_frames():
+    layer = TemporalAttention(dim=32, heads=HEADS, dim_head=8)
+    x = torch.randn(2 * 5, 6, 32)
+    torch.testing.assert_close(layer(x, chunks=2), x, rtol=0, atol=0)  # zero-initialised output, bias too
+    torch.nn.init.normal_(layer.attn_temp.to_out[0].weight)
+    out = layer(x, chunks=2)
+    changed = x.clone()
+    changed[7, 3] += 1.0  # chunk 1, frame 2, token 3
+    delta = (layer(changed, chunks=2) - out).abs().sum(-1)
+    assert delta[5:, 3].min() > 0  # every frame of chunk 1 sees it at token 3 (no mask, no causality)
+    assert delta[:5].max() == 0 and delta[:, [0, 1, 2, 4, 5]].max() == 0  # never the other chunk or other tokens
+
+
+def test_temporal_attention_has_no_positional_encoding():
+    layer = TemporalAttention(dim=32, heads=HEADS, dim_head=8)
+    torch.nn.init.normal_(layer.attn_temp.to_out[0].weight)
+    x = torch.randn(5, 6, 32)
+    order = torch.tensor([3, 0, 4, 1, 2])
+    torch.testing.assert_close(layer(x[order], chunks=1), layer(x, chunks=1)[order], rtol=1e-5, atol=1e-5)
+
+
+def test_temporal_layers_mirror_block_paths_and_exclude_norm_from_tuning():
+    layers = TemporalLayers({"input_blocks.1.1.transformer_blocks.0": (32, 4, 8), "middle_block.1.transformer_blocks.0": (64, 8, 8)})
+    keys = set(layers.state_dict())
+    assert "input_blocks.1.1.transformer_blocks.0.attn_temp.to_out.0.bias" in keys
+    assert "middle_block.1.transformer_blocks.0.norm_temp.weight" in keys
+    tunable = {id(p) for p in layers.tunable_parameters()}
+    named = dict(layers.named_parameters())
+    assert {n for n, p in named.items() if id(p) in tunable} == {n for n in named if ".attn_temp." in n}
+    assert len(tunable) == 2 * 5  # to_q, to_k, to_v, to_out.0.weight, to_out.0.bias per layer
+
+
+def test_frame_spanning_group_norm_equals_5d_group_norm():
+    x = torch.randn(2 * 3, 64, 4, 5)
+    weight, bias = torch.randn(64), torch.randn(64)
+    out = frame_spanning_group_norm(x, 32, weight, bias, 1e-6, chunks=2)
+    five_d = rearrange(x, "(c f) ch h w -> c ch f h w", c=2)
+    expected = rearrange(F.group_norm(five_d, 32, weight, bias, 1e-6), "c ch f h w -> (c f) ch h w")
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    changed = x.clone()
+    changed[2] += 1.0  # frame 2 of chunk 0 moves frame 0's statistics, not chunk 1's
+    moved = frame_spanning_group_norm(changed, 32, weight, bias, 1e-6, chunks=2)
+    assert not torch.allclose(moved[0], out[0]) and torch.equal(moved[3:], out[3:])
+
+
+def test_inversion_sigmas_and_record():
+    sampling = torch.tensor([14.6, 3.0, 0.5, 0.0])
+    sigmas = inversion_sigmas(sampling)
+    assert sigmas.tolist() == pytest.approx([CLEAN_SIGMA, 0.5, 3.0, 14.6])
+    record = Inversion(sigmas=sigmas, latents=torch.arange(4.0).view(4, 1, 1, 1, 1).expand(4, 2, 4, 1, 1))
+    assert record.steps == 3 and record.frames == 2
+    assert record.index_of(2.9) == 2 and float(record.latent_at(14.0).max()) == 3.0
