@@ -1,0 +1,12 @@
+"""ComfyUI glue: one module per capability, each exposing ``NODES``, a list of V3 node classes."""
+
+from comfy_api.latest import ComfyExtension
+
+from . import inflate, inversion, sparse_causal, tuned_io, tuning, video_io
+
+NODE_MODULES = [video_io, sparse_causal, inflate, tuning, tuned_io, inversion]
+
+
+class VideoEditExtension(ComfyExtension):
+    async def get_node_list(self):
+        return [node for module in NODE_MODULES for node in module.NODES]

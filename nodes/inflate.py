@@ -1,0 +1,158 @@
+"""VE_InflateUNet: temporal attention after every transformer block's feed-forward (Tune-A-Video).
+
+The temporal layers live in their own ModelPatcher, loaded with the MODEL as an additional model, injected
+into the UNet when ComfyUI loads it and ejected when it unloads (AnimateDiff-Evolved's pattern): the shared
+UNet is never edited outside that window, and LoRA/offload logic never sees our modules.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass
+
+import torch
+import torch.utils.checkpoint
+from comfy.model_patcher import ModelPatcher
+from comfy.patcher_extension import PatcherInjection, WrappersMP
+from comfy_api.latest import io
+from torch import nn
+
+from ..kernels.temporal import TemporalLayers, frame_spanning_group_norm
+from ..kernels.unet_layout import iter_resnet_norms, iter_transformer_blocks
+from .model_helpers import require_sd1_unet
+
+KEY = "video_edit_inflation"
+
+# Set around every UNet call by the DIFFUSION_MODEL wrapper: how many clips (cond/uncond chunks) share the batch.
+CLIP_CHUNKS = contextvars.ContextVar("video_edit_clip_chunks", default=1)
+# Set by the tuning loop: recompute transformer blocks in the backward pass instead of storing activations.
+GRADIENT_CHECKPOINTING = contextvars.ContextVar("video_edit_gradient_checkpointing", default=False)
+
+
+class InflatedTransformerBlock(nn.Module):
+    """A BasicTransformerBlock followed by its temporal attention: attn1 -> attn2 -> FF -> temporal."""
+
+    def __init__(self, block: nn.Module, temporal: nn.Module):
+        super().__init__()
+        self.block = block
+        self.temporal = temporal
+
+    def _forward(self, x, context, transformer_options):
+        x = self.block(x, context=context, transformer_options=transformer_options)
+        dtype = self.temporal.norm_temp.weight.dtype
+        return self.temporal(x.to(dtype), CLIP_CHUNKS.get()).to(x.dtype)
+
+    def forward(self, x, context=None, transformer_options={}):
+        if GRADIENT_CHECKPOINTING.get() and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(self._forward, x, context, transformer_options, use_reentrant=False)
+        return self._forward(x, context, transformer_options)
+
+
+class FrameSpanningGroupNorm(nn.Module):
+    """Wraps a ResNet GroupNorm so its statistics span all frames of the clip (the official inflated ResNets)."""
+
+    def __init__(self, norm: nn.GroupNorm):
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x):
+        weight, bias = (None if p is None else p.to(x) for p in (self.norm.weight, self.norm.bias))
+        return frame_spanning_group_norm(x, self.norm.num_groups, weight, bias, self.norm.eps, CLIP_CHUNKS.get())
+
+
+@dataclass
+class Inflation:
+    """What VE_InflateUNet attached to a MODEL: its temporal layers and the GroupNorm choice."""
+
+    layers: TemporalLayers
+    frame_groupnorm: bool
+
+
+def temporal_layer_specs(unet: nn.Module) -> dict[str, tuple[int, int, int]]:
+    """Block path -> (dim, heads, dim_head) for every transformer block of the UNet."""
+    return {path: (block.norm1.normalized_shape[0], block.n_heads, block.d_head)
+            for _, path, _, block in iter_transformer_blocks(unet)}
+
+
+def _inject(layers: TemporalLayers, frame_groupnorm: bool, patcher: ModelPatcher):
+    unet = patcher.model.diffusion_model
+    for _, path, transformer, block in iter_transformer_blocks(unet):
+        index = int(path.rsplit(".", 1)[1])
+        transformer.transformer_blocks[index] = InflatedTransformerBlock(block, layers.layer(path))
+    if frame_groupnorm:
+        for container, index in iter_resnet_norms(unet):
+            container[index] = FrameSpanningGroupNorm(container[index])
+
+
+def _eject(patcher: ModelPatcher):
+    unet = patcher.model.diffusion_model
+    for container, index in iter_resnet_norms(unet):
+        if isinstance(container[index], FrameSpanningGroupNorm):
+            container[index] = container[index].norm
+    for module in unet.modules():
+        blocks = getattr(module, "transformer_blocks", None)
+        if blocks is not None:
+            for index, block in enumerate(blocks):
+                if isinstance(block, InflatedTransformerBlock):
+                    blocks[index] = block.block
+
+
+def _clip_layout_wrapper(executor, x, timesteps, context, y, control, transformer_options, **kwargs):
+    """Publish how many clips share the batch (one per cond/uncond chunk) to the injected layers."""
+    token = CLIP_CHUNKS.set(len(transformer_options.get("cond_or_uncond") or [0]))
+    try:
+        return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+    finally:
+        CLIP_CHUNKS.reset(token)
+
+
+def get_inflation(model) -> Inflation | None:
+    return model.get_attachment(KEY)
+
+
+def inflate(model, temporal_state: dict | None = None, frame_groupnorm: bool = True):
+    """A clone of ``model`` with temporal layers (zero-initialised output, or ``temporal_state``).
+
+    Re-inflating an inflated MODEL replaces its temporal layers.
+    """
+    unet = require_sd1_unet(model)
+    layers = TemporalLayers(temporal_layer_specs(unet))
+    if temporal_state is not None:
+        layers.load_state_dict(temporal_state, strict=True)
+    layers.requires_grad_(False)
+    clone = model.clone()
+    clone.set_additional_models(KEY, [ModelPatcher(layers, load_device=model.load_device, offload_device=model.offload_device)])
+    clone.set_injections(KEY, [PatcherInjection(inject=lambda patcher: _inject(layers, frame_groupnorm, patcher), eject=_eject)])
+    clone.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, KEY, _clip_layout_wrapper)
+    clone.set_attachments(KEY, Inflation(layers, frame_groupnorm))
+    return clone
+
+
+class InflateUNet(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VE_InflateUNet",
+            display_name="Inflate UNet for Video",
+            category="video_edit/tune_a_video",
+            description=(
+                "Adds Tune-A-Video's temporal attention after the feed-forward of every transformer block: pre-LayerNorm "
+                "self-attention over frames at each pixel, residual, output zero-initialised so the untuned model equals "
+                "the image model. frame_groupnorm (on = official) makes the ResNet GroupNorms and the final norm compute "
+                "statistics over all frames of the clip instead of per frame: frames share brightness/contrast "
+                "statistics, which steadies the clip but makes every frame depend on the others. "
+                "The input MODEL is not changed."),
+            inputs=[
+                io.Model.Input("model"),
+                io.Boolean.Input("frame_groupnorm", default=True,
+                                 tooltip="ResNet GroupNorm statistics over all frames (official Tune-A-Video)."),
+            ],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, frame_groupnorm) -> io.NodeOutput:
+        return io.NodeOutput(inflate(model, frame_groupnorm=frame_groupnorm))
+
+
+NODES = [InflateUNet]

@@ -1,0 +1,51 @@
+"""Helpers the nodes share: input checks with clear errors, and weight patching that tolerates injection."""
+
+from __future__ import annotations
+
+
+def require_sd1_unet(model, input_name: str = "model"):
+    """Return the SD1.x UNet inside a MODEL, or raise naming the input (SDXL, SD3, Flux ... are refused)."""
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    unet = model.model.diffusion_model
+    config = getattr(model.model, "model_config", None)
+    family = type(config).__name__ if config is not None else type(unet).__name__
+    context_dim = (getattr(config, "unet_config", None) or {}).get("context_dim")
+    if not isinstance(unet, UNetModel) or context_dim != 768 or getattr(model.model, "adm_channels", 0):
+        raise ValueError(
+            f"{input_name}: this node needs an SD1.x model (UNet with 768-wide text context); got {family}. "
+            "Load an SD1.5 or SD1.x DreamBooth checkpoint with Load Checkpoint.")
+    return unet
+
+
+def require_video_latent(latent: dict, input_name: str = "latent", min_frames: int = 2):
+    """Return the ``[F,4,h,w]`` samples of a video LATENT, or raise naming the input."""
+    samples = latent["samples"]
+    if samples.ndim != 4:
+        raise ValueError(f"{input_name}: expected a batch of frame latents [frames, 4, h, w], got shape {tuple(samples.shape)}.")
+    if samples.shape[0] < min_frames:
+        raise ValueError(
+            f"{input_name}: a clip of at least {min_frames} frames is needed, got {samples.shape[0]}. "
+            "Load more frames (VE Load Video n_frames) before VAE Encode.")
+    return samples
+
+
+def add_weight_patches(model, patches: dict, strength: float = 1.0):
+    """``model.add_patches`` that also works while another clone of the same UNet is loaded with injected layers.
+
+    ComfyUI only accepts keys found in the live module tree; injected wrappers rename those keys, so patches
+    would be dropped silently. The injecting clone is ejected for the check, and a dropped key is an error.
+    """
+    import contextlib
+
+    import comfy.model_management
+
+    injected = {id(p): p for p in (loaded.model for loaded in comfy.model_management.current_loaded_models)
+                if p is not None and p.model is model.model and p.is_injected}
+    with contextlib.ExitStack() as stack:
+        for patcher in injected.values():
+            stack.enter_context(patcher.use_ejected())
+        accepted = set(model.add_patches(patches, strength))
+    missing = sorted(set(patches) - accepted)
+    if missing:
+        raise RuntimeError(f"{len(missing)} weight patches did not match the model, e.g. {missing[0]}.")

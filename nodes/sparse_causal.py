@@ -1,0 +1,89 @@
+"""VE_SparseCausalAttention: cross-frame self-attention on any SD1.x MODEL (Tune-A-Video, FateZero)."""
+
+from __future__ import annotations
+
+from comfy.ldm.modules.attention import optimized_attention
+from comfy_api.latest import io
+
+from ..kernels.attention import CROSS_FRAME_MODES, cross_frame_attention
+from ..kernels.unet_layout import iter_transformer_blocks
+from .model_helpers import require_sd1_unet
+
+
+def comfy_attention(q, k, v, heads):
+    """ComfyUI's selected fast kernel (SDPA, xformers, sage, ...) on ``(b, n, heads*dim)`` tensors."""
+    return optimized_attention(q, k, v, heads)
+
+
+class CrossFrameAttentionPatch:
+    """attn1 replace patch: frame i's queries attend to the keys/values of its reference frames.
+
+    The frames of one clip are the batch divided by the number of cond/uncond chunks ComfyUI runs together;
+    under context windows that is the window, and references are taken inside it. Outside the
+    ``[sigma_end, sigma_start]`` range it is plain per-frame self-attention.
+    """
+
+    def __init__(self, mode: str, sigma_start: float, sigma_end: float):
+        self.mode = mode
+        self.sigma_start = sigma_start
+        self.sigma_end = sigma_end
+
+    def active(self, extra_options) -> bool:
+        sigmas = extra_options.get("sigmas")
+        if sigmas is None:
+            return True
+        sigma = float(sigmas.max())
+        return self.sigma_end <= sigma <= self.sigma_start
+
+    def __call__(self, q, k, v, extra_options):
+        heads = extra_options["n_heads"]
+        if not self.active(extra_options):
+            return comfy_attention(q, k, v, heads)
+        chunks = len(extra_options.get("cond_or_uncond") or [0])
+        return cross_frame_attention(q, k, v, heads, chunks, self.mode, attention=comfy_attention)
+
+
+def with_cross_frame_attention(model, mode: str, start_percent: float = 0.0, end_percent: float = 1.0):
+    """A clone of ``model`` whose every self-attention uses ``mode`` (see kernels.attention.reference_frames)."""
+    unet = require_sd1_unet(model)
+    sampling = model.get_model_object("model_sampling")
+    # percent_to_sigma(0) is a huge sentinel (999999999.9) and percent_to_sigma(1) is 0: both are inclusive bounds.
+    patch = CrossFrameAttentionPatch(mode, sampling.percent_to_sigma(start_percent), sampling.percent_to_sigma(end_percent))
+    clone = model.clone()
+    for (stage, number, index), *_ in iter_transformer_blocks(unet):
+        clone.set_model_attn1_replace(patch, stage, number, index)
+    return clone
+
+
+class SparseCausalAttention(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VE_SparseCausalAttention",
+            display_name="Sparse-Causal Attention (video)",
+            category="video_edit/tune_a_video",
+            description=(
+                "Makes every self-attention layer look across frames so a batch of frames is denoised as one clip. "
+                "sparse_causal (Tune-A-Video): frame i attends to frame 0 and frame i-1; first_frame / middle_frame: "
+                "every frame attends to one anchor frame (middle_frame is FateZero's zero-shot setting); full: all "
+                "frames (memory grows with frames squared). Works on any SD1.x model, inflated or not; the input MODEL "
+                "is not changed."),
+            inputs=[
+                io.Model.Input("model"),
+                io.Combo.Input("mode", options=list(CROSS_FRAME_MODES), default="sparse_causal"),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
+                               tooltip="Fraction of the schedule where cross-frame attention starts."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001,
+                               tooltip="Fraction of the schedule where it stops (plain per-frame attention after)."),
+            ],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, mode, start_percent, end_percent) -> io.NodeOutput:
+        if start_percent > end_percent:
+            raise ValueError(f"start_percent ({start_percent}) must not exceed end_percent ({end_percent}).")
+        return io.NodeOutput(with_cross_frame_attention(model, mode, start_percent, end_percent))
+
+
+NODES = [SparseCausalAttention]

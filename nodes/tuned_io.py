@@ -1,0 +1,131 @@
+"""VE_SaveTuned / VE_LoadTuned: what one-shot tuning changed, as one small safetensors file.
+
+File layout (``models/video_edit_tuned/*.safetensors``):
+- ``query_delta.<model key>``: the tuned change of each query projection, e.g.
+  ``query_delta.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight`` (fp32);
+- ``temporal.<block path>.{norm_temp,attn_temp}...``: the temporal layers (fp32);
+- metadata ``video_edit_format`` = "tune_a_video/1", ``frame_groupnorm``, and the tuning's ``frames``, ``height``,
+  ``width``, ``steps``, ``learning_rate``, ``seed``, ``prompt``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import folder_paths
+from comfy_api.latest import io
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .tuning import TUNING_KEY, TunedWeights, apply_tuned
+
+FOLDER = "video_edit_tuned"
+FORMAT = "tune_a_video/1"
+QUERY_PREFIX = "query_delta."
+TEMPORAL_PREFIX = "temporal."
+
+if FOLDER not in folder_paths.folder_names_and_paths:
+    folder_paths.folder_names_and_paths[FOLDER] = ([os.path.join(folder_paths.models_dir, FOLDER)], {".safetensors"})
+
+
+def atomic_save_safetensors(tensors: dict, metadata: dict, path: str):
+    """Write to a temporary file beside ``path`` and rename it into place: no half-written file on failure."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
+    os.close(handle)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        os.remove(tmp)
+        raise
+
+
+def save_tuned(tuned: TunedWeights, path: str):
+    tensors = {QUERY_PREFIX + k: v for k, v in tuned.query_deltas.items()}
+    tensors.update({TEMPORAL_PREFIX + k: v for k, v in tuned.temporal.items()})
+    metadata = {k: json.dumps(v) for k, v in tuned.metadata.items()}
+    metadata.update(video_edit_format=FORMAT, frame_groupnorm=json.dumps(tuned.frame_groupnorm))
+    atomic_save_safetensors(tensors, metadata, path)
+
+
+def load_tuned(path: str) -> TunedWeights:
+    if not path.endswith(".safetensors"):
+        raise ValueError(f"tuned_file: {os.path.basename(path)} is not a .safetensors file; tuned weights are only "
+                         "read from safetensors (pickled files can run code and are refused).")
+    with safe_open(path, framework="pt") as f:
+        metadata = f.metadata() or {}
+        if metadata.get("video_edit_format") != FORMAT:
+            raise ValueError(f"tuned_file: {os.path.basename(path)} is not a Tune-A-Video file saved by VE Save Tuned "
+                             f"(format {metadata.get('video_edit_format')!r}, expected {FORMAT!r}).")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    info = {k: json.loads(v) for k, v in metadata.items() if k not in ("video_edit_format", "frame_groupnorm")}
+    return TunedWeights(
+        query_deltas={k[len(QUERY_PREFIX):]: v for k, v in tensors.items() if k.startswith(QUERY_PREFIX)},
+        temporal={k[len(TEMPORAL_PREFIX):]: v for k, v in tensors.items() if k.startswith(TEMPORAL_PREFIX)},
+        frame_groupnorm=json.loads(metadata.get("frame_groupnorm", "true")),
+        metadata=info,
+    )
+
+
+class SaveTuned(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VE_SaveTuned",
+            display_name="Save Tuned Video Model",
+            category="video_edit/tune_a_video",
+            description=(f"Saves only what one-shot tuning changed (query deltas and temporal layers, a few hundred MB for "
+                         f"SD1.5) into models/{FOLDER}/, with the tuning's settings as metadata. Atomic write."),
+            inputs=[
+                io.Model.Input("model", tooltip="The output of VE One-Shot Tune (or VE Load Tuned)."),
+                io.String.Input("filename", default="tuned_clip"),
+                io.String.Input("prompt", default="", tooltip="The source prompt, kept in the file's metadata."),
+            ],
+            outputs=[io.String.Output(display_name="path")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model, filename, prompt) -> io.NodeOutput:
+        tuned = model.get_attachment(TUNING_KEY)
+        if tuned is None:
+            raise ValueError("model: it carries no tuning; connect the MODEL output of VE One-Shot Tune.")
+        name = os.path.basename(filename.strip()) or "tuned_clip"
+        if not name.endswith(".safetensors"):
+            name += ".safetensors"
+        path = os.path.join(folder_paths.get_folder_paths(FOLDER)[0], name)
+        tuned = TunedWeights(tuned.query_deltas, tuned.temporal, tuned.frame_groupnorm, {**tuned.metadata, "prompt": prompt})
+        save_tuned(tuned, path)
+        return io.NodeOutput(path, ui={"text": [path]})
+
+
+class LoadTuned(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VE_LoadTuned",
+            display_name="Load Tuned Video Model",
+            category="video_edit/tune_a_video",
+            description=("Applies a file saved by VE Save Tuned to a MODEL (the checkpoint it was tuned on): inflates it "
+                         "with the tuned temporal layers and patches the query projections. Reproduces the tuned "
+                         "model exactly, without training."),
+            inputs=[
+                io.Model.Input("model"),
+                io.Combo.Input("tuned_file", options=folder_paths.get_filename_list(FOLDER)),
+            ],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, tuned_file) -> io.NodeOutput:
+        path = folder_paths.get_full_path(FOLDER, tuned_file)
+        if path is None:
+            raise FileNotFoundError(f"tuned_file: {tuned_file!r} is not in models/{FOLDER}/. Save one with VE Save Tuned.")
+        return io.NodeOutput(apply_tuned(model, load_tuned(path)))
+
+
+NODES = [SaveTuned, LoadTuned]

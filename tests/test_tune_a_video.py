@@ -1,0 +1,156 @@
+"""Tune-A-Video through ComfyUI's real model objects (tiny SD1.5): algorithms.md §6.1, clone isolation, save/load."""
+
+import copy
+
+import pytest
+import torch
+
+FRAMES, H, W = 4, 8, 8
+
+
+@pytest.fixture(scope="module")
+def tav(sd15):
+    import comfy.sample
+    import comfy.samplers
+    from video_edit.nodes import inflate, inversion, sparse_causal, tuned_io, tuning
+
+    model, clip, _ = sd15
+    cond = clip.encode_from_tokens_scheduled(clip.tokenize("a man is skiing"))
+
+    def denoise(m, x, sigma=4.0):
+        """The model's x0 prediction at ``sigma`` (one Euler step to 0), through ComfyUI's sampler stack."""
+        sigmas = torch.tensor([sigma, 0.0])
+        return comfy.sample.sample_custom(m, torch.zeros_like(x), 1.0, comfy.samplers.sampler_object("euler"), sigmas,
+                                          cond, cond, x, disable_pbar=True)
+
+    class NS:
+        pass
+
+    ns = NS()
+    ns.model, ns.cond, ns.denoise = model, cond, denoise
+    ns.inflate, ns.inversion, ns.sparse_causal, ns.tuning, ns.tuned_io = inflate, inversion, sparse_causal, tuning, tuned_io
+    ns.clip = torch.randn(FRAMES, 4, H, W, generator=torch.Generator().manual_seed(0))
+    return ns
+
+
+def model_state(model):
+    """What a node could alter on a MODEL: patches, options, wrappers, injections, attachments, extra models."""
+    return (copy.deepcopy({k: [id(p) for p in v] for k, v in model.patches.items()}), repr(model.model_options),
+            repr(model.wrappers), repr(model.injections), repr(model.attachments), repr(model.additional_models),
+            model.patches_uuid)
+
+
+def test_sparse_causal_frame0_equals_the_image_model(tav):
+    plain = tav.denoise(tav.model, tav.clip)
+    patched = tav.denoise(tav.sparse_causal.with_cross_frame_attention(tav.model, "sparse_causal"), tav.clip)
+    torch.testing.assert_close(patched[0], plain[0], rtol=1e-4, atol=1e-4)
+    assert (patched[1:] - plain[1:]).abs().max() > 1e-3  # the other frames do look across frames
+
+
+def test_identical_frames_give_the_image_model_output(tav):
+    clip = tav.clip[:1].repeat(FRAMES, 1, 1, 1)
+    plain = tav.denoise(tav.model, clip)
+    for mode in ("sparse_causal", "first_frame", "middle_frame", "full"):
+        patched = tav.denoise(tav.sparse_causal.with_cross_frame_attention(tav.model, mode), clip)
+        torch.testing.assert_close(patched, plain, rtol=1e-4, atol=1e-4)
+    inflated = tav.sparse_causal.with_cross_frame_attention(tav.inflate.inflate(tav.model, frame_groupnorm=True), "sparse_causal")
+    torch.testing.assert_close(tav.denoise(inflated, clip), plain, rtol=1e-4, atol=1e-4)
+
+
+def test_frame_i_never_sees_its_own_keys_in_the_real_patch(tav):
+    """The patch ComfyUI calls, on real projected q/k/v of the tiny model's first block."""
+    from comfy.ldm.modules.attention import optimized_attention
+
+    patch = tav.sparse_causal.CrossFrameAttentionPatch("sparse_causal", 1e9, 0.0)
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2 * FRAMES, 16, 320, generator=g) for _ in range(3))
+    options = {"n_heads": 8, "cond_or_uncond": [0, 1], "sigmas": torch.tensor([3.0])}
+    out = patch(q, k, v, options)
+    torch.testing.assert_close(out[[0, FRAMES]], optimized_attention(q[[0, FRAMES]], k[[0, FRAMES]], v[[0, FRAMES]], 8))
+    k2, v2 = k.clone(), v.clone()
+    k2[2] += 5.0
+    v2[2] -= 5.0
+    torch.testing.assert_close(patch(q, k2, v2, options)[2], out[2], rtol=0, atol=0)
+    outside = tav.sparse_causal.CrossFrameAttentionPatch("sparse_causal", 2.0, 1.0)  # sigma 3 is outside [1, 2]
+    torch.testing.assert_close(outside(q, k, v, options), optimized_attention(q, k, v, 8))
+
+
+def test_untuned_inflated_model_equals_the_image_model(tav):
+    plain = tav.denoise(tav.model, tav.clip)
+    torch.testing.assert_close(tav.denoise(tav.inflate.inflate(tav.model, frame_groupnorm=False), tav.clip), plain,
+                               rtol=1e-5, atol=1e-5)
+    # The official frame-spanning GroupNorm is a real change on a clip whose frames differ.
+    assert (tav.denoise(tav.inflate.inflate(tav.model, frame_groupnorm=True), tav.clip) - plain).abs().max() > 1e-3
+
+
+def test_injection_is_gone_after_unload(tav):
+    import comfy.model_management
+
+    inflated = tav.inflate.inflate(tav.model)
+    tav.denoise(inflated, tav.clip)
+    comfy.model_management.unload_all_models()
+    unet = tav.model.model.diffusion_model
+    names = {type(m).__name__ for m in unet.modules()}
+    assert "InflatedTransformerBlock" not in names and "FrameSpanningGroupNorm" not in names
+
+
+@pytest.fixture(scope="module")
+def tuned(tav):
+    base = tav.sparse_causal.with_cross_frame_attention(tav.inflate.inflate(tav.model, frame_groupnorm=True), "sparse_causal")
+    before = model_state(base)
+    model, losses = tav.tuning.one_shot_tune(base, {"samples": tav.clip}, tav.cond, steps=3, learning_rate=1e-3, seed=0)
+    assert model_state(base) == before
+    return base, model, losses
+
+
+def test_trainable_set_is_exactly_the_official_one(tav, tuned):
+    base, model, _ = tuned
+    record = model.get_attachment(tav.tuning.TUNING_KEY)
+    unet = tav.model.model.diffusion_model
+    blocks = [path for _, path, _, _ in tav.inflate.iter_transformer_blocks(unet)]
+    assert set(record.query_deltas) == {f"diffusion_model.{p}.{a}.to_q.weight" for p in blocks for a in ("attn1", "attn2")}
+    assert all(d.abs().max() > 0 for d in record.query_deltas.values())
+    start = tav.inflate.get_inflation(base).layers.state_dict()
+    for key, value in record.temporal.items():
+        moved = not torch.equal(value, start[key].float())
+        assert moved == (".attn_temp." in key), key  # attn_temp all trained, norm_temp frozen
+
+
+def test_tuning_leaves_the_input_model_and_changes_the_output(tav, tuned):
+    base, model, losses = tuned
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    assert (tav.denoise(model, tav.clip) - tav.denoise(base, tav.clip)).abs().max() > 1e-4
+
+
+def test_save_then_load_is_bit_identical(tav, tuned, tmp_path):
+    base, model, _ = tuned
+    path = str(tmp_path / "clip.safetensors")
+    tav.tuned_io.save_tuned(model.get_attachment(tav.tuning.TUNING_KEY), path)
+    reloaded = tav.tuned_io.load_tuned(path)
+    assert reloaded.metadata["frames"] == FRAMES and reloaded.frame_groupnorm is True
+    again = tav.tuning.apply_tuned(base, reloaded)
+    assert torch.equal(tav.denoise(again, tav.clip), tav.denoise(model, tav.clip))
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.safetensors"]
+
+
+def test_tuning_lowers_the_loss(tav):
+    """Evaluate the ε-MSE at the same fixed timesteps and noise before and after tuning (lr 0 = evaluation)."""
+    base = tav.inflate.inflate(tav.model)
+    latent = {"samples": tav.clip}
+
+    def loss(m):
+        return sum(tav.tuning.one_shot_tune(m, latent, tav.cond, steps=3, learning_rate=1e-12, seed=7)[1]) / 3
+
+    tuned_model, _ = tav.tuning.one_shot_tune(base, latent, tav.cond, steps=8, learning_rate=2e-3, seed=1)
+    assert loss(tuned_model) < 0.9 * loss(base)
+
+
+def test_bad_inputs_fail_with_clear_messages(tav):
+    with pytest.raises(ValueError, match="model: one-shot tuning trains the temporal layers"):
+        tav.tuning.one_shot_tune(tav.model, {"samples": tav.clip}, tav.cond, 1, 1e-5, 0)
+    with pytest.raises(ValueError, match="latent: a clip of at least 2 frames"):
+        tav.tuning.one_shot_tune(tav.inflate.inflate(tav.model), {"samples": tav.clip[:1]}, tav.cond, 1, 1e-5, 0)
+    with pytest.raises(FloatingPointError, match="loss became nan at step 0"):
+        bad = tav.clip.clone()
+        bad[0, 0, 0, 0] = float("nan")
+        tav.tuning.one_shot_tune(tav.inflate.inflate(tav.model), {"samples": bad}, tav.cond, 1, 1e-5, 0)
