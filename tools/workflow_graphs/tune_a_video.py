@@ -1,0 +1,83 @@
+"""Tune-A-Video workflows: tune on the clip and edit, the same with ControlNet, and edit from a saved tuning."""
+
+from comfy_execution.graph_utils import GraphBuilder
+
+CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
+CONTROLNET = "control_v11p_sd15_canny.pth"
+SOURCE_VIDEO = "man-skiing.mp4"
+SOURCE_PROMPT = "a man is skiing"
+EDIT_PROMPT = "spider man is skiing on the beach, cartoon style"
+TUNED_FILE = "man_skiing.safetensors"
+
+
+def _source(g: GraphBuilder):
+    """Checkpoint, the clip (24 frames, stride 2, 512x512) and its latents."""
+    ckpt = g.node("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
+    video = g.node("VE_LoadVideo", file=SOURCE_VIDEO, n_frames=24, start_frame=0, frame_stride=2, width=512, height=512, path="")
+    latent = g.node("VAEEncode", pixels=video.out(0), vae=ckpt.out(2))
+    return ckpt, video, latent
+
+
+def _invert_edit_save(g, ckpt, video, latent, model, positive, negative, prefix):
+    """Invert with the (tuned) model and the empty prompt, sample the edit from that noise, save the video."""
+    inversion = g.node("VE_DDIMInvert", model=model, latent=latent.out(0), steps=50, clip=ckpt.out(1))
+    edit = g.node("KSamplerAdvanced", model=model, add_noise="disable", noise_seed=33, steps=50, cfg=12.5,
+                  sampler_name="ddim", scheduler="ddim_uniform", positive=positive, negative=negative,
+                  latent_image=inversion.out(0), start_at_step=0, end_at_step=10000, return_with_leftover_noise="disable")
+    frames = g.node("VAEDecode", samples=edit.out(0), vae=ckpt.out(2))
+    g.node("VE_SaveVideo", images=frames.out(0), fps=video.out(1), filename_prefix=prefix, format="mp4")
+
+
+def _tuned_model(g, ckpt, latent):
+    inflated = g.node("VE_InflateUNet", model=ckpt.out(0), frame_groupnorm=True)
+    sparse = g.node("VE_SparseCausalAttention", model=inflated.out(0), mode="sparse_causal", start_percent=0.0, end_percent=1.0)
+    source = g.node("CLIPTextEncode", clip=ckpt.out(1), text=SOURCE_PROMPT)
+    tune = g.node("VE_OneShotTune", model=sparse.out(0), latent=latent.out(0), conditioning=source.out(0), steps=500,
+                  learning_rate=3e-5, seed=33, gradient_checkpointing=True)
+    g.node("VE_SaveTuned", model=tune.out(0), filename=TUNED_FILE, prompt=SOURCE_PROMPT)
+    return tune.out(0)
+
+
+def _prompts(g, ckpt):
+    edit = g.node("CLIPTextEncode", clip=ckpt.out(1), text=EDIT_PROMPT)
+    negative = g.node("CLIPTextEncode", clip=ckpt.out(1), text="")
+    return edit.out(0), negative.out(0)
+
+
+def tune_a_video_edit():
+    g = GraphBuilder(prefix="")
+    ckpt, video, latent = _source(g)
+    model = _tuned_model(g, ckpt, latent)
+    positive, negative = _prompts(g, ckpt)
+    _invert_edit_save(g, ckpt, video, latent, model, positive, negative, "video_edit/tune_a_video")
+    return g.finalize()
+
+
+def tune_a_video_controlnet():
+    g = GraphBuilder(prefix="")
+    ckpt, video, latent = _source(g)
+    model = _tuned_model(g, ckpt, latent)
+    positive, negative = _prompts(g, ckpt)
+    hints = g.node("Canny", image=video.out(0), low_threshold=0.4, high_threshold=0.8)
+    controlnet = g.node("ControlNetLoader", control_net_name=CONTROLNET)
+    apply = g.node("ControlNetApplyAdvanced", positive=positive, negative=negative, control_net=controlnet.out(0),
+                   image=hints.out(0), strength=1.0, start_percent=0.0, end_percent=1.0)
+    _invert_edit_save(g, ckpt, video, latent, model, apply.out(0), apply.out(1), "video_edit/tune_a_video_controlnet")
+    return g.finalize()
+
+
+def tune_a_video_reuse():
+    g = GraphBuilder(prefix="")
+    ckpt, video, latent = _source(g)
+    tuned = g.node("VE_LoadTuned", model=ckpt.out(0), tuned_file=TUNED_FILE)
+    sparse = g.node("VE_SparseCausalAttention", model=tuned.out(0), mode="sparse_causal", start_percent=0.0, end_percent=1.0)
+    positive, negative = _prompts(g, ckpt)
+    _invert_edit_save(g, ckpt, video, latent, sparse.out(0), positive, negative, "video_edit/tune_a_video_reuse")
+    return g.finalize()
+
+
+WORKFLOWS = {
+    "tune_a_video_edit": tune_a_video_edit,
+    "tune_a_video_controlnet": tune_a_video_controlnet,
+    "tune_a_video_reuse": tune_a_video_reuse,
+}
