@@ -1,0 +1,1 @@
+"""Independent reference implementations used by parity tests (diffusers-based, no pack imports)."""
