@@ -83,6 +83,19 @@ def remove_weight_wrappers(patcher, wrappers):
             module.weight_function = [f for f in functions if not any(f is w for w in wrappers)]
 
 
+def allow_autograd(module: nn.Module):
+    """Weights that ComfyUI loaded while running a graph are inference tensors, which autograd cannot use.
+    Re-create them as ordinary tensors with the same values on the same device."""
+    with torch.inference_mode(False):
+        for sub in module.modules():
+            for name, param in sub._parameters.items():
+                if param is not None and param.is_inference():
+                    sub._parameters[name] = nn.Parameter(param.clone(), requires_grad=param.requires_grad)
+            for name, buffer in sub._buffers.items():
+                if buffer is not None and buffer.is_inference():
+                    sub._buffers[name] = buffer.clone()
+
+
 class OneShotTuningSampler(comfy.samplers.Sampler):
     """Runs the optimisation inside guider.sample(): ε-MSE at one shared random timestep per clip."""
 
@@ -112,8 +125,9 @@ class OneShotTuningSampler(comfy.samplers.Sampler):
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
+        allow_autograd(model_wrap.inner_model)
         sampling = model_wrap.inner_model.model_sampling
-        clip = latent_image.detach()
+        clip = latent_image.detach().clone()
         generator = torch.Generator().manual_seed(self.seed)
         progress = comfy.utils.ProgressBar(self.steps)
         bar = tqdm(range(self.steps), desc="One-shot tuning", disable=not comfy.utils.PROGRESS_BAR_ENABLED)

@@ -74,3 +74,18 @@ def sd15(comfy_lib, tiny_models):
     model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
         str(tiny_models["checkpoint"]), output_vae=True, output_clip=True)
     return model, clip, vae
+
+
+@pytest.fixture(scope="session")
+def object_info(comfy):
+    return comfy.object_info()
+
+
+@pytest.fixture(scope="session")
+def tiny_workflow_inputs(comfy):
+    """Inputs that shrink any workflow to the tiny model: a sample clip, 4 frames of 64x64, 2 steps."""
+    from sample_clip import write_sample_clip
+
+    write_sample_clip(comfy.input_dir / "skier.mp4", frames=20, size=96)
+    return dict(ckpt_name=comfy.checkpoint_name, control_net_name=comfy.controlnet_name, file="skier.mp4",
+                n_frames=4, width=64, height=64, steps=2, batch_size=4)
