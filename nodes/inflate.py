@@ -7,6 +7,7 @@ UNet is never edited outside that window, and LoRA/offload logic never sees our 
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 from dataclasses import dataclass
 
@@ -19,7 +20,7 @@ from torch import nn
 
 from ..kernels.temporal import TemporalLayers, frame_spanning_group_norm
 from ..kernels.unet_layout import iter_resnet_norms, iter_transformer_blocks
-from .model_helpers import require_sd1_unet
+from .model_helpers import check_clip_inputs_when_sampling, require_sd1_unet, set_wrapper
 
 KEY = "video_edit_inflation"
 
@@ -27,6 +28,18 @@ KEY = "video_edit_inflation"
 CLIP_CHUNKS = contextvars.ContextVar("video_edit_clip_chunks", default=1)
 # Set by the tuning loop: recompute transformer blocks in the backward pass instead of storing activations.
 GRADIENT_CHECKPOINTING = contextvars.ContextVar("video_edit_gradient_checkpointing", default=False)
+# Set by MotionDirector's spatial path: the image model's path, temporal layers skipped and norms per frame.
+TEMPORAL_BYPASS = contextvars.ContextVar("video_edit_temporal_bypass", default=False)
+
+
+@contextlib.contextmanager
+def bypass_temporal():
+    """Run the inflated UNet as the image UNet: no temporal attention, per-frame GroupNorm."""
+    token = TEMPORAL_BYPASS.set(True)
+    try:
+        yield
+    finally:
+        TEMPORAL_BYPASS.reset(token)
 
 
 class InflatedTransformerBlock(nn.Module):
@@ -37,15 +50,20 @@ class InflatedTransformerBlock(nn.Module):
         self.block = block
         self.temporal = temporal
 
-    def _forward(self, x, context, transformer_options):
+    def _forward(self, x, context, transformer_options, chunks, bypass):
         x = self.block(x, context=context, transformer_options=transformer_options)
+        if bypass:
+            return x
         dtype = self.temporal.norm_temp.weight.dtype
-        return self.temporal(x.to(dtype), CLIP_CHUNKS.get()).to(x.dtype)
+        return self.temporal(x.to(dtype), chunks).to(x.dtype)
 
     def forward(self, x, context=None, transformer_options={}):
+        # The context is read here, not inside _forward: a checkpointed recompute runs in the backward pass,
+        # outside the caller's context.
+        args = (x, context, transformer_options, CLIP_CHUNKS.get(), TEMPORAL_BYPASS.get())
         if GRADIENT_CHECKPOINTING.get() and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(self._forward, x, context, transformer_options, use_reentrant=False)
-        return self._forward(x, context, transformer_options)
+            return torch.utils.checkpoint.checkpoint(self._forward, *args, use_reentrant=False)
+        return self._forward(*args)
 
 
 class FrameSpanningGroupNorm(nn.Module):
@@ -57,7 +75,8 @@ class FrameSpanningGroupNorm(nn.Module):
 
     def forward(self, x):
         weight, bias = (None if p is None else p.to(x) for p in (self.norm.weight, self.norm.bias))
-        return frame_spanning_group_norm(x, self.norm.num_groups, weight, bias, self.norm.eps, CLIP_CHUNKS.get())
+        chunks = x.shape[0] if TEMPORAL_BYPASS.get() else CLIP_CHUNKS.get()
+        return frame_spanning_group_norm(x, self.norm.num_groups, weight, bias, self.norm.eps, chunks)
 
 
 @dataclass
@@ -110,6 +129,12 @@ def get_inflation(model) -> Inflation | None:
     return model.get_attachment(KEY)
 
 
+def temporal_patcher(model) -> ModelPatcher:
+    """The ModelPatcher of an inflated MODEL's temporal layers, private to that clone: weight patches for the
+    temporal layers (motion LoRAs) go here, as AnimateDiff-Evolved does for its motion models."""
+    return model.get_additional_models_with_key(KEY)[0]
+
+
 def inflate(model, temporal_state: dict | None = None, frame_groupnorm: bool = True):
     """A clone of ``model`` with temporal layers (zero-initialised output, or ``temporal_state``).
 
@@ -123,7 +148,8 @@ def inflate(model, temporal_state: dict | None = None, frame_groupnorm: bool = T
     clone = model.clone()
     clone.set_additional_models(KEY, [ModelPatcher(layers, load_device=model.load_device, offload_device=model.offload_device)])
     clone.set_injections(KEY, [PatcherInjection(inject=lambda patcher: _inject(layers, frame_groupnorm, patcher), eject=_eject)])
-    clone.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, KEY, _clip_layout_wrapper)
+    set_wrapper(clone, WrappersMP.DIFFUSION_MODEL, KEY, _clip_layout_wrapper)
+    check_clip_inputs_when_sampling(clone)
     clone.set_attachments(KEY, Inflation(layers, frame_groupnorm))
     return clone
 

@@ -49,3 +49,32 @@ def add_weight_patches(model, patches: dict, strength: float = 1.0):
     missing = sorted(set(patches) - accepted)
     if missing:
         raise RuntimeError(f"{len(missing)} weight patches did not match the model, e.g. {missing[0]}.")
+
+
+def set_wrapper(model, wrapper_type: str, key: str, wrapper):
+    """Install ``wrapper`` under ``key``, replacing what an earlier node of this pack put there."""
+    model.remove_wrappers_with_key(wrapper_type, key)
+    model.add_wrapper_with_key(wrapper_type, key, wrapper)
+
+
+def _check_control_hint_frames(executor, noise, latent_image, *args, **kwargs):
+    """OUTER_SAMPLE wrapper: a ControlNet must get one hint per frame (or a single image for all frames)."""
+    frames = latent_image.shape[0]
+    for conds in executor.class_obj.conds.values():
+        for cond in conds:
+            control = cond.get("control")
+            while control is not None:
+                hint = getattr(control, "cond_hint_original", None)
+                if hint is not None and hint.shape[0] not in (1, frames):
+                    raise ValueError(
+                        f"ControlNet hint: {hint.shape[0]} hint frames for a {frames}-frame clip. Give the ControlNet "
+                        "one hint per frame (the same VE Load Video settings as the clip) or a single image.")
+                control = getattr(control, "previous_controlnet", None)
+    return executor(noise, latent_image, *args, **kwargs)
+
+
+def check_clip_inputs_when_sampling(model):
+    """Make sampling with ``model`` refuse ControlNet hints whose frame count does not match the clip."""
+    from comfy.patcher_extension import WrappersMP
+
+    set_wrapper(model, WrappersMP.OUTER_SAMPLE, "video_edit_clip_checks", _check_control_hint_frames)

@@ -7,7 +7,7 @@ from comfy_api.latest import io
 
 from ..kernels.attention import CROSS_FRAME_MODES, cross_frame_attention
 from ..kernels.unet_layout import iter_transformer_blocks
-from .model_helpers import require_sd1_unet
+from .model_helpers import check_clip_inputs_when_sampling, require_sd1_unet
 
 
 def comfy_attention(q, k, v, heads):
@@ -52,6 +52,7 @@ def with_cross_frame_attention(model, mode: str, start_percent: float = 0.0, end
     clone = model.clone()
     for (stage, number, index), *_ in iter_transformer_blocks(unet):
         clone.set_model_attn1_replace(patch, stage, number, index)
+    check_clip_inputs_when_sampling(clone)
     return clone
 
 

@@ -1,0 +1,128 @@
+"""Tune-A-Video at the edges: the inversion round trip, refused inputs, and a cancelled tuning."""
+
+import time
+
+import pytest
+import torch
+
+from comfy_server import ExecutionError
+
+
+def tiny_model_of(family: str):
+    """A small random-weight MODEL of another family, built by ComfyUI's own model configs."""
+    import comfy.model_patcher
+    import comfy.supported_models as supported
+
+    configs = {
+        "SDXL": (supported.SDXL, {
+            "model_channels": 320, "use_linear_in_transformer": True, "transformer_depth": [0, 1], "context_dim": 2048,
+            "adm_in_channels": 2816, "use_temporal_attention": False, "in_channels": 4, "out_channels": 4,
+            "num_res_blocks": [1, 1], "channel_mult": [1, 2], "transformer_depth_output": [0, 0, 1, 1],
+            "transformer_depth_middle": 1, "num_head_channels": 64, "num_heads": -1, "use_spatial_transformer": True,
+            "legacy": False, "num_classes": "sequential", "image_size": 32}),
+        "Flux": (supported.Flux, {
+            "image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 32, "context_in_dim": 32,
+            "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
+            "axes_dim": [8, 12, 12], "theta": 10000, "qkv_bias": True, "guidance_embed": False, "patch_size": 2}),
+    }
+    cls, unet_config = configs[family]
+    config = cls(unet_config)
+    config.set_inference_dtype(torch.float32, None)
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(config.get_model({}, device=cpu), load_device=cpu, offload_device=cpu)
+
+
+@pytest.mark.parametrize("family", ["SDXL", "Flux"])
+def test_non_sd1_models_are_refused_by_name(comfy_lib, family):
+    from video_edit.nodes import inflate, sparse_causal
+
+    model = tiny_model_of(family)
+    for make in (inflate.inflate, lambda m: sparse_causal.with_cross_frame_attention(m, "sparse_causal")):
+        with pytest.raises(ValueError, match=f"model: this node needs an SD1.x model .*got {family}"):
+            make(model)
+
+
+def test_inversion_round_trip_through_ksampler_advanced(sd15):
+    """Invert with the empty prompt, sample back with the same prompt at cfg 1 through core KSamplerAdvanced.
+
+    DDIM inversion is exact only in the limit of small steps; on the tiny random UNet, whose noise prediction
+    is far rougher than a trained model's, the error is large but must shrink as the steps grow.
+    """
+    import comfy.samplers
+    import nodes as core_nodes
+    from video_edit.nodes import inflate, inversion, sparse_causal
+
+    model, clip, _ = sd15
+    empty = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+    video_model = sparse_causal.with_cross_frame_attention(inflate.inflate(model), "sparse_causal")
+    source = 0.5 * torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    errors = {}
+    for steps in (8, 40):  # ddim_uniform gives exactly these many levels when they divide 1000
+        record = inversion.ddim_invert(video_model, {"samples": source}, empty, steps)
+        assert record.latents.shape == (steps + 1, 2, 4, 8, 8)
+        assert torch.allclose(record.latents[0], source, atol=1e-3)  # level 0 is the clip itself
+        sampler = comfy.samplers.KSampler(video_model, steps=steps, device="cpu", sampler="ddim", scheduler="ddim_uniform")
+        assert torch.allclose(record.sigmas[1:], sampler.sigmas.flip(0)[1:])  # the edit retraces the same levels
+        (back,) = core_nodes.KSamplerAdvanced().sample(video_model, "disable", 0, steps, 1.0, "ddim", "ddim_uniform",
+                                                       empty, empty, {"samples": record.latents[-1]}, 0, 10000, "disable")
+        errors[steps] = ((back["samples"] - source).norm() / source.norm()).item()
+    print(f"inversion round trip on the tiny random model, relative latent error: {errors}")
+    assert errors[40] < 0.8 * errors[8]
+    assert errors[40] < 6.0
+
+
+def test_ddim_invert_node_needs_a_prompt_or_clip(sd15):
+    from video_edit.nodes import inversion
+
+    model, _, _ = sd15
+    with pytest.raises(ValueError, match="conditioning: connect the inversion prompt"):
+        inversion.DDIMInvert.execute(model, {"samples": torch.zeros(3, 4, 8, 8)}, 2)
+    with pytest.raises(ValueError, match="latent: a clip of at least 2 frames"):
+        inversion.DDIMInvert.execute(model, {"samples": torch.zeros(1, 4, 8, 8)}, 2)
+
+
+@pytest.fixture(scope="module")
+def graph(comfy_lib):
+    from comfy_execution.graph_utils import GraphBuilder
+
+    return GraphBuilder
+
+
+def test_controlnet_hints_must_match_the_clip(comfy, graph, tiny_workflow_inputs):
+    g = graph(prefix="")
+    ckpt = g.node("CheckpointLoaderSimple", ckpt_name=comfy.checkpoint_name)
+    clip4 = g.node("VE_LoadVideo", file="skier.mp4", n_frames=4, start_frame=0, frame_stride=1, width=64, height=64, path="")
+    clip3 = g.node("VE_LoadVideo", file="skier.mp4", n_frames=3, start_frame=0, frame_stride=1, width=64, height=64, path="")
+    latent = g.node("VAEEncode", pixels=clip4.out(0), vae=ckpt.out(2))
+    text = g.node("CLIPTextEncode", clip=ckpt.out(1), text="a skier")
+    controlnet = g.node("ControlNetLoader", control_net_name=comfy.controlnet_name)
+    apply = g.node("ControlNetApplyAdvanced", positive=text.out(0), negative=text.out(0), control_net=controlnet.out(0),
+                   image=clip3.out(0), strength=1.0, start_percent=0.0, end_percent=1.0)
+    model = g.node("VE_SparseCausalAttention", model=ckpt.out(0), mode="sparse_causal", start_percent=0.0, end_percent=1.0)
+    sampled = g.node("KSampler", model=model.out(0), seed=0, steps=1, cfg=2.0, sampler_name="euler", scheduler="normal",
+                     positive=apply.out(0), negative=apply.out(1), latent_image=latent.out(0), denoise=1.0)
+    decoded = g.node("VAEDecode", samples=sampled.out(0), vae=ckpt.out(2))
+    g.node("PreviewImage", images=decoded.out(0))
+    with pytest.raises(ExecutionError, match="ControlNet hint: 3 hint frames for a 4-frame clip"):
+        comfy.run(g.finalize())
+
+
+def test_cancelled_tuning_saves_nothing(comfy, graph, tiny_workflow_inputs):
+    g = graph(prefix="")
+    ckpt = g.node("CheckpointLoaderSimple", ckpt_name=comfy.checkpoint_name)
+    clip = g.node("VE_LoadVideo", file="skier.mp4", n_frames=4, start_frame=0, frame_stride=1, width=64, height=64, path="")
+    latent = g.node("VAEEncode", pixels=clip.out(0), vae=ckpt.out(2))
+    text = g.node("CLIPTextEncode", clip=ckpt.out(1), text="a skier")
+    model = g.node("VE_InflateUNet", model=ckpt.out(0), frame_groupnorm=True)
+    tune = g.node("VE_OneShotTune", model=model.out(0), latent=latent.out(0), conditioning=text.out(0), steps=100000,
+                  learning_rate=3e-5, seed=5, gradient_checkpointing=True)
+    g.node("VE_SaveTuned", model=tune.out(0), filename="cancelled", prompt="")
+    prompt_id = comfy.queue(g.finalize())
+    deadline = time.monotonic() + 120
+    while "One-shot tuning" not in comfy.log_tail(20000) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    comfy.interrupt()
+    with pytest.raises(ExecutionError, match="interrupted"):
+        comfy.wait(prompt_id, timeout=120)
+    folder = comfy.base_dir / "models" / "video_edit_tuned"
+    assert not folder.exists() or not [p for p in folder.iterdir() if p.name.startswith(("cancelled", ".tmp"))]
