@@ -3,9 +3,9 @@
 Each module exposes ``WORKFLOWS``: file name -> function returning an API prompt (``GraphBuilder(prefix="")``).
 """
 
-from . import tune_a_video
+from . import fatezero, tune_a_video
 
-MODULES = [tune_a_video]
+MODULES = [tune_a_video, fatezero]
 
 
 def all_workflows() -> dict:

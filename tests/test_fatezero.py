@@ -1,0 +1,192 @@
+"""FateZero through ComfyUI's real model objects (tiny SD1.5, 4 frames, 8x8 latents): algorithms.md §6.4."""
+
+import pytest
+import torch
+
+from test_tune_a_video import model_state
+
+FRAMES, H, W, STEPS = 4, 8, 8, 3
+SOURCE, EDIT = "a silver jeep", "a red jeep"
+SMALL_BLOCKS = {("input", 3, 0), ("middle", 0, 0), ("output", 0, 0), ("output", 1, 0)}  # 4x4, 640 channels
+ALL_BLOCKS = SMALL_BLOCKS | {("input", 1, 0), ("output", 2, 0), ("output", 3, 0)}  # + 8x8, 320 channels
+
+
+@pytest.fixture(scope="module")
+def fz(sd15):
+    import comfy.sample
+    import comfy.samplers
+    from video_edit.nodes import fatezero, inversion, sparse_causal
+
+    model, clip, _ = sd15
+
+    def encode(text):
+        return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+    def edit(m, start, prompt=EDIT, steps=STEPS):
+        """KSampler Advanced as the workflows use it: ddim, ddim_uniform, no added noise, CFG 7.5."""
+        return comfy.sample.sample(m, torch.zeros_like(start), steps, 7.5, "ddim", "ddim_uniform", encode(prompt),
+                                   encode(""), start, disable_noise=True, disable_pbar=True, seed=0)
+
+    class NS:
+        pass
+
+    ns = NS()
+    ns.model, ns.clip, ns.encode, ns.edit = model, clip, encode, edit
+    ns.fatezero, ns.inversion, ns.sparse_causal = fatezero, inversion, sparse_causal
+    ns.latent = {"samples": torch.randn(FRAMES, 4, H, W, generator=torch.Generator().manual_seed(0))}
+    ns.captured = inversion.ddim_invert(model, ns.latent, encode(SOURCE), STEPS, inversion.AttentionCapture())
+    return ns
+
+
+def test_capture_stores_the_blocks_under_the_token_threshold_and_changes_nothing(fz):
+    inv = fz.inversion
+    store = fz.captured.captures["attention"]
+    assert set(store.blocks) == ALL_BLOCKS  # 8x8 latents: every block has at most 1024 tokens
+    assert store.queries[("input", 1, 0)].shape == (STEPS, FRAMES, 64, 320)
+    assert store.cross[("middle", 0, 0)].shape == (STEPS, FRAMES, 8, 16, 77)
+    assert store.cross[("middle", 0, 0)].dtype == torch.float16 and store.cross[("middle", 0, 0)].device.type == "cpu"
+    sums = store.cross[("input", 1, 0)].float().sum(-1)
+    torch.testing.assert_close(sums, torch.ones_like(sums), atol=2e-3, rtol=0)  # post-softmax maps
+    plain = inv.ddim_invert(fz.model, fz.latent, fz.encode(SOURCE), STEPS)
+    torch.testing.assert_close(fz.captured.latents, plain.latents, rtol=1e-5, atol=1e-5)
+
+    small = inv.ddim_invert(fz.model, fz.latent, fz.encode(SOURCE), STEPS, inv.AttentionCapture(max_query_tokens=16))
+    assert set(small.captures["attention"].blocks) == SMALL_BLOCKS
+    fused, _ = fz.fatezero.attention_fusion(fz.model, small, fz.clip, SOURCE, EDIT, "jeep")
+    replaced = fused.model_options["transformer_options"]["patches_replace"]
+    assert set(replaced["attn1"]) == set(replaced["attn2"]) == SMALL_BLOCKS  # the 8x8 blocks are never touched
+
+
+def test_the_threshold_is_a_resolution_rule(fz):
+    from video_edit.kernels.fatezero import captured_blocks
+
+    unet = fz.model.model.diffusion_model
+    # At 512x512 (64x64 latents) the tiny UNet's 320-channel level is 64x64 = 4096 tokens: left out by 1024.
+    assert {s.key for s in captured_blocks(unet, 64, 64, 1024)} == SMALL_BLOCKS
+    assert {(s.key, s.height) for s in captured_blocks(unet, 64, 64, 1024)} == {(k, 32) for k in SMALL_BLOCKS}
+    assert {s.key for s in captured_blocks(unet, 8, 8, 1024)} == ALL_BLOCKS
+    assert captured_blocks(unet, 8, 8, 15) == []
+
+
+def test_editing_step_k_reads_the_inversion_level_with_the_same_sigma(fz):
+    import comfy.samplers
+
+    store = fz.captured.captures["attention"]
+    sampling = fz.model.get_model_object("model_sampling")
+    sample_sigmas = comfy.samplers.calculate_sigmas(sampling, "ddim_uniform", STEPS)
+    levels = [store.level(float(s), capturing=False) for s in sample_sigmas[:-1]]
+    assert levels == [3, 2, 1] and [store.step_of(j) for j in levels] == [0, 1, 2]
+    torch.testing.assert_close(fz.captured.sigmas[levels], sample_sigmas[:-1].float())
+    # The fused model's calls, recorded during a real edit, only ever read those levels in that order.
+    fused, plan = fz.fatezero.attention_fusion(fz.model, fz.captured, fz.clip, SOURCE, EDIT, "")
+    seen = []
+    original = plan.step
+    plan.step = lambda extra: seen.append(original(extra)) or seen[-1]
+    fz.edit(fused, fz.captured.latents[-1])
+    assert sorted(set(seen), reverse=True) == [(3, 0), (2, 1), (1, 2)]
+    with pytest.raises(ValueError, match="same step count as VE DDIM Invert"):
+        fz.edit(fused, fz.captured.latents[-1], steps=STEPS + 2)
+
+
+def test_windows_zero_touch_nothing_and_full_windows_change_the_edit(fz):
+    start = fz.captured.latents[-1]
+    plain = fz.edit(fz.model, start)
+    off, _ = fz.fatezero.attention_fusion(fz.model, fz.captured, fz.clip, SOURCE, EDIT, "", self_replace=0.0,
+                                          cross_replace=0.0)
+    torch.testing.assert_close(fz.edit(off, start), plain, rtol=1e-5, atol=1e-5)
+    for self_replace, cross_replace in ((1.0, 0.0), (0.0, 1.0)):
+        on, _ = fz.fatezero.attention_fusion(fz.model, fz.captured, fz.clip, SOURCE, EDIT, "",
+                                             self_replace=self_replace, cross_replace=cross_replace)
+        assert (fz.edit(on, start) - plain).abs().max() > 1e-4
+
+
+def test_self_fusion_uses_source_queries_keys_and_the_cross_frame_key_set(fz):
+    """In the window, the conditional chunk attends with the source Q and K over the middle frame's keys and
+    its own values; the unconditional chunk and steps after the window are the plain cross-frame attention."""
+    from comfy.ldm.modules.attention import optimized_attention
+
+    store = fz.captured.captures["attention"]
+    _, plan = fz.fatezero.attention_fusion(fz.model, fz.captured, fz.clip, SOURCE, EDIT, "", self_replace=0.5)
+    key = ("input", 3, 0)
+    cross_frame = fz.sparse_causal.CrossFrameAttentionPatch("middle_frame", 1e9, 0.0)
+    patch = fz.fatezero.SelfAttentionFusion(plan, key, cross_frame)
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2 * FRAMES, 16, 640, generator=g) for _ in range(3))
+
+    def options(level):
+        return {"n_heads": 8, "cond_or_uncond": [1, 0], "sigmas": fz.captured.sigmas[level:level + 1]}
+
+    out = patch(q, k, v, options(3))  # step 0 < int(3 * 0.5)
+    q_src, k_src = (t[key][2].float() for t in (store.queries, store.keys))
+    mid = (FRAMES - 1) // 2
+    for f in range(FRAMES):
+        expected = optimized_attention(q_src[f:f + 1], k_src[mid:mid + 1], v[FRAMES + mid:FRAMES + mid + 1], 8)
+        torch.testing.assert_close(out[FRAMES + f], expected[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out[:FRAMES], cross_frame(q, k, v, options(3))[:FRAMES])
+    torch.testing.assert_close(patch(q, k, v, options(2)), cross_frame(q, k, v, options(2)))  # step 1: after
+
+
+def test_prompt_to_prompt_alignment_on_real_tokenizations(fz):
+    from video_edit.kernels.fatezero import CrossAttentionEdit
+
+    tokens = fz.fatezero.prompt_tokens
+    source, red = tokens(fz.clip, SOURCE, "source_prompt"), tokens(fz.clip, EDIT, "edit_prompt")
+    assert source.ids == [49406, 320, 3467, 11286, 49407] and source.positions_of("jeep") == [3]
+    replace = CrossAttentionEdit.for_prompts(source, red, {"red": 2.0})
+    assert replace.replace is not None and torch.equal(replace.replace, torch.eye(77))  # one token for one
+    assert replace.equalizer[2] == 2.0 and replace.equalizer.sum() == 78.0
+    minivan = tokens(fz.clip, "a silver minivan", "edit_prompt")  # "minivan" is two CLIP tokens
+    spread = CrossAttentionEdit.for_prompts(source, minivan, {}).replace
+    assert spread[3, 3] == spread[3, 4] == 0.5
+    refine = CrossAttentionEdit.for_prompts(tokens(fz.clip, "a jeep", "source_prompt"), red, {})
+    assert refine.replace is None
+    assert refine.mapper[:5].tolist() == [0, 1, 0, 2, 3] and refine.alphas[:5].tolist() == [1, 1, 0, 1, 1]
+
+
+def test_threshold_2_keeps_the_source_and_the_mask_has_f_frames(fz):
+    before = model_state(fz.model)
+    fused, plan = fz.fatezero.attention_fusion(fz.model, fz.captured, fz.clip, SOURCE, EDIT, "jeep",
+                                               mask_threshold=2.0, blend_start=0.0, blend_end=1.0)
+    out = fz.edit(fused, fz.captured.latents[-1])
+    torch.testing.assert_close(out, fz.captured.latents[0], rtol=1e-4, atol=1e-4)  # the plain inversion round trip
+    assert (fz.edit(fz.model, fz.captured.latents[-1]) - out).abs().max() > 1e-3
+    assert plan.preview_mask().shape == (FRAMES, 8 * H, 8 * W) and plan.preview_mask().eq(0).all()
+    assert model_state(fz.model) == before
+
+
+def test_the_node_returns_a_model_and_an_f_frame_mask(fz):
+    from comfy_api.latest import io
+
+    output = fz.fatezero.AttentionFusion.execute(fz.model, fz.captured, fz.clip, SOURCE, EDIT, "jeep", 0.8, 0.8, 0.3,
+                                                 "", 0.0, 0.8)
+    model, mask = output.result
+    assert isinstance(output, io.NodeOutput) and model is not fz.model
+    assert mask.shape == (FRAMES, 8 * H, 8 * W) and set(mask.unique().tolist()) <= {0.0, 1.0} and mask.sum() > 0
+    assert mask.flatten(1).amax(1).eq(1).all()  # each frame's maximum passes any threshold below 1
+
+
+def test_fusion_composes_with_sparse_causal_modes(fz):
+    for mode in ("middle_frame", "sparse_causal"):
+        model = fz.sparse_causal.with_cross_frame_attention(fz.model, mode)
+        inv = fz.inversion.ddim_invert(model, fz.latent, fz.encode(SOURCE), 2, fz.inversion.AttentionCapture())
+        fused, _ = fz.fatezero.attention_fusion(model, inv, fz.clip, SOURCE, EDIT, "jeep", blend_start=0.0)
+        inner = fused.model_options["transformer_options"]["patches_replace"]["attn1"][("input", 1, 0)].inner
+        assert isinstance(inner, fz.sparse_causal.CrossFrameAttentionPatch) and inner.mode == mode
+        out = fz.edit(fused, inv.latents[-1], steps=2)
+        assert out.shape == (FRAMES, 4, H, W) and torch.isfinite(out).all()
+
+
+def test_bad_inputs_fail_with_clear_messages(fz):
+    fuse = fz.fatezero.attention_fusion
+    with pytest.raises(ValueError, match="blend_words: 'car' is not a word of the source prompt"):
+        fuse(fz.model, fz.captured, fz.clip, SOURCE, EDIT, "jeep, car")
+    with pytest.raises(ValueError, match="edit_prompt: .* tokens; at most 75 fit"):
+        fuse(fz.model, fz.captured, fz.clip, SOURCE, " ".join(["jeep"] * 80), "jeep")
+    plain = fz.inversion.ddim_invert(fz.model, fz.latent, fz.encode(SOURCE), STEPS)
+    with pytest.raises(ValueError, match="inversion: it holds no attention maps.*attention_capture"):
+        fuse(fz.model, plain, fz.clip, SOURCE, EDIT, "jeep")
+    with pytest.raises(MemoryError, match="attention_capture: the maps need .* Lower steps.*max_query_tokens"):
+        fz.inversion.ddim_invert(fz.model, fz.latent, fz.encode(SOURCE), STEPS,
+                                 fz.inversion.AttentionCapture(memory_limit_gb=1e-4))
+    with pytest.raises(ValueError, match="reweight: 'red=2' is not 'word:value'"):
+        fuse(fz.model, fz.captured, fz.clip, SOURCE, EDIT, "jeep", reweight="red=2")

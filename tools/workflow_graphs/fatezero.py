@@ -1,0 +1,68 @@
+"""FateZero workflows: a zero-shot attribute edit with the image model, and a shape edit on a Tune-A-Video-tuned model.
+
+Official settings (config/teaser/jeep_watercolor.yaml, config/teaser/jeep_posche.yaml): 8 frames at 512x512,
+50 DDIM steps for inversion and editing, cfg 7.5; zero-shot: middle-frame attention, self/cross replace 0.8;
+shape: the tuned model's sparse-causal attention, replace 0.5. Run workflows/tune_a_video_edit.json first for the
+tuned file. The maps take about 0.2 GiB per step for 8 frames (tools/benchmarks/fatezero.py).
+"""
+
+from comfy_execution.graph_utils import GraphBuilder
+
+from .tune_a_video import CHECKPOINT, SOURCE_PROMPT as SKIING_PROMPT, SOURCE_VIDEO as SKIING_VIDEO, TUNED_FILE
+
+JEEP_VIDEO = "jeep.mp4"
+JEEP_PROMPT = "a silver jeep driving down a curvy road in the countryside"
+RED_JEEP_PROMPT = "a red jeep driving down a curvy road in the countryside"
+PANDA_PROMPT = "a panda is skiing"
+
+
+def _fatezero(g: GraphBuilder, ckpt, model, video_file: str, frame_stride: int, source_prompt: str, edit_prompt: str,
+              blend_words: str, replace: float, prefix: str):
+    """Invert the clip with the source prompt storing attention, fuse, sample the edit, save it and show the mask."""
+    video = g.node("VE_LoadVideo", file=video_file, n_frames=8, start_frame=0, frame_stride=frame_stride,
+                   width=512, height=512, path="")
+    latent = g.node("VAEEncode", pixels=video.out(0), vae=ckpt.out(2))
+    source = g.node("CLIPTextEncode", clip=ckpt.out(1), text=source_prompt)
+    capture = g.node("VE_AttentionCaptureConfig", max_query_tokens=1024, memory_limit_gb=0.0)
+    inversion = g.node("VE_DDIMInvert", model=model, latent=latent.out(0), steps=50, conditioning=source.out(0),
+                       attention_capture=capture.out(0))
+    fusion = g.node("VE_AttentionFusion", model=model, inversion=inversion.out(1), clip=ckpt.out(1),
+                    source_prompt=source_prompt, edit_prompt=edit_prompt, blend_words=blend_words,
+                    self_replace=replace, cross_replace=replace, mask_threshold=0.3, reweight="", blend_start=0.2,
+                    blend_end=0.8)
+    positive = g.node("CLIPTextEncode", clip=ckpt.out(1), text=edit_prompt)
+    negative = g.node("CLIPTextEncode", clip=ckpt.out(1), text="")
+    edit = g.node("KSamplerAdvanced", model=fusion.out(0), add_noise="disable", noise_seed=0, steps=50, cfg=7.5,
+                  sampler_name="ddim", scheduler="ddim_uniform", positive=positive.out(0), negative=negative.out(0),
+                  latent_image=inversion.out(0), start_at_step=0, end_at_step=10000,
+                  return_with_leftover_noise="disable")
+    frames = g.node("VAEDecode", samples=edit.out(0), vae=ckpt.out(2))
+    g.node("VE_SaveVideo", images=frames.out(0), fps=video.out(1), filename_prefix=prefix, format="mp4")
+    mask = g.node("MaskToImage", mask=fusion.out(1))
+    g.node("PreviewImage", images=mask.out(0))
+
+
+def fatezero_edit():
+    g = GraphBuilder(prefix="")
+    ckpt = g.node("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
+    middle = g.node("VE_SparseCausalAttention", model=ckpt.out(0), mode="middle_frame", start_percent=0.0,
+                    end_percent=1.0)
+    _fatezero(g, ckpt, middle.out(0), JEEP_VIDEO, 1, JEEP_PROMPT, RED_JEEP_PROMPT, "jeep", 0.8, "video_edit/fatezero")
+    return g.finalize()
+
+
+def fatezero_shape_edit():
+    g = GraphBuilder(prefix="")
+    ckpt = g.node("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
+    tuned = g.node("VE_LoadTuned", model=ckpt.out(0), tuned_file=TUNED_FILE)
+    sparse = g.node("VE_SparseCausalAttention", model=tuned.out(0), mode="sparse_causal", start_percent=0.0,
+                    end_percent=1.0)
+    _fatezero(g, ckpt, sparse.out(0), SKIING_VIDEO, 6, SKIING_PROMPT, PANDA_PROMPT, "man", 0.5,
+              "video_edit/fatezero_shape")
+    return g.finalize()
+
+
+WORKFLOWS = {
+    "fatezero_edit": fatezero_edit,
+    "fatezero_shape_edit": fatezero_shape_edit,
+}
