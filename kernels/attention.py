@@ -54,10 +54,21 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
+def extended_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, chunks: int,
+                       attention: AttentionFn = sdpa_attention) -> torch.Tensor:
+    """Every frame's queries attend to the keys/values of all frames of its chunk (``full`` mode, TokenFlow's
+    extended attention). Frames are folded into the token axis, so keys/values are not copied per frame."""
+    frames = q.shape[0] // chunks
+    q, k, v = (rearrange(t, "(c f) n d -> c (f n) d", c=chunks) for t in (q, k, v))
+    return rearrange(attention(q, k, v, heads), "c (f n) d -> (c f) n d", f=frames)
+
+
 def cross_frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, chunks: int, mode: str,
                           attention: AttentionFn = sdpa_attention) -> torch.Tensor:
     """Self-attention where frame i's queries attend to the keys/values of ``reference_frames(F, mode)[i]``."""
     if q.shape[0] % chunks:
         raise ValueError(f"batch {q.shape[0]} is not a whole number of {chunks} chunks of frames")
+    if mode == "full":
+        return extended_attention(q, k, v, heads, chunks, attention)
     refs = reference_frames(q.shape[0] // chunks, mode)
     return attention(q, gather_reference_tokens(k, chunks, refs), gather_reference_tokens(v, chunks, refs), heads)

@@ -1,0 +1,271 @@
+"""VE_TokenFlow: training-free video editing by keyframe extended attention and token-correspondence propagation.
+
+Every model call of a standard sampler becomes TokenFlow's step (kernels/tokenflow.py): an APPLY_MODEL wrapper
+prepends the source branch (the inverted clip at the current sigma, inversion prompt) to the sampler's batch,
+runs a keyframe pass, then a pass over all frames, and drops the source rows. Self-attention patches do the
+extended attention and the propagation; an injected wrapper around one decoder conv does the conv injection.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import math
+from dataclasses import dataclass, field
+
+import torch
+from comfy.patcher_extension import PatcherInjection, WrappersMP
+from comfy_api.latest import io
+from einops import rearrange
+from torch import nn
+
+from ..kernels.inversion import Inversion
+from ..kernels.tokenflow import (copy_source_branch, in_window, keyframe_attention, keyframe_schedule, pnp_output_block,
+                                 pnp_resnet, propagate, start_latent)
+from ..kernels.unet_layout import iter_transformer_blocks
+from .inversion import InversionType
+from .model_helpers import check_clip_inputs_when_sampling, require_sd1_unet, set_wrapper
+from .sparse_causal import comfy_attention
+
+KEY = "video_edit_tokenflow"
+SOURCE_UUID = "video_edit_tokenflow_source"
+
+
+@dataclass
+class TokenFlowStep:
+    """What the two UNet passes of one model call share; set by the wrapper, read by the patches."""
+
+    step: int
+    keyframes: torch.Tensor
+    chunks: int  # branches in the batch: the source, then the sampler's cond/uncond chunks
+    chunk_size: int
+    inject_conv: bool
+    inject_qk: bool
+    keyframe_pass: bool = True
+    tokens: torch.Tensor | None = None  # the source branch's self-attention input in the current block
+    stored: dict = field(default_factory=dict)  # block -> (keyframe source tokens, keyframe attention outputs)
+
+
+CURRENT = contextvars.ContextVar("video_edit_tokenflow_step", default=None)
+
+
+class TokenFlowAttention:
+    """attn1 patches: keyframe extended attention (with q/k injection in ``qk_blocks``), then propagation.
+
+    ``record_tokens`` (an attn1_patch) keeps the source branch's norm1 output for the replace patch. Outside
+    VE_TokenFlow's sampling (e.g. inverting with this MODEL) attention is plain.
+    """
+
+    def __init__(self, qk_blocks: set):
+        self.qk_blocks = qk_blocks
+
+    def record_tokens(self, n, context, value, extra_options):
+        step = CURRENT.get()
+        if step is not None:
+            step.tokens = n[:n.shape[0] // step.chunks]
+        return n, context, value
+
+    def __call__(self, q, k, v, extra_options):
+        step = CURRENT.get()
+        heads = extra_options["n_heads"]
+        if step is None:
+            return comfy_attention(q, k, v, heads)
+        block = (*extra_options["block"], extra_options.get("block_index", 0))
+        if step.keyframe_pass:
+            if step.inject_qk and block in self.qk_blocks:
+                q, k = copy_source_branch(q, step.chunks), copy_source_branch(k, step.chunks)
+            out = keyframe_attention(q, k, v, heads, step.chunks, attention=comfy_attention)
+            step.stored[block] = (step.tokens, out)
+            return out
+        keyframe_tokens, keyframe_outputs = step.stored.pop(block)
+        return propagate(step.tokens, keyframe_tokens, keyframe_outputs, step.chunk_size)
+
+
+class SourceFeatureInjection(nn.Module):
+    """Wraps a ResNet's last conv: inside the feature window every branch gets the source branch's output."""
+
+    def __init__(self, conv: nn.Module):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x):
+        out = self.conv(x)
+        step = CURRENT.get()
+        return copy_source_branch(out, step.chunks) if step is not None and step.inject_conv else out
+
+
+def _inject(patcher):
+    layers = pnp_resnet(patcher.model.diffusion_model).out_layers
+    layers[len(layers) - 1] = SourceFeatureInjection(layers[len(layers) - 1])
+
+
+def _eject(patcher):
+    layers = pnp_resnet(patcher.model.diffusion_model).out_layers
+    if isinstance(layers[len(layers) - 1], SourceFeatureInjection):
+        layers[len(layers) - 1] = layers[len(layers) - 1].conv
+
+
+def _with_source(batch: torch.Tensor, source: torch.Tensor, branches: int, rows: torch.Tensor) -> torch.Tensor:
+    """``[source[rows]; each branch's batch[rows]]`` along the batch axis."""
+    per_branch = rearrange(batch, "(b f) ... -> b f ...", b=branches)[:, rows]
+    return torch.cat([source[rows], rearrange(per_branch, "b f ... -> (b f) ...")])
+
+
+def _same_token_count(context: torch.Tensor, source: torch.Tensor):
+    """Repeat two text contexts to a common token count (ComfyUI's rule for prompts of different lengths)."""
+    common = math.lcm(context.shape[1], source.shape[1])
+    return context.repeat(1, common // context.shape[1], 1), source.repeat(1, common // source.shape[1], 1)
+
+
+class TokenFlowSampling:
+    """APPLY_MODEL wrapper: the source branch and TokenFlow's keyframe and propagation passes in every call."""
+
+    def __init__(self, inversion: Inversion, source_context: torch.Tensor, chunk_size: int, attention_window: float,
+                 feature_window: float, seed: int):
+        self.inversion = inversion
+        self.source_context = source_context
+        self.chunk_size = chunk_size
+        self.attention_window = attention_window
+        self.feature_window = feature_window
+        self.seed = seed
+
+    def schedule_position(self, sigma: float, sample_sigmas) -> tuple[int, int]:
+        """(step index, steps) of the sampler's schedule; every sampled sigma must be an inversion level."""
+        levels = self.inversion.sigmas
+        schedule = levels.flip(0)[:-1] if sample_sigmas is None else sample_sigmas.detach().cpu().float()[:-1]
+        nearest = levels[(schedule[:, None] - levels[None]).abs().argmin(1)]
+        if not torch.allclose(schedule, nearest, rtol=1e-3, atol=0):
+            raise ValueError(
+                f"inversion: the sampler runs {len(schedule)} steps whose noise levels are not the inversion's "
+                f"{self.inversion.steps} steps. Sample with steps={self.inversion.steps} and scheduler ddim_uniform "
+                "(KSampler Advanced: add_noise disable, sampler ddim), or invert with the sampler's step count.")
+        return int((schedule - sigma).abs().argmin()), len(schedule)
+
+    def check_clip(self, x: torch.Tensor, frames: int):
+        have = (self.inversion.frames, *self.inversion.latents.shape[-2:])
+        want = (frames, *x.shape[-2:])
+        if have != want:
+            raise ValueError(
+                f"inversion: it was made from a clip of {have[0]} frames of {have[1]}x{have[2]} latents, but the "
+                f"sampler's latent has {want[0]} frames of {want[1]}x{want[2]}. Invert the clip you edit (VE DDIM "
+                "Invert on the same LATENT) and sample from VE TokenFlow's latent.")
+
+    def __call__(self, executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
+        flags = list(transformer_options.get("cond_or_uncond") or [0])
+        branches, frames = len(flags), x.shape[0] // len(flags)
+        self.check_clip(x, frames)
+        sigma = float(t.max())
+        step, steps = self.schedule_position(sigma, transformer_options.get("sample_sigmas"))
+        keyframes = keyframe_schedule(frames, self.chunk_size, steps, self.seed)[step]
+        source = executor.class_obj.process_latent_in(self.inversion.latent_at(sigma)).to(x)
+        context, source_context = _same_token_count(c_crossattn, self.source_context.to(c_crossattn))
+        options = transformer_options.copy()
+        options["cond_or_uncond"] = [0] + flags
+        options["uuids"] = [SOURCE_UUID] + list(transformer_options.get("uuids") or [None] * branches)
+
+        def run(rows):
+            """One UNet pass over ``rows`` of the clip, in every branch (the source first)."""
+            def stack(batch, source_rows):
+                return _with_source(batch, source_rows, branches, rows)
+
+            extra = {name: stack(value, value[:frames]) if torch.is_tensor(value) and value.shape[0] == x.shape[0]
+                     else value for name, value in kwargs.items()}
+            controls = None if control is None else {
+                name: [None if c is None else stack(c, torch.zeros_like(c[:frames])) for c in values]
+                for name, values in control.items()}
+            return executor(stack(x, source), stack(t, t[:frames]),
+                            None if c_concat is None else stack(c_concat, c_concat[:frames]),
+                            stack(context, source_context.expand(frames, -1, -1)), controls, options, **extra)
+
+        state = TokenFlowStep(step, keyframes, branches + 1, self.chunk_size,
+                              inject_conv=in_window(step, steps, self.feature_window),
+                              inject_qk=in_window(step, steps, self.attention_window))
+        token = CURRENT.set(state)
+        try:
+            run(keyframes.to(x.device))
+            state.keyframe_pass = False
+            return run(torch.arange(frames, device=x.device))[frames:]
+        finally:
+            CURRENT.reset(token)
+
+
+def tokenflow(model, inversion: Inversion, conditioning, keyframe_chunk_size: int = 8,
+              pnp_attention_window: float = 0.5, pnp_feature_window: float = 0.8, seed: int = 1):
+    """A clone of ``model`` that samples TokenFlow edits of ``inversion``'s clip, and the official start latent."""
+    unet = require_sd1_unet(model)
+    if keyframe_chunk_size < 1:
+        raise ValueError(f"keyframe_chunk_size: {keyframe_chunk_size} is not a chunk size; use 1 or more (one keyframe "
+                         "per chunk of that many frames; the official value is 8).")
+    if keyframe_chunk_size > inversion.frames:
+        raise ValueError(f"keyframe_chunk_size: {keyframe_chunk_size} is larger than the clip ({inversion.frames} "
+                         f"frames). Use at most {inversion.frames}, or load more frames (the official setting is 8 "
+                         "frames per keyframe).")
+    if not conditioning or conditioning[0][0].ndim != 3:
+        raise ValueError("conditioning: connect the inversion prompt's CONDITIONING (CLIP Text Encode), the one "
+                         "VE DDIM Invert used.")
+    if len(conditioning) > 1:
+        logging.warning("VE TokenFlow: the inversion prompt has %d conditioning entries; only the first is used.",
+                        len(conditioning))
+    first = pnp_output_block(unet)
+    blocks = [key for key, *_ in iter_transformer_blocks(unet)]
+    patch = TokenFlowAttention({key for key in blocks if key[0] == "output" and key[1] >= first})
+    clone = model.clone()
+    clone.set_model_attn1_patch(patch.record_tokens)
+    for key in blocks:
+        clone.set_model_attn1_replace(patch, *key)
+    clone.set_injections(KEY, [PatcherInjection(inject=_inject, eject=_eject)])
+    set_wrapper(clone, WrappersMP.APPLY_MODEL, KEY, TokenFlowSampling(
+        inversion, conditioning[0][0][:1].detach().cpu(), keyframe_chunk_size, pnp_attention_window,
+        pnp_feature_window, seed))
+    check_clip_inputs_when_sampling(clone)
+    noisiest = float(inversion.sigmas[-1])  # also the first sampling sigma: sampling must use the inversion's schedule
+    start = start_latent(inversion.latents[0], inversion.latents[-1], noisiest, noisiest)
+    return clone, {"samples": start}
+
+
+class TokenFlow(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VE_TokenFlow",
+            display_name="TokenFlow (video)",
+            category="video_edit/tokenflow",
+            description=(
+                "Training-free consistent editing (TokenFlow). At every step the inverted source clip runs with the "
+                "edit as an extra branch; one random keyframe per chunk of frames is edited with attention across all "
+                "keyframes, and every frame's self-attention output is taken from the keyframes at its source tokens' "
+                "nearest neighbours. Plug-and-play injection of source features keeps the structure. Sample the "
+                "returned MODEL from the returned latent with any standard sampler, the inversion's step count and "
+                "a DDIM schedule (KSampler Advanced: add_noise disable, ddim, ddim_uniform). The input MODEL is not "
+                "changed."),
+            inputs=[
+                io.Model.Input("model", tooltip="The model the clip was inverted with."),
+                InversionType.Input("inversion", tooltip="VE DDIM Invert's inversion of the clip you edit."),
+                io.Conditioning.Input("conditioning", tooltip="The inversion prompt (the one VE DDIM Invert used)."),
+                io.Int.Input("keyframe_chunk_size", default=8, min=1, max=4096,
+                             tooltip="One keyframe per chunk of this many consecutive frames (official: 8)."),
+                io.Float.Input("pnp_attention_window", default=0.5, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fraction of the steps, from the first, with source queries/keys injected "
+                                       "in the decoder self-attention (official: 0.5)."),
+                io.Float.Input("pnp_feature_window", default=0.8, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fraction of the steps, from the first, with the source's decoder ResNet "
+                                       "features injected (official: 0.8)."),
+                io.Int.Input("seed", default=1, min=0, max=0xFFFFFFFFFFFFFFFF,
+                             tooltip="Seed of the keyframe draws (official: 1)."),
+            ],
+            outputs=[
+                io.Model.Output(display_name="model"),
+                io.Latent.Output(display_name="latent",
+                                 tooltip="The start latent: add_noise(clip, eps of the noisiest inversion level, "
+                                         "first step), as the official code builds it."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, inversion, conditioning, keyframe_chunk_size, pnp_attention_window, pnp_feature_window,
+                seed) -> io.NodeOutput:
+        return io.NodeOutput(*tokenflow(model, inversion, conditioning, keyframe_chunk_size, pnp_attention_window,
+                                        pnp_feature_window, seed))
+
+
+NODES = [TokenFlow]

@@ -1,0 +1,52 @@
+"""TokenFlow workflows: edit a clip with the image model, and the same on a Tune-A-Video-tuned model.
+
+Official settings (configs/config_pnp.yaml): 50 DDIM steps, cfg 7.5, keyframe chunks of 8 frames, PnP windows
+0.5 / 0.8, seed 1, the negative prompt below. Run workflows/tune_a_video_edit.json first for the tuned file.
+"""
+
+from comfy_execution.graph_utils import GraphBuilder
+
+from .tune_a_video import CHECKPOINT, SOURCE_PROMPT, SOURCE_VIDEO, TUNED_FILE
+
+EDIT_PROMPT = "a marble sculpture of a man skiing"
+NEGATIVE_PROMPT = "ugly, blurry, low res, unrealistic, unaesthetic"
+
+
+def _edit(g: GraphBuilder, ckpt, model, n_frames: int, frame_stride: int, prefix: str):
+    """Load and invert the clip with the inversion prompt, TokenFlow, sample from its latent, save the video."""
+    video = g.node("VE_LoadVideo", file=SOURCE_VIDEO, n_frames=n_frames, start_frame=0, frame_stride=frame_stride,
+                   width=512, height=512, path="")
+    latent = g.node("VAEEncode", pixels=video.out(0), vae=ckpt.out(2))
+    source = g.node("CLIPTextEncode", clip=ckpt.out(1), text=SOURCE_PROMPT)
+    inversion = g.node("VE_DDIMInvert", model=model, latent=latent.out(0), steps=50, conditioning=source.out(0))
+    tokenflow = g.node("VE_TokenFlow", model=model, inversion=inversion.out(1), conditioning=source.out(0),
+                       keyframe_chunk_size=8, pnp_attention_window=0.5, pnp_feature_window=0.8, seed=1)
+    positive = g.node("CLIPTextEncode", clip=ckpt.out(1), text=EDIT_PROMPT)
+    negative = g.node("CLIPTextEncode", clip=ckpt.out(1), text=NEGATIVE_PROMPT)
+    edit = g.node("KSamplerAdvanced", model=tokenflow.out(0), add_noise="disable", noise_seed=1, steps=50, cfg=7.5,
+                  sampler_name="ddim", scheduler="ddim_uniform", positive=positive.out(0), negative=negative.out(0),
+                  latent_image=tokenflow.out(1), start_at_step=0, end_at_step=10000,
+                  return_with_leftover_noise="disable")
+    frames = g.node("VAEDecode", samples=edit.out(0), vae=ckpt.out(2))
+    g.node("VE_SaveVideo", images=frames.out(0), fps=video.out(1), filename_prefix=prefix, format="mp4")
+
+
+def tokenflow_edit():
+    g = GraphBuilder(prefix="")
+    ckpt = g.node("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
+    _edit(g, ckpt, ckpt.out(0), n_frames=40, frame_stride=1, prefix="video_edit/tokenflow")
+    return g.finalize()
+
+
+def tokenflow_on_tuned():
+    g = GraphBuilder(prefix="")
+    ckpt = g.node("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
+    tuned = g.node("VE_LoadTuned", model=ckpt.out(0), tuned_file=TUNED_FILE)
+    _edit(g, ckpt, tuned.out(0), n_frames=24, frame_stride=2, prefix="video_edit/tokenflow_on_tuned")
+    return g.finalize()
+
+
+WORKFLOWS = {
+    "tokenflow_edit": tokenflow_edit,
+    "tokenflow_on_tuned": tokenflow_on_tuned,
+}
