@@ -49,6 +49,15 @@ TINY_UNET_CONFIG = {
     "num_head_channels": -1,
 }
 
+# The real SD1.5 UNet's layout (random weights for benchmarks at true size): 4 levels, 2 ResNets each.
+FULL_UNET_CONFIG = {
+    **TINY_UNET_CONFIG,
+    "num_res_blocks": [2, 2, 2, 2],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+    "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+    "channel_mult": [1, 2, 4, 4],
+}
+
 # ComfyUI's SD1.x VAE (comfy.sd.VAE builds this from a 4-channel-latent KL VAE state dict).
 SD_VAE_DDCONFIG = {
     "double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
@@ -59,8 +68,13 @@ _SALT = {"unet": 0, "clip": 1, "vae": 2, "controlnet": 3}
 _SILU_GAIN = 1.68  # 1 / sqrt(E[silu(z)^2]) for z ~ N(0, 1): keeps a conv + SiLU stack's variance
 
 
-def tiny_unet_diffusers_config() -> dict:
-    """The diffusers ``UNet2DConditionModel`` config with the same layout as ``TINY_UNET_CONFIG``."""
+def tiny_unet_diffusers_config(full_size: bool = False) -> dict:
+    """The diffusers ``UNet2DConditionModel`` config with the layout of ``TINY_UNET_CONFIG`` (or the full SD1.5)."""
+    if full_size:
+        return {**tiny_unet_diffusers_config(), "sample_size": 64, "block_out_channels": (320, 640, 1280, 1280),
+                "layers_per_block": 2,
+                "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3}
     return {
         "sample_size": 8,
         "in_channels": 4,
@@ -137,12 +151,12 @@ def _state_dict(module: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]
     return {prefix + k: v.to(torch.float16).contiguous() for k, v in module.state_dict().items()}
 
 
-def _unet_state_dict(seed: int) -> dict[str, torch.Tensor]:
+def _unet_state_dict(seed: int, config: dict = TINY_UNET_CONFIG) -> dict[str, torch.Tensor]:
     ops = _import_comfy()
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     with _seeded(seed, "unet"):
-        unet = _init_(UNetModel(**TINY_UNET_CONFIG, dtype=torch.float32, device="cpu", operations=ops))
+        unet = _init_(UNetModel(**config, dtype=torch.float32, device="cpu", operations=ops))
     return _state_dict(unet, "model.diffusion_model.")
 
 
@@ -233,6 +247,15 @@ def _build_checkpoint(seed: int) -> dict[str, torch.Tensor]:
     sd.update(_clip_state_dict(seed))
     sd.update(_vae_state_dict(seed))
     return sd
+
+
+def full_size_sd15_checkpoint(models_dir: Path, seed: int = 0) -> Path:
+    """``models_dir/full_size_sd15_seed{seed}.safetensors``: random weights in the real SD1.5 shapes (~2 GB)."""
+
+    def build(seed):
+        return {**_build_checkpoint(seed), **_unet_state_dict(seed, FULL_UNET_CONFIG)}
+
+    return _write(Path(models_dir) / f"full_size_sd15_seed{seed}.safetensors", build, seed, "sd15-full-size")
 
 
 def tiny_sd15_checkpoint(models_dir: Path, seed: int = 0) -> Path:

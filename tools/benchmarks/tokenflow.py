@@ -13,18 +13,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 import conftest  # noqa: E402,F401  (registers the pack as ``video_edit``)
 
 from video_edit.kernels.tokenflow import blend_weights, propagate  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure import peak_bytes, seconds  # noqa: E402
 
 CHUNK, BRANCHES = 8, 3
 
@@ -41,28 +42,6 @@ def naive(source, keyframe_tokens, keyframe_outputs, chunk_size):
     weight = blend_weights(frames, chunk_size).float()[:, None, None]
     out = weight * outputs[:, chunk[:, None], own] + (1 - weight) * outputs[:, prev[:, None], other]
     return rearrange(out, "b f n d -> (b f) n d")
-
-
-def peak_bytes(fn) -> int:
-    """Peak of the bytes allocated by ``fn`` above what existed before, from the profiler's allocation events."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    live = peak = 0
-    for event in prof.profiler.kineto_results.events():
-        if event.name() == "[memory]":
-            live += event.nbytes()
-            peak = max(peak, live)
-    return peak
-
-
-def seconds(fn, repeats: int = 2) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def main() -> int:
