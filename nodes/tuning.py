@@ -96,19 +96,83 @@ def allow_autograd(module: nn.Module):
                     sub._buffers[name] = buffer.clone()
 
 
-class OneShotTuningSampler(comfy.samplers.Sampler):
-    """Runs the optimisation inside guider.sample(): ε-MSE at one shared random timestep per clip."""
+class TrainingSampler(comfy.samplers.Sampler):
+    """Runs an optimisation inside guider.sample(), so loading, patches, wrappers and injections are those of
+    sampling. Owns the loop: seeded generator, progress bar, cancel, gradient checkpointing and NaN check;
+    subclasses define ``train_step``, which returns that step's losses by name."""
+
+    title = "training"
+
+    def __init__(self, steps: int, seed: int, gradient_checkpointing: bool):
+        self.steps = steps
+        self.seed = seed
+        self.gradient_checkpointing = gradient_checkpointing
+        self.losses: dict[str, list[float]] = {}
+
+    def train_step(self, model_wrap, latent: torch.Tensor, step: int, generator: torch.Generator,
+                   extra_args) -> dict[str, float]:
+        """One optimisation step; ``latent`` is the sampled LATENT, scaled into the model's space."""
+        raise NotImplementedError
+
+    def after_step(self, step: int):
+        """Called after each completed step (1-based)."""
+
+    def check_finite(self, loss: torch.Tensor, step: int, name: str = "loss"):
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"{self.title}: the {name} became {loss.item()} at step {step}. Lower learning_rate, or run "
+                "the model in fp32 (the fp16 weights overflowed).")
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        allow_autograd(model_wrap.inner_model)
+        latent = latent_image.detach().clone()
+        generator = torch.Generator().manual_seed(self.seed)
+        progress = comfy.utils.ProgressBar(self.steps)
+        bar = tqdm(range(self.steps), desc=self.title, disable=not comfy.utils.PROGRESS_BAR_ENABLED)
+        token = GRADIENT_CHECKPOINTING.set(self.gradient_checkpointing)
+        try:
+            for step in bar:
+                comfy.model_management.throw_exception_if_processing_interrupted()
+                losses = self.train_step(model_wrap, latent, step, generator, extra_args)
+                for name, value in losses.items():
+                    self.losses.setdefault(name, []).append(value)
+                bar.set_postfix({name: f"{value:.4f}" for name, value in losses.items()})
+                progress.update_absolute(step + 1, self.steps)
+                self.after_step(step + 1)
+        finally:
+            GRADIENT_CHECKPOINTING.reset(token)
+        return latent_image
+
+
+def predict_eps(model_wrap, clip: torch.Tensor, timestep: torch.Tensor, eps: torch.Tensor, extra_args) -> torch.Tensor:
+    """The model's ε-prediction for ``clip`` noised with ``eps`` to DDPM ``timestep`` (shared by all frames)."""
+    sampling = model_wrap.inner_model.model_sampling
+    sigma = sampling.sigma(timestep.to(clip.device)).to(clip).expand(clip.shape[0]).view(-1, 1, 1, 1)
+    noisy = clip + sigma * eps
+    denoised = model_wrap(noisy, sigma.flatten(), **extra_args)
+    return (noisy - denoised) / sigma
+
+
+def train_in_guider(guider, latent: torch.Tensor, sampler: TrainingSampler, seed: int):
+    """Run ``sampler``'s optimisation through ``guider.sample`` on ``latent`` (which also sizes model loading)."""
+    sampling = guider.model_patcher.get_model_object("model_sampling")
+    sigmas = torch.stack([sampling.sigma_max, sampling.sigma_min]).float()
+    guider.sample(torch.zeros_like(latent), latent, sampler, sigmas, seed=seed)
+
+
+class OneShotTuningSampler(TrainingSampler):
+    """Tune-A-Video's step: ε-MSE at one shared random timestep per clip."""
+
+    title = "one-shot tuning"
 
     def __init__(self, deltas: list[QueryDelta], temporal_params: list[nn.Parameter], steps: int, learning_rate: float,
                  weight_decay: float, seed: int, gradient_checkpointing: bool):
+        super().__init__(steps, seed, gradient_checkpointing)
         self.deltas = deltas
         self.params = [d.delta for d in deltas] + temporal_params
-        self.steps = steps
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
-        self.seed = seed
-        self.gradient_checkpointing = gradient_checkpointing
-        self.losses: list[float] = []
         # AdamW's decay on the full weight W = base + delta is applied by hand to the deltas (see _decay_queries),
         # so the optimiser decays only the temporal parameters.
         self.optimizer = torch.optim.AdamW(
@@ -123,40 +187,17 @@ class OneShotTuningSampler(comfy.samplers.Sampler):
             for d in self.deltas:
                 d.delta.sub_(scale * (d.base.to(d.delta) + d.delta))
 
-    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
-               disable_pbar=False):
-        allow_autograd(model_wrap.inner_model)
-        sampling = model_wrap.inner_model.model_sampling
-        clip = latent_image.detach().clone()
-        generator = torch.Generator().manual_seed(self.seed)
-        progress = comfy.utils.ProgressBar(self.steps)
-        bar = tqdm(range(self.steps), desc="One-shot tuning", disable=not comfy.utils.PROGRESS_BAR_ENABLED)
-        token = GRADIENT_CHECKPOINTING.set(self.gradient_checkpointing)
-        try:
-            for step in bar:
-                comfy.model_management.throw_exception_if_processing_interrupted()
-                timestep = torch.randint(0, 1000, (1,), generator=generator)
-                sigma = sampling.sigma(timestep.to(clip.device)).to(clip).expand(clip.shape[0])
-                eps = torch.randn(clip.shape, generator=generator).to(clip)
-                noisy = clip + sigma.view(-1, 1, 1, 1) * eps
-                denoised = model_wrap(noisy, sigma, **extra_args)
-                eps_pred = (noisy - denoised) / sigma.view(-1, 1, 1, 1)
-                loss = F.mse_loss(eps_pred.float(), eps.float())
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"one-shot tuning: the loss became {loss.item()} at step {step}. Lower learning_rate, or run "
-                        "the model in fp32 (the fp16 weights overflowed).")
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-                self._decay_queries()
-                self.optimizer.step()
-                self.losses.append(loss.item())
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-                progress.update_absolute(step + 1, self.steps)
-        finally:
-            GRADIENT_CHECKPOINTING.reset(token)
-        return latent_image
+    def train_step(self, model_wrap, clip, step, generator, extra_args):
+        timestep = torch.randint(0, 1000, (1,), generator=generator)
+        eps = torch.randn(clip.shape, generator=generator).to(clip)
+        loss = F.mse_loss(predict_eps(model_wrap, clip, timestep, eps, extra_args).float(), eps.float())
+        self.check_finite(loss, step)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self._decay_queries()
+        self.optimizer.step()
+        return {"loss": loss.item()}
 
 
 def one_shot_tune(model, latent: dict, positive, steps: int, learning_rate: float, seed: int,
@@ -183,11 +224,8 @@ def one_shot_tune(model, latent: dict, positive, steps: int, learning_rate: floa
                                        gradient_checkpointing)
         guider = Guider_Basic(trainer)
         guider.set_conds(positive)
-        clip = samples.clone()
-        sampling = model.get_model_object("model_sampling")
-        sigmas = torch.stack([sampling.sigma_max, sampling.sigma_min]).float()
         try:
-            guider.sample(torch.zeros_like(clip), clip, sampler, sigmas, seed=seed)
+            train_in_guider(guider, samples.clone(), sampler, seed)
         finally:
             remove_weight_wrappers(trainer, deltas.values())
         tuned = TunedWeights(
@@ -197,7 +235,7 @@ def one_shot_tune(model, latent: dict, positive, steps: int, learning_rate: floa
             metadata={"frames": samples.shape[0], "height": samples.shape[2] * 8, "width": samples.shape[3] * 8,
                       "steps": steps, "learning_rate": learning_rate, "seed": seed},
         )
-    return apply_tuned(model, tuned), sampler.losses
+    return apply_tuned(model, tuned), sampler.losses["loss"]
 
 
 class OneShotTune(io.ComfyNode):

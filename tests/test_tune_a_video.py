@@ -154,3 +154,20 @@ def test_bad_inputs_fail_with_clear_messages(tav):
         bad = tav.clip.clone()
         bad[0, 0, 0, 0] = float("nan")
         tav.tuning.one_shot_tune(tav.inflate.inflate(tav.model), {"samples": bad}, tav.cond, 1, 1e-5, 0)
+
+
+def test_no_node_alters_its_input_model(tav, tuned, tmp_path):
+    """Every Tune-A-Video node returns a clone; the MODEL it was given keeps its patches, options and outputs."""
+    base, model, _ = tuned
+    plain_before, plain_out = model_state(tav.model), tav.denoise(tav.model, tav.clip)
+    inflated = tav.inflate.InflateUNet.execute(tav.model, True)[0]
+    inflated_before = model_state(inflated)
+    tav.sparse_causal.SparseCausalAttention.execute(inflated, "sparse_causal", 0.0, 1.0)
+    assert model_state(inflated) == inflated_before
+    path = tmp_path / "t.safetensors"
+    tav.tuned_io.save_tuned(model.get_attachment(tav.tuning.TUNING_KEY), str(path))
+    tav.tuning.apply_tuned(tav.model, tav.tuned_io.load_tuned(str(path)))
+    tav.inversion.ddim_invert(inflated, {"samples": tav.clip}, tav.cond, 2)
+    assert model_state(inflated) == inflated_before
+    assert model_state(tav.model) == plain_before
+    assert torch.equal(tav.denoise(tav.model, tav.clip), plain_out)

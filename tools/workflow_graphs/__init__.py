@@ -3,9 +3,9 @@
 Each module exposes ``WORKFLOWS``: file name -> function returning an API prompt (``GraphBuilder(prefix="")``).
 """
 
-from . import fatezero, tokenflow, tune_a_video
+from . import fatezero, motiondirector, tokenflow, tune_a_video
 
-MODULES = [tune_a_video, tokenflow, fatezero]
+MODULES = [tune_a_video, tokenflow, fatezero, motiondirector]
 
 
 def all_workflows() -> dict:

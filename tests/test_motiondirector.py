@@ -1,0 +1,269 @@
+"""MotionDirector through ComfyUI's real model objects (tiny SD1.5): algorithms.md §6.2, LoRA files, core parity."""
+
+import math
+import pickle
+
+import pytest
+import torch
+from test_tune_a_video import model_state
+
+FRAMES, H, W = 4, 8, 8
+SPATIAL = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "ff.net.0.proj", "ff.net.2")
+TEMPORAL = ("attn_temp.to_q", "attn_temp.to_k", "attn_temp.to_v", "attn_temp.to_out.0")
+SUFFIXES = (".lora_up.weight", ".lora_down.weight", ".alpha")
+
+
+@pytest.fixture(scope="module")
+def md(sd15):
+    import comfy.sample
+    import comfy.samplers
+    from video_edit.nodes import inflate, inversion, motion_lora_io, motiondirector
+
+    model, clip, _ = sd15
+
+    class NS:
+        pass
+
+    ns = NS()
+    ns.model, ns.inflate, ns.inversion, ns.io, ns.md = model, inflate, inversion, motion_lora_io, motiondirector
+    ns.conds = [clip.encode_from_tokens_scheduled(clip.tokenize(p)) for p in ("a man is skiing", "a skier on a slope")]
+    g = torch.Generator().manual_seed(0)
+    ns.clip_a = torch.randn(FRAMES, 4, H, W, generator=g)
+    ns.clip_b = torch.randn(FRAMES - 1, 4, H, W, generator=g)
+    ns.clips = motiondirector.add_clip(motiondirector.add_clip(None, {"samples": ns.clip_a}, ns.conds[0]),
+                                       {"samples": ns.clip_b}, ns.conds[1])
+    ns.base = inflate.inflate(model, frame_groupnorm=False)
+    ns.blocks = [path for _, path, _, _ in inflate.iter_transformer_blocks(model.model.diffusion_model)]
+
+    def denoise(m, x, sigma=4.0):
+        """The model's x0 prediction at ``sigma`` (one Euler step to 0), through ComfyUI's sampler stack."""
+        sigmas = torch.tensor([sigma, 0.0])
+        return comfy.sample.sample_custom(m, torch.zeros_like(x), 1.0, comfy.samplers.sampler_object("euler"), sigmas,
+                                          ns.conds[0], ns.conds[0], x, disable_pbar=True)
+
+    ns.denoise = denoise
+    return ns
+
+
+def train(md, model=None, **kwargs):
+    settings = dict(steps=2, rank=8, learning_rate=1e-3, seed=0, spatial_mask_probability=0.0, gradient_checkpointing=False)
+    settings.update(kwargs)
+    return md.md.train_motion_director(md.base if model is None else model, md.clips, **settings)
+
+
+@pytest.fixture(scope="module")
+def trained(md):
+    before = model_state(md.base)
+    result = train(md)
+    assert model_state(md.base) == before
+    return result
+
+
+@pytest.fixture
+def folders(tmp_path, monkeypatch):
+    """models/loras and models/video_edit_motion_lora in a temporary directory."""
+    import folder_paths
+
+    paths = {}
+    for folder in (md_io().SPATIAL_FOLDER, md_io().TEMPORAL_FOLDER):
+        paths[folder] = tmp_path / folder
+        paths[folder].mkdir()
+        exts = folder_paths.folder_names_and_paths[folder][1]
+        monkeypatch.setitem(folder_paths.folder_names_and_paths, folder, ([str(paths[folder])], exts))
+    return paths
+
+
+def md_io():
+    from video_edit.nodes import motion_lora_io
+
+    return motion_lora_io
+
+
+def test_target_sets_are_exactly_the_official_ones(md, trained):
+    spatial, temporal, losses = trained
+    assert len(md.blocks) == 7
+    assert set(spatial) == {f"diffusion_model.{b}.{n}{s}" for b in md.blocks for n in SPATIAL for s in SUFFIXES}
+    assert set(temporal) == {f"{b}.{n}{s}" for b in md.blocks for n in TEMPORAL for s in SUFFIXES}
+    assert not any(".attn2." in k for k in spatial)
+    for tensors in (spatial, temporal):
+        ups = [v for k, v in tensors.items() if k.endswith(".lora_up.weight")]
+        assert all(v.shape[1] == 8 and v.abs().max() > 0 for v in ups)  # rank 8, every LoRA trained
+        assert all(v.item() == 8.0 for k, v in tensors.items() if k.endswith(".alpha"))
+    assert len(losses["spatial"]) == len(losses["temporal"]) == len(losses["loss"]) == 2
+    assert all(math.isfinite(v) for v in losses["spatial"] + losses["temporal"])
+
+
+def test_spatial_path_is_the_image_model(md):
+    """One frame with the temporal layers bypassed is the 2D model, even with non-zero temporal layers and the
+    frame-spanning GroupNorm (which alone would not be an identity at F = 1)."""
+    g = torch.Generator().manual_seed(3)
+    state = {k: torch.randn(v.shape, generator=g) * 0.2
+             for k, v in md.inflate.get_inflation(md.base).layers.state_dict().items()}
+    inflated = md.inflate.inflate(md.model, state, frame_groupnorm=True)
+    frame = md.clip_a[2:3]
+    plain = md.denoise(md.model, frame)
+    with md.inflate.bypass_temporal():
+        torch.testing.assert_close(md.denoise(inflated, frame), plain, rtol=1e-5, atol=1e-5)
+    assert (md.denoise(inflated, frame) - plain).abs().max() > 1e-3
+
+
+def test_the_temporal_step_never_changes_spatial_weights(md):
+    spatial, temporal, losses = train(md, steps=1, spatial_mask_probability=1.0)
+    assert all(torch.count_nonzero(v) == 0 for k, v in spatial.items() if k.endswith(".lora_up.weight"))
+    # At step 1 only to_out's LoRA gets a gradient: the base temporal output projection starts at zero.
+    assert all(v.abs().max() > 0 for k, v in temporal.items() if k.endswith("to_out.0.lora_up.weight"))
+    assert all(math.isnan(v) for v in losses["spatial"])
+
+
+def test_several_clips_of_different_lengths_and_a_single_clip(md):
+    single = md.md.add_clip(None, {"samples": md.clip_b}, md.conds[1])
+    spatial, temporal, losses = md.md.train_motion_director(md.base, single, steps=1, rank=4, seed=1)
+    assert len(losses["temporal"]) == 1 and len(md.clips) == 2 and md.clips[1].samples.shape[0] == FRAMES - 1
+
+
+def patched_weight(patcher, key, base):
+    import comfy.lora
+
+    return comfy.lora.calculate_weight(patcher.patches[key], base.float().clone(), key)
+
+
+def test_strengths_are_independent_linear_and_zero_is_the_base(md, trained):
+    from video_edit.kernels.lora import spatial_targets
+    from video_edit.nodes.inflate import temporal_patcher
+
+    spatial, temporal, _ = trained
+    base_out = md.denoise(md.base, md.clip_a)
+    zero = md.io.apply_motion_lora(md.base, spatial, 0.0, temporal, 0.0)
+    assert not zero.patches and not temporal_patcher(zero).patches
+    assert torch.equal(md.denoise(zero, md.clip_a), base_out)
+
+    only_temporal = md.io.apply_motion_lora(md.base, spatial, 0.0, temporal, 1.0)
+    assert not only_temporal.patches
+    assert set(temporal_patcher(only_temporal).patches) == {f"{b}.{n}.weight" for b in md.blocks for n in TEMPORAL}
+    only_spatial = md.io.apply_motion_lora(md.base, spatial, 1.0, temporal, 0.0)
+    assert set(only_spatial.patches) == {f"diffusion_model.{b}.{n}.weight" for b in md.blocks for n in SPATIAL}
+    assert not temporal_patcher(only_spatial).patches
+
+    module = f"{md.blocks[0]}.attn1.to_q"
+    key = f"diffusion_model.{module}.weight"
+    w0 = spatial_targets(md.model.model.diffusion_model)[module].weight.detach()
+    delta = spatial[f"diffusion_model.{module}.lora_up.weight"] @ spatial[f"diffusion_model.{module}.lora_down.weight"]
+    tkey = f"{md.blocks[-1]}.attn_temp.to_out.0.weight"
+    t0 = md.inflate.get_inflation(md.base).layers.state_dict()[tkey]
+    tdelta = temporal[tkey.replace(".weight", ".lora_up.weight")] @ temporal[tkey.replace(".weight", ".lora_down.weight")]
+    for s in (0.5, 1.0, -2.0):
+        both = md.io.apply_motion_lora(md.base, spatial, s, temporal, 3 * s)
+        torch.testing.assert_close(patched_weight(both, key, w0), w0.float() + s * delta, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(patched_weight(temporal_patcher(both), tkey, t0), t0.float() + 3 * s * tdelta,
+                                   rtol=1e-5, atol=1e-6)
+    assert (md.denoise(only_temporal, md.clip_a) - base_out).abs().max() > 1e-5
+    assert torch.equal(md.denoise(md.base, md.clip_a), base_out)  # the input MODEL still gives the base output
+
+
+def test_save_then_load_is_bit_identical(md, trained, folders):
+    spatial, temporal, _ = trained
+    out = md.io.SaveMotionLoRA.execute(spatial, temporal, "skiing").args
+    assert out == (str(folders["loras"] / "skiing_spatial.safetensors"),
+                   str(folders["video_edit_motion_lora"] / "skiing_temporal.safetensors"))
+    assert sorted(p.name for f in folders.values() for p in f.iterdir()) == ["skiing_spatial.safetensors",
+                                                                            "skiing_temporal.safetensors"]
+    read = md.io.read_lora_file("loras", "skiing_spatial.safetensors", "spatial_file")
+    assert read.keys() == spatial.keys() and all(torch.equal(read[k], spatial[k]) for k in spatial)
+    loaded = md.io.LoadMotionLoRA.execute(md.base, "skiing_spatial.safetensors", 0.5, "skiing_temporal.safetensors", 1.0).args[0]
+    applied = md.io.apply_motion_lora(md.base, spatial, 0.5, temporal, 1.0)
+    assert torch.equal(md.denoise(loaded, md.clip_a), md.denoise(applied, md.clip_a))
+
+
+def test_core_lora_loader_applies_the_spatial_file_identically(md, trained, folders):
+    import comfy.model_management
+    import comfy.sd
+    import comfy.utils
+
+    spatial, temporal, _ = trained
+    spatial_path, _ = md.io.save_motion_lora(spatial, temporal, "core")
+    comfy.model_management.unload_all_models()  # core's key map reads the live module tree
+    core, _ = comfy.sd.load_lora_for_models(md.model, None, comfy.utils.load_torch_file(spatial_path), 0.7, 0)
+    ours = md.io.LoadMotionLoRA.execute(md.model, "core_spatial.safetensors", 0.7, "none", 1.0).args[0]
+    assert set(core.patches) == set(ours.patches)
+    frame = md.clip_a[:1]
+    core_out, our_out = md.denoise(core, frame), md.denoise(ours, frame)
+    assert torch.equal(core_out, our_out)
+    assert (our_out - md.denoise(md.model, frame)).abs().max() > 1e-5
+
+
+def test_training_lowers_both_losses(md):
+    """Both losses on the training draws (clips, timesteps, noise, frames), before and after (lr ~0 = evaluation)."""
+
+    def losses(m):
+        _, _, curve = train(md, model=m, steps=3, learning_rate=1e-12, seed=7, lora_dropout=0.0)
+        return [sum(curve[name]) / 3 for name in ("spatial", "temporal")]
+
+    spatial, temporal, _ = train(md, steps=3, learning_rate=1e-2, seed=7)
+    before = losses(md.base)
+    after = losses(md.io.apply_motion_lora(md.base, spatial, 1.0, temporal, 1.0))
+    assert after[0] < 0.9 * before[0] and after[1] < 0.9 * before[1], (before, after)
+
+
+def test_checkpoints_every_n_steps(md, folders):
+    train(md, steps=2, rank=2, checkpoint_every=1, checkpoint_name="ck")
+    names = sorted(p.name for f in folders.values() for p in f.iterdir())
+    assert names == [f"ck_step{s:05d}_{k}.safetensors" for s in (1, 2) for k in ("spatial", "temporal")]
+    tensors = md.io.read_lora_file("video_edit_motion_lora", "ck_step00002_temporal.safetensors", "temporal_file")
+    md.io.apply_motion_lora(md.base, None, 0, tensors, 1.0)  # fits the model
+
+
+class _Marker:
+    """Unpickling this creates a file: proof that a loader unpickled."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def test_bad_inputs_fail_with_clear_messages(md, trained, folders, tmp_path):
+    spatial, temporal, _ = trained
+    with pytest.raises(ValueError, match="latent: this clip is 128x64 pixels, the clips already in clip_set are 64x64"):
+        md.md.add_clip(md.clips, {"samples": torch.zeros(4, 4, 8, 16)}, md.conds[0])
+    with pytest.raises(ValueError, match="latent: a clip of at least 2 frames is needed, got 1"):
+        md.md.add_clip(None, {"samples": md.clip_a[:1]}, md.conds[0])
+    with pytest.raises(ValueError, match="model: MotionDirector trains LoRAs on the temporal layers"):
+        md.md.train_motion_director(md.model, md.clips, steps=1)
+    with pytest.raises(ValueError, match="model: temporal motion LoRAs live on the temporal layers"):
+        md.io.apply_motion_lora(md.model, None, 0, temporal, 1.0)
+    # The other kind of file, and a file made for another UNet (renamed module, other width): refused, not assigned.
+    with pytest.raises(ValueError, match="spatial_lora: it does not fit this model"):
+        md.io.apply_motion_lora(md.base, temporal, 1.0, None, 0)
+    other = {k.replace("input_blocks.1.1", "input_blocks.2.1"): v for k, v in spatial.items()}
+    with pytest.raises(ValueError, match="it does not fit this model .6 of its modules are not targets here"):
+        md.io.apply_motion_lora(md.base, other, 1.0, None, 0)
+    wider = dict(spatial)
+    key = f"diffusion_model.{md.blocks[0]}.ff.net.2.lora_down.weight"
+    wider[key] = torch.zeros(8, 2 * wider[key].shape[1])
+    with pytest.raises(ValueError, match="ff.net.2 has up .* the model's Linear maps 1280 -> 320"):
+        md.io.apply_motion_lora(md.base, wider, 1.0, None, 0)
+    # A pickled file is refused without being opened.
+    marker = tmp_path / "unpickled"
+    (folders["video_edit_motion_lora"] / "motion.pt").write_bytes(pickle.dumps(_Marker(str(marker))))
+    with pytest.raises(ValueError, match="temporal_file: motion.pt is a pickled file .* refused"):
+        md.io.LoadMotionLoRA.execute(md.base, "none", 0.0, "motion.pt", 1.0)
+    assert not marker.exists()
+
+
+def test_noise_prior_from_an_inversion(md):
+    import comfy.sample
+
+    inversion = md.inversion.ddim_invert(md.base, {"samples": md.clip_a}, md.conds[0], steps=2)
+    latent = {"samples": torch.zeros(FRAMES, 4, H, W)}
+    plain = comfy.sample.prepare_noise(latent["samples"], 5)
+    assert torch.equal(md.md.inversion_noise(md.base, inversion, 0.0, 5).generate_noise(latent), plain)
+    sigma = float(inversion.sigmas[-1])
+    inverted = inversion.latents[-1] * 0.18215 / math.sqrt(1 + sigma ** 2)
+    torch.testing.assert_close(md.md.inversion_noise(md.base, inversion, 1.0, 5).generate_noise(latent), inverted)
+    torch.testing.assert_close(md.md.inversion_noise(md.base, inversion, 0.25, 5).generate_noise(latent),
+                               0.5 * inverted + math.sqrt(0.75) * plain)
+    bigger = md.md.inversion_noise(md.base, inversion, 0.5, 5).generate_noise({"samples": torch.zeros(FRAMES, 4, 16, 16)})
+    assert bigger.shape == (FRAMES, 4, 16, 16)
+    with pytest.raises(ValueError, match="latent_image: 3 frames, the inverted clip has 4"):
+        md.md.inversion_noise(md.base, inversion, 0.5, 5).generate_noise({"samples": torch.zeros(3, 4, H, W)})
