@@ -8,6 +8,8 @@ tuned file. The maps take about 0.2 GiB per step for 8 frames (tools/benchmarks/
 
 from comfy_execution.graph_utils import GraphBuilder
 
+from .common import ddim_edit_and_save
+
 from .tune_a_video import CHECKPOINT, SOURCE_PROMPT as SKIING_PROMPT, SOURCE_VIDEO as SKIING_VIDEO, TUNED_FILE
 
 JEEP_VIDEO = "jeep.mp4"
@@ -32,12 +34,8 @@ def _fatezero(g: GraphBuilder, ckpt, model, video_file: str, frame_stride: int, 
                     blend_end=0.8)
     positive = g.node("CLIPTextEncode", clip=ckpt.out(1), text=edit_prompt)
     negative = g.node("CLIPTextEncode", clip=ckpt.out(1), text="")
-    edit = g.node("KSamplerAdvanced", model=fusion.out(0), add_noise="disable", noise_seed=0, steps=50, cfg=7.5,
-                  sampler_name="ddim", scheduler="ddim_uniform", positive=positive.out(0), negative=negative.out(0),
-                  latent_image=inversion.out(0), start_at_step=0, end_at_step=10000,
-                  return_with_leftover_noise="disable")
-    frames = g.node("VAEDecode", samples=edit.out(0), vae=ckpt.out(2))
-    g.node("VE_SaveVideo", images=frames.out(0), fps=video.out(1), filename_prefix=prefix, format="mp4")
+    ddim_edit_and_save(g, ckpt, fusion.out(0), positive.out(0), negative.out(0), inversion.out(0), video.out(1),
+                       cfg=7.5, seed=0, prefix=prefix)
     mask = g.node("MaskToImage", mask=fusion.out(1))
     g.node("PreviewImage", images=mask.out(0))
 

@@ -6,6 +6,8 @@ Official settings (configs/config_pnp.yaml): 50 DDIM steps, cfg 7.5, keyframe ch
 
 from comfy_execution.graph_utils import GraphBuilder
 
+from .common import ddim_edit_and_save
+
 from .tune_a_video import CHECKPOINT, SOURCE_PROMPT, SOURCE_VIDEO, TUNED_FILE
 
 EDIT_PROMPT = "a marble sculpture of a man skiing"
@@ -23,12 +25,8 @@ def _edit(g: GraphBuilder, ckpt, model, n_frames: int, frame_stride: int, prefix
                        keyframe_chunk_size=8, pnp_attention_window=0.5, pnp_feature_window=0.8, seed=1)
     positive = g.node("CLIPTextEncode", clip=ckpt.out(1), text=EDIT_PROMPT)
     negative = g.node("CLIPTextEncode", clip=ckpt.out(1), text=NEGATIVE_PROMPT)
-    edit = g.node("KSamplerAdvanced", model=tokenflow.out(0), add_noise="disable", noise_seed=1, steps=50, cfg=7.5,
-                  sampler_name="ddim", scheduler="ddim_uniform", positive=positive.out(0), negative=negative.out(0),
-                  latent_image=tokenflow.out(1), start_at_step=0, end_at_step=10000,
-                  return_with_leftover_noise="disable")
-    frames = g.node("VAEDecode", samples=edit.out(0), vae=ckpt.out(2))
-    g.node("VE_SaveVideo", images=frames.out(0), fps=video.out(1), filename_prefix=prefix, format="mp4")
+    ddim_edit_and_save(g, ckpt, tokenflow.out(0), positive.out(0), negative.out(0), tokenflow.out(1), video.out(1),
+                       cfg=7.5, seed=1, prefix=prefix)
 
 
 def tokenflow_edit():

@@ -2,6 +2,8 @@
 
 from comfy_execution.graph_utils import GraphBuilder
 
+from .common import ddim_edit_and_save
+
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 CONTROLNET = "control_v11p_sd15_canny.pth"
 SOURCE_VIDEO = "man-skiing.mp4"
@@ -21,11 +23,8 @@ def _source(g: GraphBuilder):
 def _invert_edit_save(g, ckpt, video, latent, model, positive, negative, prefix):
     """Invert with the (tuned) model and the empty prompt, sample the edit from that noise, save the video."""
     inversion = g.node("VE_DDIMInvert", model=model, latent=latent.out(0), steps=50, clip=ckpt.out(1))
-    edit = g.node("KSamplerAdvanced", model=model, add_noise="disable", noise_seed=33, steps=50, cfg=12.5,
-                  sampler_name="ddim", scheduler="ddim_uniform", positive=positive, negative=negative,
-                  latent_image=inversion.out(0), start_at_step=0, end_at_step=10000, return_with_leftover_noise="disable")
-    frames = g.node("VAEDecode", samples=edit.out(0), vae=ckpt.out(2))
-    g.node("VE_SaveVideo", images=frames.out(0), fps=video.out(1), filename_prefix=prefix, format="mp4")
+    ddim_edit_and_save(g, ckpt, model, positive, negative, inversion.out(0), video.out(1), cfg=12.5, seed=33,
+                       prefix=prefix)
 
 
 def _tuned_model(g, ckpt, latent):
