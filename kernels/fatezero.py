@@ -148,6 +148,11 @@ class AttentionStore:
         self.cross[key][level - 1] = probs.detach().to("cpu", torch.float16)
         self.filled[level - 1, self._index[key], 1] = True
 
+    def describe(self) -> str:
+        return (f"{self.nbytes / 2**20:.1f} MiB ({self.nbytes / self.steps / 2**20:.2f} MiB per step, {self.steps} "
+                f"steps, {self.frames} frames, {len(self.blocks)} blocks of at most "
+                f"{max(b.tokens for b in self.blocks.values())} tokens), fp16 on the CPU")
+
     def require_complete(self):
         if not bool(self.filled.all()):
             missing = (~self.filled).nonzero()[0].tolist()
@@ -328,16 +333,19 @@ def latent_blend_active(step: int, steps: int, start: float, end: float) -> bool
 # ---------------------------------------------------------------------------------------------- blend mask
 
 
-def blend_mask(maps: list[torch.Tensor], grid: tuple[int, int], token_positions: list[int], size: tuple[int, int],
-               threshold: float) -> torch.Tensor:
-    """FateZero's mask ``(F, h, w)`` in {0, 1} (1 = edited) from ``(F, heads, n, T)`` cross-attention maps.
+def word_attention(maps: torch.Tensor, token_positions: list[int]) -> torch.Tensor:
+    """``(F, heads, n, T)`` cross-attention maps -> ``(F, n)``: summed over the words' tokens, averaged over heads."""
+    return maps[..., token_positions].float().sum(-1).mean(1)
 
-    Summed over the blend tokens, averaged over heads and layers, 3x3 max-pool, nearest resize to ``size``,
-    divided by each frame's maximum, ``> threshold``.
+
+def blend_mask(word_maps: list[torch.Tensor], grid: tuple[int, int], size: tuple[int, int],
+               threshold: float) -> torch.Tensor:
+    """FateZero's mask ``(F, h, w)`` in {0, 1} (1 = edited) from the layers' ``word_attention`` maps ``(F, n)``.
+
+    Averaged over the layers (all have the same heads: the mean over heads x layers), 3x3 max-pool, nearest
+    resize to ``size``, divided by each frame's maximum, ``> threshold``.
     """
-    stacked = torch.cat([m.float() for m in maps], dim=1)  # F, (layers heads), n, T
-    per_frame = stacked[..., token_positions].sum(-1).mean(1)
-    per_frame = rearrange(per_frame, "f (h w) -> f 1 h w", h=grid[0], w=grid[1])
+    per_frame = rearrange(torch.stack(word_maps).mean(0), "f (h w) -> f 1 h w", h=grid[0], w=grid[1])
     pooled = F.max_pool2d(per_frame, 3, stride=1, padding=1)
     resized = F.interpolate(pooled, size=size, mode="nearest")
     normalised = resized / resized.amax(dim=(-2, -1), keepdim=True)

@@ -1,20 +1,23 @@
-"""FateZero nodes: the capture config for VE_DDIMInvert and VE_AttentionFusion (algorithms.md §4, §6.4)."""
+"""FateZero, step 2: VE_AttentionFusion, editing with the attention stored during inversion (algorithms.md §4.3,
+§6.4): source self-attention, prompt-to-prompt cross-attention, and blending inside the blend words' mask."""
 
 from __future__ import annotations
 
 import torch
 from comfy.ldm.modules.attention import optimized_attention
 from comfy_api.latest import io
+from einops import rearrange
 
 from ..kernels.fatezero import (AttentionStore, CrossAttentionEdit, PromptTokens, apply_probs, attention_probs,
                                 blend_mask, blended_denoised, chunk_slice, cross_alpha, latent_blend_active,
-                                mask_blocks, self_replace_active)
+                                mask_blocks, self_replace_active, word_attention)
 from ..kernels.inversion import Inversion
-from .inversion import (ATTENTION, AttentionCapture, AttentionCaptureType, InversionType, SharedPatch, call_attention,
-                        cond_chunks, replace_patch)
-from .model_helpers import require_sd1_unet
+from .fatezero_capture import ATTENTION
+from .inversion import InversionType
+from .model_helpers import SharedPatch, call_attention, cond_chunks, replace_patch, require_sd1_unet
 
 LATENT_TO_PIXELS = 8
+BLEND_MODES = ["latents", "self-attention", "both"]  # what the blend words' mask blends
 
 
 def prompt_tokens(clip, text: str, input_name: str) -> PromptTokens:
@@ -63,14 +66,27 @@ def require_attention(inversion: Inversion) -> AttentionStore:
 
 
 class FusionPlan(SharedPatch):
-    """What the fused model reads at every editing step: the store, the P2P edit, the windows and the mask."""
+    """What the fused model reads at every editing step: the store, the P2P edit, the windows and the masks.
 
-    def __init__(self, inversion: Inversion, edit: CrossAttentionEdit, blend_positions: list[int],
-                 self_replace: float, cross_replace: float, threshold: float, blend_start: float, blend_end: float):
+    The blend words' token positions in the source prompt give the source mask (from the stored inversion
+    cross-attention of the step); their positions in the edit prompt give the edit mask, from the editing
+    cross-attention summed over the steps of the run so far. Latents use the OR of both, self-attention the
+    source mask (official ``prompt_choose`` 'both' and 'source').
+    """
+
+    def __init__(self, inversion: Inversion, edit: CrossAttentionEdit, source_positions: list[int],
+                 edit_positions: list[int], blend: str, self_replace: float, cross_replace: float, threshold: float,
+                 blend_start: float, blend_end: float):
         self.inversion, self.store = inversion, require_attention(inversion)
-        self.edit, self.blend_positions = edit, blend_positions
+        self.edit, self.source_positions, self.edit_positions = edit, source_positions, edit_positions
         self.self_replace, self.cross_replace = self_replace, cross_replace
         self.threshold, self.blend_start, self.blend_end = threshold, blend_start, blend_end
+        has_words = bool(source_positions or edit_positions)
+        self.blends_latents = has_words and blend in ("latents", "both")
+        self.blends_self_attention = has_words and blend in ("self-attention", "both")
+        self.mask_blocks = mask_blocks(list(self.store.blocks.values()))
+        self.edit_word_maps = {}  # mask block -> this model call's edit-prompt word attention (F, n)
+        self.edit_word_total = None  # their layer mean, summed over the steps of this sampling run so far
 
     def step(self, extra_options) -> tuple[int, int]:
         """(level, editing step) of a model call at the sampler's current sigma."""
@@ -84,25 +100,53 @@ class FusionPlan(SharedPatch):
                              f"{self.store.frames}; edit the inverted latent of the same clip.")
         return chunks, frames
 
-    def mask(self, level: int, size: tuple[int, int]) -> torch.Tensor:
-        """The ``(F, h, w)`` blend mask (1 = edited) from the source cross-attention of ``level``."""
-        blocks = mask_blocks(list(self.store.blocks.values()))
-        maps = [self.store.cross[b.key][level - 1] for b in blocks]
-        return blend_mask(maps, (blocks[0].height, blocks[0].width), self.blend_positions, size, self.threshold)
+    def records_edit_attention(self, key: tuple) -> bool:
+        return self.blends_latents and bool(self.edit_positions) and any(b.key == key for b in self.mask_blocks)
+
+    def record_edit_attention(self, key: tuple, probs: torch.Tensor):
+        """Keep this call's conditional cross-attention of the edit words at a mask block (before fusion)."""
+        self.edit_word_maps[key] = word_attention(probs, self.edit_positions).cpu()
+
+    def accumulate_edit_attention(self, first_step: bool):
+        """Add the current model call's edit-word maps to the run's sum (restarted at the run's first step)."""
+        maps = [self.edit_word_maps.pop(b.key, None) for b in self.mask_blocks]
+        if not self.records_edit_attention(self.mask_blocks[0].key) or any(m is None for m in maps):
+            return
+        step_map = torch.stack(maps).mean(0)
+        self.edit_word_total = step_map if first_step or self.edit_word_total is None else self.edit_word_total + step_map
+
+    def source_mask(self, level: int, size: tuple[int, int]) -> torch.Tensor:
+        """The ``(F, h, w)`` mask (1 = edited) of the source words in the inversion cross-attention of ``level``."""
+        if not self.source_positions:
+            return torch.zeros(self.store.frames, *size)
+        maps = [word_attention(self.store.cross[b.key][level - 1], self.source_positions) for b in self.mask_blocks]
+        return blend_mask(maps, self.mask_grid, size, self.threshold)
+
+    def latent_mask(self, level: int, size: tuple[int, int]) -> torch.Tensor:
+        """The source mask OR the edit words' mask from the editing cross-attention summed so far."""
+        mask = self.source_mask(level, size)
+        if self.edit_positions and self.edit_word_total is not None:
+            mask = mask.maximum(blend_mask([self.edit_word_total], self.mask_grid, size, self.threshold))
+        return mask
+
+    @property
+    def mask_grid(self) -> tuple[int, int]:
+        return self.mask_blocks[0].height, self.mask_blocks[0].width
 
     def preview_mask(self) -> torch.Tensor:
-        """The mask of the first blended step at pixel size, ``(F, H, W)``; all ones without blend words."""
+        """The source mask of the first blended step at pixel size, ``(F, H, W)``; all ones without blending."""
         height, width = (LATENT_TO_PIXELS * s for s in self.inversion.latents.shape[-2:])
-        if not self.blend_positions:
+        if not (self.blends_latents or self.blends_self_attention):
             return torch.ones(self.store.frames, height, width)
-        level = max(1, self.store.steps - int(self.store.steps * self.blend_start))
-        return self.mask(level, (height, width))
+        first_step = int(self.store.steps * self.blend_start) if not self.blends_self_attention else 0
+        return self.source_mask(max(1, self.store.steps - first_step), (height, width))
 
 
 class SelfAttentionFusion(SharedPatch):
     """attn1 replace patch: inside the window the conditional pass attends with the *source* queries and keys and
     its own values (= source map x edited values), through the block's own attn1 patch, so the key frames are
-    exactly the cross-frame patch's (middle_frame, sparse_causal ...)."""
+    exactly the cross-frame patch's (middle_frame, sparse_causal ...). With self-attention blending, query tokens
+    inside the source mask keep the edited attention: ``mask * edited + (1 - mask) * source`` per query."""
 
     def __init__(self, plan: FusionPlan, key: tuple, inner=None):
         self.plan, self.key, self.inner = plan, key, inner
@@ -110,17 +154,28 @@ class SelfAttentionFusion(SharedPatch):
     def __call__(self, q, k, v, extra_options):
         level, step = self.plan.step(extra_options)
         chunks, frames = self.plan.frames_of(q.shape[0], extra_options)
-        if chunks and self_replace_active(step, self.plan.store.steps, self.plan.self_replace):
-            q, k = q.clone(), k.clone()
+        if not chunks or not self_replace_active(step, self.plan.store.steps, self.plan.self_replace):
+            return call_attention(self.inner, q, k, v, extra_options)
+        source_q, source_k = q.clone(), k.clone()
+        for chunk in chunks:
+            part = chunk_slice(chunk, frames)
+            source_q[part] = self.plan.store.queries[self.key][level - 1].to(q)
+            source_k[part] = self.plan.store.keys[self.key][level - 1].to(k)
+        out = call_attention(self.inner, source_q, source_k, v, extra_options)
+        if self.plan.blends_self_attention:
+            edited = call_attention(self.inner, q, k, v, extra_options)
+            block = self.plan.store.blocks[self.key]
+            keep_edit = rearrange(self.plan.source_mask(level, (block.height, block.width)), "f h w -> f (h w) 1")
+            keep_edit = keep_edit.to(out)
             for chunk in chunks:
                 part = chunk_slice(chunk, frames)
-                q[part] = self.plan.store.queries[self.key][level - 1].to(q)
-                k[part] = self.plan.store.keys[self.key][level - 1].to(k)
-        return call_attention(self.inner, q, k, v, extra_options)
+                out[part] = keep_edit * edited[part] + (1 - keep_edit) * out[part]
+        return out
 
 
 class CrossAttentionFusion(SharedPatch):
-    """attn2 replace patch: prompt-to-prompt on the conditional pass while the cross window is open."""
+    """attn2 replace patch: prompt-to-prompt on the conditional pass while the cross window is open; at the mask
+    blocks it also records the edit words' attention for the latent mask."""
 
     def __init__(self, plan: FusionPlan, key: tuple):
         self.plan, self.key = plan, key
@@ -130,23 +185,27 @@ class CrossAttentionFusion(SharedPatch):
         level, step = self.plan.step(extra_options)
         chunks, frames = self.plan.frames_of(q.shape[0], extra_options)
         alpha = cross_alpha(step, self.plan.store.steps, self.plan.cross_replace)
+        record = self.plan.records_edit_attention(self.key)
         out = optimized_attention(q, k, v, heads)
-        if not chunks or alpha == 0:
+        if not chunks or (alpha == 0 and not record):
             return out
         if k.shape[1] != self.plan.store.context:
             raise ValueError(f"positive: the edit conditioning has {k.shape[1]} tokens but the inversion's had "
                              f"{self.plan.store.context}; use one 77-token prompt (no concat/area conds).")
         source = self.plan.store.cross[self.key][level - 1]
-        for chunk in chunks:
+        for index, chunk in enumerate(chunks):
             part = chunk_slice(chunk, frames)
             edited = attention_probs(q[part], k[part], heads)
-            out[part] = apply_probs(self.plan.edit(source.to(edited), edited, alpha), v[part]).to(out.dtype)
+            if record and index == 0:
+                self.plan.record_edit_attention(self.key, edited)
+            if alpha:
+                out[part] = apply_probs(self.plan.edit(source.to(edited), edited, alpha), v[part]).to(out.dtype)
         return out
 
 
 class LatentBlend(SharedPatch):
-    """Post-CFG function: inside the blend window, the step lands on ``mask * edit + (1 - mask) * source`` (exact
-    for euler/ddim; other samplers get the blended x0 prediction)."""
+    """Post-CFG function: sums the edit words' attention over the run, and inside the blend window makes the step
+    land on ``mask * edit + (1 - mask) * source`` (exact for euler/ddim; other samplers get the blended x0)."""
 
     def __init__(self, plan: FusionPlan):
         self.plan = plan
@@ -158,70 +217,60 @@ class LatentBlend(SharedPatch):
         at = torch.isclose(schedule, torch.tensor(sigma), rtol=1e-4).nonzero()
         if len(at) == 0 or int(at[0]) + 1 >= len(schedule):
             return denoised
+        self.plan.accumulate_edit_attention(first_step=int(at[0]) == 0)
         sigma_next = float(schedule[int(at[0]) + 1])
         store = self.plan.store
         level = store.level(sigma, capturing=False)
         if not latent_blend_active(store.step_of(level), store.steps, self.plan.blend_start, self.plan.blend_end):
             return denoised
-        mask = self.plan.mask(level, tuple(x.shape[-2:])).to(x)[:, None]
+        mask = self.plan.latent_mask(level, tuple(x.shape[-2:])).to(x)[:, None]
         source_next = args["model"].process_latent_in(self.plan.inversion.latent_at(sigma_next)).to(x)
         return blended_denoised(x, denoised, source_next, sigma, sigma_next, mask)
 
 
+def blend_word_positions(blend_words: str, source: PromptTokens, edit: PromptTokens) -> tuple[list[int], list[int]]:
+    """Token positions of the blend words in the source prompt and in the edit prompt; each word must be in one."""
+    source_positions, edit_positions = [], []
+    for word in blend_words.replace(",", " ").split():
+        in_source, in_edit = source.positions_of(word), edit.positions_of(word)
+        if not (in_source or in_edit):
+            raise ValueError(f"blend_words: {word!r} is in neither the source prompt {' '.join(source.words)!r} nor the "
+                             f"edit prompt {' '.join(edit.words)!r}; blend words name the edited object as the "
+                             "prompts spell it (e.g. 'jeep', or 'jeep car' for a jeep that becomes a car).")
+        source_positions += in_source
+        edit_positions += in_edit
+    return source_positions, edit_positions
+
+
 def attention_fusion(model, inversion: Inversion, clip, source_prompt: str, edit_prompt: str, blend_words: str = "",
                      self_replace: float = 0.8, cross_replace: float = 0.8, mask_threshold: float = 0.3,
-                     reweight: str = "", blend_start: float = 0.2, blend_end: float = 0.8):
+                     reweight: str = "", blend_start: float = 0.2, blend_end: float = 0.8, blend: str = "latents"):
     """A clone of ``model`` that fuses the inversion's attention into editing; returns it with its FusionPlan."""
     require_sd1_unet(model)
     store = require_attention(inversion)
     if store.context != 77:
         raise ValueError(f"inversion: it was captured with a {store.context}-token conditioning; invert with one "
                          "77-token prompt.")
+    if blend not in BLEND_MODES:
+        raise ValueError(f"blend: {blend!r} is not one of {', '.join(BLEND_MODES)}.")
     source = prompt_tokens(clip, source_prompt, "source_prompt")
     edit = prompt_tokens(clip, edit_prompt, "edit_prompt")
-    positions = []
-    for word in blend_words.replace(",", " ").split():
-        found = source.positions_of(word)
-        if not found:
-            raise ValueError(f"blend_words: {word!r} is not a word of the source prompt {source_prompt!r}; blend "
-                             "words name the edited object as the source prompt spells it.")
-        positions += found
-    plan = FusionPlan(inversion, CrossAttentionEdit.for_prompts(source, edit, parse_reweight(reweight)), positions,
-                      self_replace, cross_replace, mask_threshold, blend_start, blend_end)
+    source_positions, edit_positions = blend_word_positions(blend_words, source, edit)
+    if blend != "latents" and edit_positions and not source_positions:
+        raise ValueError(f"blend_words: self-attention blending uses the source prompt's words, and none of "
+                         f"{blend_words!r} is in {source_prompt!r}; add the source word of the edited object.")
+    plan = FusionPlan(inversion, CrossAttentionEdit.for_prompts(source, edit, parse_reweight(reweight)),
+                      source_positions, edit_positions, blend, self_replace, cross_replace, mask_threshold,
+                      blend_start, blend_end)
     clone = model.clone()
     for key in store.blocks:
         if replace_patch(model, "attn2", key) is not None:
             raise ValueError(f"model: block {key} already has a cross-attention replace patch; fusion needs that slot.")
         clone.set_model_attn1_replace(SelfAttentionFusion(plan, key, replace_patch(model, "attn1", key)), *key)
         clone.set_model_attn2_replace(CrossAttentionFusion(plan, key), *key)
-    if positions:
+    if plan.blends_latents:
         clone.set_model_sampler_post_cfg_function(LatentBlend(plan))
     return clone, plan
-
-
-class AttentionCaptureConfig(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="VE_AttentionCaptureConfig",
-            display_name="Attention Capture Config (FateZero)",
-            category="video_edit/fatezero",
-            description=(
-                "Connect to VE DDIM Invert's attention_capture to store, at every inversion step, the source "
-                "self- and cross-attention of the blocks with at most max_query_tokens tokens (1024: the 32x32, 16x16 "
-                "and 8x8 blocks at 512x512), compactly (fp16, CPU). The size is computed before the run."),
-            inputs=[
-                io.Int.Input("max_query_tokens", default=1024, min=1, max=1 << 20,
-                             tooltip="Capture blocks whose token grid h*w is at most this (FateZero: 32*32)."),
-                io.Float.Input("memory_limit_gb", default=0.0, min=0.0, max=4096.0, step=0.5,
-                               tooltip="Refuse to start if the maps need more; 0 = 80% of the RAM free now."),
-            ],
-            outputs=[AttentionCaptureType.Output(display_name="attention_capture")],
-        )
-
-    @classmethod
-    def execute(cls, max_query_tokens, memory_limit_gb) -> io.NodeOutput:
-        return io.NodeOutput(AttentionCapture(max_query_tokens, memory_limit_gb))
 
 
 class AttentionFusion(io.ComfyNode):
@@ -235,8 +284,9 @@ class AttentionFusion(io.ComfyNode):
                 "FateZero editing: sample the edit from the inverted latent with any standard sampler (same steps, "
                 "ddim_uniform, no added noise) and this MODEL. On the conditional pass it uses the source "
                 "self-attention for the first self_replace of the steps, prompt-to-prompt cross-attention for the "
-                "first cross_replace (replace when both prompts have the same word count, refine otherwise), and "
-                "keeps the source outside the blend words' mask between blend_start and blend_end. mask_threshold 2 "
+                "first cross_replace (replace when both prompts have the same word count, refine otherwise). With "
+                "blend words, 'blend' keeps the source outside their mask: in the latents between blend_start and "
+                "blend_end, and/or in the self-attention while it is replaced (shape edits). mask_threshold 2 "
                 "keeps the whole source. The input MODEL is not changed."),
             inputs=[
                 io.Model.Input("model", tooltip="The model used for inversion (same cross-frame attention)."),
@@ -245,25 +295,29 @@ class AttentionFusion(io.ComfyNode):
                 io.String.Input("source_prompt", default="a silver jeep driving down a curvy road in the countryside"),
                 io.String.Input("edit_prompt", default="a red jeep driving down a curvy road in the countryside"),
                 io.String.Input("blend_words", default="jeep",
-                                tooltip="Words of the source prompt naming the edited object; empty = no latent blend."),
+                                tooltip="Words naming the edited object in the source and/or edit prompt (e.g. "
+                                        "'jeep car'); empty = no blending."),
                 io.Float.Input("self_replace", default=0.8, min=0.0, max=1.0, step=0.05),
                 io.Float.Input("cross_replace", default=0.8, min=0.0, max=1.0, step=0.05),
                 io.Float.Input("mask_threshold", default=0.3, min=0.0, max=2.0, step=0.05),
                 io.String.Input("reweight", default="", tooltip="Edit-prompt words to emphasise, e.g. 'watercolor:10'."),
                 io.Float.Input("blend_start", default=0.2, min=0.0, max=1.0, step=0.05),
                 io.Float.Input("blend_end", default=0.8, min=0.0, max=1.0, step=0.05),
+                io.Combo.Input("blend", options=BLEND_MODES, default="latents",
+                               tooltip="What the blend words' mask blends: the latents (attribute and style edits), "
+                                       "the replaced self-attention, or both (shape edits)."),
             ],
             outputs=[io.Model.Output(), io.Mask.Output(display_name="blend_mask")],
         )
 
     @classmethod
     def execute(cls, model, inversion, clip, source_prompt, edit_prompt, blend_words, self_replace, cross_replace,
-                mask_threshold, reweight, blend_start, blend_end) -> io.NodeOutput:
+                mask_threshold, reweight, blend_start, blend_end, blend) -> io.NodeOutput:
         if blend_start > blend_end:
             raise ValueError(f"blend_start ({blend_start}) must not exceed blend_end ({blend_end}).")
         fused, plan = attention_fusion(model, inversion, clip, source_prompt, edit_prompt, blend_words, self_replace,
-                                       cross_replace, mask_threshold, reweight, blend_start, blend_end)
+                                       cross_replace, mask_threshold, reweight, blend_start, blend_end, blend)
         return io.NodeOutput(fused, plan.preview_mask())
 
 
-NODES = [AttentionCaptureConfig, AttentionFusion]
+NODES = [AttentionFusion]

@@ -1,6 +1,9 @@
-"""Helpers the nodes share: input checks with clear errors, and weight patching that tolerates injection."""
+"""Helpers the nodes share: input checks with clear errors, weight patching that tolerates injection, and the
+plumbing of attention replace patches."""
 
 from __future__ import annotations
+
+from comfy.ldm.modules.attention import optimized_attention
 
 
 def require_sd1_unet(model, input_name: str = "model"):
@@ -78,3 +81,30 @@ def check_clip_inputs_when_sampling(model):
     from comfy.patcher_extension import WrappersMP
 
     set_wrapper(model, WrappersMP.OUTER_SAMPLE, "video_edit_clip_checks", _check_control_hint_frames)
+
+
+class SharedPatch:
+    """An attention patch holding large state (a store, a plan): shared by reference, also under a deep-copying
+    ``ModelPatcher.clone``."""
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def replace_patch(model, kind: str, key: tuple):
+    """The attn1/attn2 replace patch ComfyUI would call for block ``key`` (full key first, as ComfyUI does)."""
+    patches = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get(kind, {})
+    return patches.get(key, patches.get(key[:2]))
+
+
+def call_attention(inner, q, k, v, extra_options):
+    """The block's own replace patch ``inner`` (e.g. cross-frame attention), or ComfyUI's fast kernel."""
+    if inner is not None:
+        return inner(q, k, v, extra_options)
+    return optimized_attention(q, k, v, extra_options["n_heads"])
+
+
+def cond_chunks(extra_options, batch: int) -> tuple[list[int], int]:
+    """Indices of the conditional chunks in an attention batch (``cond_or_uncond`` 0), and frames per chunk."""
+    flags = extra_options.get("cond_or_uncond") or [0]
+    return [i for i, flag in enumerate(flags) if flag == 0], batch // len(flags)

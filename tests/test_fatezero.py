@@ -15,7 +15,7 @@ ALL_BLOCKS = SMALL_BLOCKS | {("input", 1, 0), ("output", 2, 0), ("output", 3, 0)
 def fz(sd15):
     import comfy.sample
     import comfy.samplers
-    from video_edit.nodes import fatezero, inversion, sparse_causal
+    from video_edit.nodes import fatezero, fatezero_capture, inversion, sparse_causal
 
     model, clip, _ = sd15
 
@@ -33,8 +33,9 @@ def fz(sd15):
     ns = NS()
     ns.model, ns.clip, ns.encode, ns.edit = model, clip, encode, edit
     ns.fatezero, ns.inversion, ns.sparse_causal = fatezero, inversion, sparse_causal
+    ns.capture = fatezero_capture.AttentionCapture
     ns.latent = {"samples": torch.randn(FRAMES, 4, H, W, generator=torch.Generator().manual_seed(0))}
-    ns.captured = inversion.ddim_invert(model, ns.latent, encode(SOURCE), STEPS, inversion.AttentionCapture())
+    ns.captured = inversion.ddim_invert(model, ns.latent, encode(SOURCE), STEPS, ns.capture())
     return ns
 
 
@@ -50,7 +51,7 @@ def test_capture_stores_the_blocks_under_the_token_threshold_and_changes_nothing
     plain = inv.ddim_invert(fz.model, fz.latent, fz.encode(SOURCE), STEPS)
     torch.testing.assert_close(fz.captured.latents, plain.latents, rtol=1e-5, atol=1e-5)
 
-    small = inv.ddim_invert(fz.model, fz.latent, fz.encode(SOURCE), STEPS, inv.AttentionCapture(max_query_tokens=16))
+    small = inv.ddim_invert(fz.model, fz.latent, fz.encode(SOURCE), STEPS, fz.capture(max_query_tokens=16))
     assert set(small.captures["attention"].blocks) == SMALL_BLOCKS
     fused, _ = fz.fatezero.attention_fusion(fz.model, small, fz.clip, SOURCE, EDIT, "jeep")
     replaced = fused.model_options["transformer_options"]["patches_replace"]
@@ -158,7 +159,7 @@ def test_the_node_returns_a_model_and_an_f_frame_mask(fz):
     from comfy_api.latest import io
 
     output = fz.fatezero.AttentionFusion.execute(fz.model, fz.captured, fz.clip, SOURCE, EDIT, "jeep", 0.8, 0.8, 0.3,
-                                                 "", 0.0, 0.8)
+                                                 "", 0.0, 0.8, "latents")
     model, mask = output.result
     assert isinstance(output, io.NodeOutput) and model is not fz.model
     assert mask.shape == (FRAMES, 8 * H, 8 * W) and set(mask.unique().tolist()) <= {0.0, 1.0} and mask.sum() > 0
@@ -168,7 +169,7 @@ def test_the_node_returns_a_model_and_an_f_frame_mask(fz):
 def test_fusion_composes_with_sparse_causal_modes(fz):
     for mode in ("middle_frame", "sparse_causal"):
         model = fz.sparse_causal.with_cross_frame_attention(fz.model, mode)
-        inv = fz.inversion.ddim_invert(model, fz.latent, fz.encode(SOURCE), 2, fz.inversion.AttentionCapture())
+        inv = fz.inversion.ddim_invert(model, fz.latent, fz.encode(SOURCE), 2, fz.capture())
         fused, _ = fz.fatezero.attention_fusion(model, inv, fz.clip, SOURCE, EDIT, "jeep", blend_start=0.0)
         inner = fused.model_options["transformer_options"]["patches_replace"]["attn1"][("input", 1, 0)].inner
         assert isinstance(inner, fz.sparse_causal.CrossFrameAttentionPatch) and inner.mode == mode
@@ -178,8 +179,10 @@ def test_fusion_composes_with_sparse_causal_modes(fz):
 
 def test_bad_inputs_fail_with_clear_messages(fz):
     fuse = fz.fatezero.attention_fusion
-    with pytest.raises(ValueError, match="blend_words: 'car' is not a word of the source prompt"):
+    with pytest.raises(ValueError, match="blend_words: 'car' is in neither the source prompt 'a silver jeep' nor"):
         fuse(fz.model, fz.captured, fz.clip, SOURCE, EDIT, "jeep, car")
+    with pytest.raises(ValueError, match="self-attention blending uses the source prompt's words"):
+        fuse(fz.model, fz.captured, fz.clip, SOURCE, EDIT, "red", blend="both")
     with pytest.raises(ValueError, match="edit_prompt: .* tokens; at most 75 fit"):
         fuse(fz.model, fz.captured, fz.clip, SOURCE, " ".join(["jeep"] * 80), "jeep")
     plain = fz.inversion.ddim_invert(fz.model, fz.latent, fz.encode(SOURCE), STEPS)
@@ -187,6 +190,94 @@ def test_bad_inputs_fail_with_clear_messages(fz):
         fuse(fz.model, plain, fz.clip, SOURCE, EDIT, "jeep")
     with pytest.raises(MemoryError, match="attention_capture: the maps need .* Lower steps.*max_query_tokens"):
         fz.inversion.ddim_invert(fz.model, fz.latent, fz.encode(SOURCE), STEPS,
-                                 fz.inversion.AttentionCapture(memory_limit_gb=1e-4))
+                                 fz.capture(memory_limit_gb=1e-4))
     with pytest.raises(ValueError, match="reweight: 'red=2' is not 'word:value'"):
         fuse(fz.model, fz.captured, fz.clip, SOURCE, EDIT, "jeep", reweight="red=2")
+
+
+def official_mask(layer_maps, positions, size, threshold):
+    """FateZero's SpatialBlender.get_mask for one prompt, written after the official code: the layers' maps
+    ``(F, heads, n, 77)`` concatenated on the heads axis, times the word mask, summed over words, mean over
+    heads x layers, 3x3 max-pool, nearest resize, per-frame max normalisation, ``> threshold``."""
+    import torch.nn.functional as F
+    from einops import rearrange
+
+    grid = int(layer_maps[0].shape[2] ** 0.5)
+    maps = torch.cat([rearrange(m.double(), "c h (rh rw) w -> h c rh rw w", rh=grid) for m in layer_maps])
+    alpha = torch.zeros(77, dtype=torch.float64)
+    alpha[positions] = 1
+    maps = (maps * alpha).sum(-1).mean(0)[None]  # 1, F, rh, rw
+    maps = F.interpolate(F.max_pool2d(maps, 3, 1, 1), size=size)
+    maps = maps / maps.amax(-2, keepdim=True).amax(-1, keepdim=True)
+    return maps.gt(threshold)[0]
+
+
+def test_latent_mask_is_the_source_mask_or_the_edit_words_mask_summed_over_steps(fz):
+    """"jeep car" on "a silver jeep" -> "a red car": the source mask of "jeep" from the inversion maps of the
+    step, OR the mask of "car" from the editing cross-attention summed over the steps so far (§4.3.6). The random
+    tiny model's maps are nearly flat, so a high threshold gives masks that are not all ones."""
+    store = fz.captured.captures["attention"]
+    fused, plan = fz.fatezero.attention_fusion(fz.model, fz.captured, fz.clip, SOURCE, "a red car", "jeep car",
+                                               cross_replace=0.5, mask_threshold=0.95, blend_start=0.0, blend_end=1.0)
+    assert plan.source_positions == [3] and plan.edit_positions == [3]
+    keys = [b.key for b in plan.mask_blocks]
+    assert set(keys) == {("input", 1, 0), ("output", 2, 0), ("output", 3, 0)}  # 8x8 here: nearest to 16x16
+    recorded, used = [], []
+    record, latent_mask = plan.record_edit_attention, plan.latent_mask
+    plan.record_edit_attention = lambda key, probs: recorded.append((key, probs.clone())) or record(key, probs)
+    plan.latent_mask = lambda level, size: used.append((level, latent_mask(level, size))) or used[-1][1]
+    fz.edit(fused, fz.captured.latents[-1])
+    assert [level for level, _ in used] == [3, 2, 1] and len(recorded) == STEPS * len(keys)
+    target_sum = {key: 0 for key in keys}
+    some_edit_only = False
+    for step, (level, mask) in enumerate(used):
+        for key, probs in recorded[step * len(keys):(step + 1) * len(keys)]:
+            target_sum[key] = target_sum[key] + probs.double()
+        source = official_mask([store.cross[k][level - 1] for k in keys], [3], (H, W), 0.95)
+        target = official_mask([target_sum[k] for k in keys], [3], (H, W), 0.95)
+        assert torch.equal(mask.bool(), source | target)
+        some_edit_only |= bool((target & ~source).any())
+    assert some_edit_only  # the edit words' mask adds area the source mask does not cover
+
+
+def test_self_attention_blend_keeps_the_edited_attention_inside_the_source_mask(fz):
+    """Inside the self window, query tokens where the source mask is 1 take the edited self-attention, the rest
+    the source's (§4.3.5); the unconditional chunk is plain attention."""
+    from comfy.ldm.modules.attention import optimized_attention
+
+    store = fz.captured.captures["attention"]
+    _, plan = fz.fatezero.attention_fusion(fz.model, fz.captured, fz.clip, SOURCE, EDIT, "jeep", self_replace=1.0,
+                                           mask_threshold=0.95, blend="self-attention")
+    key, level = ("input", 1, 0), 3
+    patch = fz.fatezero.SelfAttentionFusion(plan, key)
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2 * FRAMES, 64, 320, generator=g) for _ in range(3))
+    out = patch(q, k, v, {"n_heads": 8, "cond_or_uncond": [1, 0], "sigmas": fz.captured.sigmas[level:level + 1]})
+    mask = official_mask([store.cross[b.key][level - 1] for b in plan.mask_blocks], [3], (8, 8), 0.95)
+    mask = mask.flatten(1)  # F, tokens
+    assert 0 < mask.float().mean() < 1
+    cond = slice(FRAMES, 2 * FRAMES)
+    edited = optimized_attention(q[cond], k[cond], v[cond], 8)
+    source = optimized_attention(store.queries[key][level - 1].float(), store.keys[key][level - 1].float(), v[cond], 8)
+    torch.testing.assert_close(out[cond][mask], edited[mask], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out[cond][~mask], source[~mask], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out[:FRAMES], optimized_attention(q[:FRAMES], k[:FRAMES], v[:FRAMES], 8))
+
+
+def test_self_attention_blend_thresholds_2_and_0_are_pure_source_and_pure_edit(fz):
+    start = fz.captured.latents[-1]
+
+    def edit(blend_words, threshold, self_replace, blend):
+        fused, plan = fz.fatezero.attention_fusion(fz.model, fz.captured, fz.clip, SOURCE, EDIT, blend_words,
+                                                   self_replace=self_replace, mask_threshold=threshold, blend=blend)
+        return fz.edit(fused, start), plan
+
+    replaced, _ = edit("", 0.3, 1.0, "latents")
+    unreplaced, _ = edit("", 0.3, 0.0, "latents")
+    assert (replaced - unreplaced).abs().max() > 1e-4
+    all_source, _ = edit("jeep", 2.0, 1.0, "self-attention")
+    torch.testing.assert_close(all_source, replaced, rtol=1e-5, atol=1e-5)
+    all_edit, plan = edit("jeep", 0.0, 1.0, "self-attention")
+    assert all(plan.source_mask(level, (b.height, b.width)).eq(1).all()
+               for level in (1, 2, 3) for b in plan.store.blocks.values())
+    torch.testing.assert_close(all_edit, unreplaced, rtol=1e-5, atol=1e-5)

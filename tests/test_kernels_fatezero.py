@@ -7,7 +7,7 @@ from torch import nn
 from video_edit.kernels.fatezero import (AttentionStore, BlockSpec, CrossAttentionEdit, PromptTokens, blend_mask,
                                          block_grids, blended_denoised, cross_alpha, global_alignment,
                                          latent_blend_active, mask_blocks, refinement_mapper, replacement_mapper,
-                                         self_replace_active)
+                                         self_replace_active, word_attention)
 
 BOS, EOS = 100, 101
 
@@ -85,6 +85,10 @@ def test_prompt_longer_than_the_window_is_refused():
         prompt(*[(f"w{i}", [i]) for i in range(11)])
 
 
+def mask_of(maps, grid, positions, size, threshold):
+    return blend_mask([word_attention(m, positions) for m in maps], grid, size, threshold)
+
+
 def test_blend_mask_matches_a_hand_computation():
     """2 frames, 2 layers x 2 heads, 2x2 grid, 4 tokens; blend tokens 1 and 2; resized to 4x4."""
     layer_a = torch.zeros(2, 2, 4, 4)
@@ -93,20 +97,20 @@ def test_blend_mask_matches_a_hand_computation():
     layer_b[0, :, 0, 2] = 0.4  # and token 2 in the other layer
     layer_a[1, 0, 3, 1] = 0.6  # frame 1, bottom-right cell, one head only
     layer_a[1, :, 2, 2] = 0.2  # frame 1, bottom-left cell
-    mask = blend_mask([layer_a, layer_b], (2, 2), [1, 2], (4, 4), threshold=0.5)
+    mask = mask_of([layer_a, layer_b], (2, 2), [1, 2], (4, 4), threshold=0.5)
     # Frame 0: per-cell mean over 4 head-layers of the token sum = [[0.6, 0], [0, 0]]; the 3x3 max-pool
     # spreads 0.6 over the 2x2 grid, so every cell is 1 after normalising.
     assert mask[0].eq(1).all()
     # Frame 1: [[0, 0], [0.1, 0.15]] -> pooled 0.15 everywhere -> all 1 again; with threshold 2, nothing.
     assert mask[1].eq(1).all()
-    assert blend_mask([layer_a, layer_b], (2, 2), [1, 2], (4, 4), threshold=2.0).eq(0).all()
+    assert mask_of([layer_a, layer_b], (2, 2), [1, 2], (4, 4), threshold=2.0).eq(0).all()
     # Without pooling effects (3x3 grid, far corners): only the strong corner survives the threshold.
     maps = torch.zeros(1, 1, 9, 3)
     maps[0, 0, 0, 1] = 1.0  # top-left
     maps[0, 0, 8, 1] = 0.4  # bottom-right
-    mask = blend_mask([maps], (3, 3), [1], (3, 3), threshold=0.5)
+    mask = mask_of([maps], (3, 3), [1], (3, 3), threshold=0.5)
     assert mask[0].tolist() == [[1, 1, 0], [1, 1, 0], [0, 0, 0]]
-    assert blend_mask([maps], (3, 3), [1], (6, 6), threshold=0.5)[0, :4, :4].eq(1).all()
+    assert mask_of([maps], (3, 3), [1], (6, 6), threshold=0.5)[0, :4, :4].eq(1).all()
 
 
 def test_blended_denoised_lands_on_the_blend_after_an_euler_step():

@@ -80,7 +80,8 @@ def measured(frames_list):
 
     from tiny_models import tiny_sd15_checkpoint
     from video_edit.kernels.fatezero import AttentionStore
-    from video_edit.nodes.inversion import AttentionCapture, ddim_invert
+    from video_edit.nodes.fatezero_capture import AttentionCapture
+    from video_edit.nodes.inversion import ddim_invert
 
     path = tiny_sd15_checkpoint(REPO_ROOT / ".cache" / "tiny_models")
     model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=False, output_clip=True)

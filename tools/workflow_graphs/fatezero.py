@@ -2,8 +2,9 @@
 
 Official settings (config/teaser/jeep_watercolor.yaml, config/teaser/jeep_posche.yaml): 8 frames at 512x512,
 50 DDIM steps for inversion and editing, cfg 7.5; zero-shot: middle-frame attention, self/cross replace 0.8;
-shape: the tuned model's sparse-causal attention, replace 0.5. Run workflows/tune_a_video_edit.json first for the
-tuned file. The maps take about 0.2 GiB per step for 8 frames (tools/benchmarks/fatezero.py).
+shape: the tuned model's sparse-causal attention, replace 0.5, the blend words of both prompts blending the
+self-attention and the latents (jeep_posche_local_latent_blend.yaml). Run workflows/tune_a_video_edit.json first
+for the tuned file. The maps take about 0.2 GiB per step for 8 frames (tools/benchmarks/fatezero.py).
 """
 
 from comfy_execution.graph_utils import GraphBuilder
@@ -19,7 +20,7 @@ PANDA_PROMPT = "a panda is skiing"
 
 
 def _fatezero(g: GraphBuilder, ckpt, model, video_file: str, frame_stride: int, source_prompt: str, edit_prompt: str,
-              blend_words: str, replace: float, prefix: str):
+              blend_words: str, blend: str, replace: float, prefix: str):
     """Invert the clip with the source prompt storing attention, fuse, sample the edit, save it and show the mask."""
     video = g.node("VE_LoadVideo", file=video_file, n_frames=8, start_frame=0, frame_stride=frame_stride,
                    width=512, height=512, path="")
@@ -31,7 +32,7 @@ def _fatezero(g: GraphBuilder, ckpt, model, video_file: str, frame_stride: int, 
     fusion = g.node("VE_AttentionFusion", model=model, inversion=inversion.out(1), clip=ckpt.out(1),
                     source_prompt=source_prompt, edit_prompt=edit_prompt, blend_words=blend_words,
                     self_replace=replace, cross_replace=replace, mask_threshold=0.3, reweight="", blend_start=0.2,
-                    blend_end=0.8)
+                    blend_end=0.8, blend=blend)
     positive = g.node("CLIPTextEncode", clip=ckpt.out(1), text=edit_prompt)
     negative = g.node("CLIPTextEncode", clip=ckpt.out(1), text="")
     ddim_edit_and_save(g, ckpt, fusion.out(0), positive.out(0), negative.out(0), inversion.out(0), video.out(1),
@@ -45,7 +46,8 @@ def fatezero_edit():
     ckpt = g.node("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
     middle = g.node("VE_SparseCausalAttention", model=ckpt.out(0), mode="middle_frame", start_percent=0.0,
                     end_percent=1.0)
-    _fatezero(g, ckpt, middle.out(0), JEEP_VIDEO, 1, JEEP_PROMPT, RED_JEEP_PROMPT, "jeep", 0.8, "video_edit/fatezero")
+    _fatezero(g, ckpt, middle.out(0), JEEP_VIDEO, 1, JEEP_PROMPT, RED_JEEP_PROMPT, "jeep", "latents", 0.8,
+              "video_edit/fatezero")
     return g.finalize()
 
 
@@ -55,7 +57,7 @@ def fatezero_shape_edit():
     tuned = g.node("VE_LoadTuned", model=ckpt.out(0), tuned_file=TUNED_FILE)
     sparse = g.node("VE_SparseCausalAttention", model=tuned.out(0), mode="sparse_causal", start_percent=0.0,
                     end_percent=1.0)
-    _fatezero(g, ckpt, sparse.out(0), SKIING_VIDEO, 6, SKIING_PROMPT, PANDA_PROMPT, "man", 0.5,
+    _fatezero(g, ckpt, sparse.out(0), SKIING_VIDEO, 6, SKIING_PROMPT, PANDA_PROMPT, "man panda", "both", 0.5,
               "video_edit/fatezero_shape")
     return g.finalize()
 

@@ -1,0 +1,122 @@
+"""FateZero, step 1: VE_AttentionCaptureConfig, which makes VE_DDIMInvert store the source attention maps
+(algorithms.md §4.2, §6.4.1) in a compact AttentionStore (kernels/fatezero.py)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import ClassVar
+
+import psutil
+import torch
+from comfy_api.latest import io
+
+from ..kernels.fatezero import AttentionStore, apply_probs, attention_probs, captured_blocks, chunk_slice
+from .inversion import CaptureType
+from .model_helpers import SharedPatch, call_attention, cond_chunks, replace_patch, require_sd1_unet
+
+ATTENTION = "attention"  # the Inversion.captures key of the AttentionStore
+
+
+class SelfAttentionCapture(SharedPatch):
+    """attn1 replace patch during inversion: records the conditional queries and keys, attention unchanged."""
+
+    def __init__(self, store: AttentionStore, key: tuple, inner=None):
+        self.store, self.key, self.inner = store, key, inner
+
+    def __call__(self, q, k, v, extra_options):
+        chunks, frames = cond_chunks(extra_options, q.shape[0])
+        if chunks:
+            level = self.store.level(float(extra_options["sigmas"].max()), capturing=True)
+            part = chunk_slice(chunks[0], frames)
+            self.store.put_self(self.key, level, q[part], k[part])
+        return call_attention(self.inner, q, k, v, extra_options)
+
+
+class CrossAttentionCapture(SharedPatch):
+    """attn2 replace patch during inversion: explicit softmax, the conditional maps recorded."""
+
+    def __init__(self, store: AttentionStore, key: tuple):
+        self.store, self.key = store, key
+
+    def __call__(self, q, k, v, extra_options):
+        probs = attention_probs(q, k, extra_options["n_heads"])
+        chunks, frames = cond_chunks(extra_options, q.shape[0])
+        if chunks:
+            level = self.store.level(float(extra_options["sigmas"].max()), capturing=True)
+            self.store.put_cross(self.key, level, probs[chunk_slice(chunks[0], frames)])
+        return apply_probs(probs, v).to(q.dtype)
+
+
+def with_attention_capture(model, store: AttentionStore):
+    """A clone of ``model`` that fills ``store`` while it inverts; other blocks and the temporal layers untouched."""
+    clone = model.clone()
+    for key in store.blocks:
+        if replace_patch(model, "attn2", key) is not None:
+            raise ValueError(f"model: block {key} already has a cross-attention replace patch; attention capture "
+                             "needs that slot. Capture on the model before that patch is applied.")
+        clone.set_model_attn1_replace(SelfAttentionCapture(store, key, replace_patch(model, "attn1", key)), *key)
+        clone.set_model_attn2_replace(CrossAttentionCapture(store, key), *key)
+    return clone
+
+
+@dataclass(frozen=True)
+class AttentionCapture:
+    """Which blocks VE_DDIMInvert stores attention for, and how much RAM the store may take (0: 80 % of free RAM)."""
+
+    max_query_tokens: int = 1024
+    memory_limit_gb: float = 0.0
+    key: ClassVar[str] = ATTENTION
+
+    def allocate(self, model, samples: torch.Tensor, conditioning, sigmas: torch.Tensor) -> AttentionStore:
+        """The empty store for this inversion, after checking its size against the limit."""
+        unet = require_sd1_unet(model)
+        frames, _, height, width = samples.shape
+        blocks = captured_blocks(unet, height, width, self.max_query_tokens)
+        if not blocks:
+            raise ValueError(f"attention_capture: no block has at most {self.max_query_tokens} query tokens at "
+                             f"{height}x{width} latents; raise max_query_tokens.")
+        context = conditioning[0][0].shape[1]
+        need = AttentionStore.expected_bytes(blocks, len(sigmas) - 1, frames, context)
+        limit = self.memory_limit_gb * 2**30 or 0.8 * psutil.virtual_memory().available
+        if need > limit:
+            raise MemoryError(
+                f"attention_capture: the maps need {need / 2**30:.2f} GiB ({need / (len(sigmas) - 1) / 2**20:.1f} MiB "
+                f"per step x {len(sigmas) - 1} steps, {frames} frames) but {limit / 2**30:.2f} GiB are allowed. Lower "
+                "steps, the number of frames or the resolution, or max_query_tokens on VE Attention Capture Config "
+                "(or raise its memory_limit_gb).")
+        return AttentionStore(blocks, sigmas, frames, context)
+
+    def attach(self, model, samples: torch.Tensor, conditioning, sigmas: torch.Tensor):
+        """(the model that records while VE_DDIMInvert inverts, the store it fills)."""
+        store = self.allocate(model, samples, conditioning, sigmas)
+        logging.info("VE_DDIMInvert: storing attention maps, %s", store.describe())
+        return with_attention_capture(model, store), store
+
+
+class AttentionCaptureConfig(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VE_AttentionCaptureConfig",
+            display_name="Attention Capture Config (FateZero)",
+            category="video_edit/fatezero",
+            description=(
+                "Connect to VE DDIM Invert's attention_capture to store, at every inversion step, the source "
+                "self- and cross-attention of the blocks with at most max_query_tokens tokens (1024: the 32x32, 16x16 "
+                "and 8x8 blocks at 512x512), compactly (fp16, CPU). The size is computed before the run."),
+            inputs=[
+                io.Int.Input("max_query_tokens", default=1024, min=1, max=1 << 20,
+                             tooltip="Capture blocks whose token grid h*w is at most this (FateZero: 32*32)."),
+                io.Float.Input("memory_limit_gb", default=0.0, min=0.0, max=4096.0, step=0.5,
+                               tooltip="Refuse to start if the maps need more; 0 = 80% of the RAM free now."),
+            ],
+            outputs=[CaptureType.Output(display_name="attention_capture")],
+        )
+
+    @classmethod
+    def execute(cls, max_query_tokens, memory_limit_gb) -> io.NodeOutput:
+        return io.NodeOutput(AttentionCapture(max_query_tokens, memory_limit_gb))
+
+
+NODES = [AttentionCaptureConfig]
