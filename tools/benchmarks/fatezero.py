@@ -1,16 +1,25 @@
-"""FateZero attention storage: this pack's store against the official layout, for SD1.5 at 512x512.
+"""FateZero attention storage: this pack's store against the official layout, for 8 and 24 frames side by side.
 
-Prints, for 8 and 24 frames side by side: bytes stored per inversion step and the store's peak RAM over 50 steps,
-ours (self-attention as fp16 queries/keys, cross-attention as fp16 maps) and the official layout (every captured
-post-softmax map in fp32; 'mid' keys for zero-shot, '[-1, first]' keys for tuned models), and their ratio. The
-block layout is read from a real SD1.5 UNet built on the meta device (no weights). Then a measured run: the
-tiny model's inversion with capture, whose store size must equal the prediction.
-Usage: python tools/benchmarks/fatezero.py
+1. Computed, SD1.5 at 512x512 (block layout of a real SD1.5 UNet built on the meta device, no weights): bytes
+   stored per inversion step and over 50 steps, ours (self-attention as fp16 queries/keys, cross-attention as fp16
+   maps) and the official layout (every captured post-softmax map in fp32; 'mid' keys for zero-shot,
+   '[-1, first]' keys for tuned models).
+2. Measured, a real inversion with capture through ComfyUI (tiny SD1.5 by default, middle-frame attention, the
+   official 512x512 token grids): each configuration in its own process, the bytes stored per step and the peak
+   resident memory above the level before the inversion (RSS sampled every millisecond): no capture, ours, and
+   the official layout (explicit post-softmax maps, fp32, CPU, kept per step like ``AttentionStore``; without
+   the official code's deep copies and running sum, so its real peak is higher still).
+Usage: python tools/benchmarks/fatezero.py [--size 512] [--steps 2] [--frames 8 24]
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import torch
@@ -28,17 +37,10 @@ SD15_UNET = {
     "transformer_depth_middle": 1, "use_linear_in_transformer": False, "context_dim": 768,
     "use_temporal_resblock": False, "use_temporal_attention": False, "num_heads": 8, "num_head_channels": -1,
 }
+CONFIGS = ("none", "ours", "official")
 
 
-def gib(n: float) -> str:
-    return f"{n / 2**30:8.2f} GiB"
-
-
-def mib(n: float) -> str:
-    return f"{n / 2**20:8.1f} MiB"
-
-
-def main() -> int:
+def setup_comfy():
     import conftest  # noqa: F401  (registers the pack as ``video_edit``)
     from comfy_server import default_comfyui_path
 
@@ -46,6 +48,10 @@ def main() -> int:
     from comfy.cli_args import args
 
     args.cpu = True
+
+
+def computed(frame_counts) -> dict:
+    """Bytes per step for SD1.5 at 512x512: (ours, official 'mid', official [-1, first]) per frame count."""
     import comfy.ops
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
@@ -53,47 +59,167 @@ def main() -> int:
 
     unet = UNetModel(**SD15_UNET, device="meta", operations=comfy.ops.disable_weight_init)
     blocks = captured_blocks(unet, LATENT, LATENT, 1024)
-    print(f"SD1.5 512x512: {len(blocks)} captured blocks, grids {sorted({b.height for b in blocks}, reverse=True)}, "
-          f"{STEPS} steps\n")
-    print(f"{'':38}{'8 frames':>24}{'24 frames':>24}")
-    rows = {}
-    for frames in (8, 24):
-        ours = sum(b.bytes_per_step(frames, CONTEXT) for b in blocks)
-        mid = sum(b.official_bytes_per_step(frames, CONTEXT, key_frames=1) for b in blocks)
-        causal = sum(b.official_bytes_per_step(frames, CONTEXT, key_frames=2) for b in blocks)
-        rows[frames] = (ours, mid, causal)
-    for label, index in (("ours", 0), ("official, 'mid' (zero-shot)", 1), ("official, [-1, first] (tuned)", 2)):
-        print(f"{'bytes/step ' + label:38}" + "".join(f"{mib(rows[f][index]):>24}" for f in (8, 24)))
-    for label, index in (("ours", 0), ("official, 'mid'", 1), ("official, [-1, first]", 2)):
-        print(f"{'peak store RAM ' + label:38}" + "".join(f"{gib(STEPS * rows[f][index]):>24}" for f in (8, 24)))
-    for label, index in (("ratio ours / official 'mid'", 1), ("ratio ours / official [-1,first]", 2)):
-        print(f"{label:38}" + "".join(f"{rows[f][0] / rows[f][index]:>24.3f}" for f in (8, 24)))
-    print("\n(the official code also keeps a deep copy of each step's store and a running sum: its real peak is higher)")
-
-    measured(frames_list=(8, 24))
-    return 0
+    print(f"1. computed, SD1.5 512x512: {len(blocks)} captured blocks, grids "
+          f"{sorted({b.height for b in blocks}, reverse=True)}")
+    return {f: (sum(b.bytes_per_step(f, CONTEXT) for b in blocks),
+                sum(b.official_bytes_per_step(f, CONTEXT, key_frames=1) for b in blocks),
+                sum(b.official_bytes_per_step(f, CONTEXT, key_frames=2) for b in blocks)) for f in frame_counts}
 
 
-def measured(frames_list):
-    """The tiny model's real inversion with capture at 64x64: stored bytes equal the prediction."""
+class OfficialLayoutCapture:
+    """Stores what the official ``AttentionStore`` keeps: per step, every captured post-softmax map in fp32 on the
+    CPU (self maps over the 'mid' key frame, as the zero-shot configs), the model's output unchanged."""
+
+    key = "official"
+
+    def attach(self, model, samples, conditioning, sigmas):
+        from video_edit.kernels.fatezero import apply_probs, attention_probs, captured_blocks, chunk_slice
+        from video_edit.nodes.model_helpers import (SharedPatch, call_attention, cond_chunks, replace_patch,
+                                                    require_sd1_unet)
+
+        store = OfficialStore()
+
+        class SelfMaps(SharedPatch):
+            def __init__(self, key, inner):
+                self.key, self.inner = key, inner
+
+            def __call__(self, q, k, v, extra):
+                chunks, frames = cond_chunks(extra, q.shape[0])
+                part = chunk_slice(chunks[0], frames)
+                middle = k[part][(frames - 1) // 2][None].expand(frames, -1, -1)
+                store.put(extra, self.key, "self", attention_probs(q[part], middle, extra["n_heads"]))
+                return call_attention(self.inner, q, k, v, extra)
+
+        class CrossMaps(SharedPatch):
+            def __init__(self, key):
+                self.key = key
+
+            def __call__(self, q, k, v, extra):
+                probs = attention_probs(q, k, extra["n_heads"])
+                chunks, frames = cond_chunks(extra, q.shape[0])
+                store.put(extra, self.key, "cross", probs[chunk_slice(chunks[0], frames)])
+                return apply_probs(probs, v).to(q.dtype)
+
+        clone = model.clone()
+        _, _, height, width = samples.shape
+        for block in captured_blocks(require_sd1_unet(model), height, width, 1024):
+            clone.set_model_attn1_replace(SelfMaps(block.key, replace_patch(model, "attn1", block.key)), *block.key)
+            clone.set_model_attn2_replace(CrossMaps(block.key), *block.key)
+        return clone, store
+
+
+class OfficialStore:
+    def __init__(self):
+        self.steps: dict[float, list[torch.Tensor]] = {}
+
+    def put(self, extra, key, kind, probs):
+        self.steps.setdefault(float(extra["sigmas"].max()), []).append(probs.float().cpu().clone())
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for maps in self.steps.values() for t in maps)
+
+    def require_complete(self):
+        pass
+
+
+def peak_rss_during(fn) -> tuple[object, int]:
+    """``fn()``'s result and the peak resident bytes above those before it, sampled every millisecond."""
+    import psutil
+
+    process = psutil.Process()
+    before = peak = process.memory_info().rss
+    done = threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, process.memory_info().rss)
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result = fn()
+    finally:
+        done.set()
+        sampler.join()
+    return result, max(peak, process.memory_info().rss) - before
+
+
+def worker(config: str, frames: int, size: int, steps: int) -> dict:
+    setup_comfy()
     import comfy.sd
 
     from tiny_models import tiny_sd15_checkpoint
-    from video_edit.kernels.fatezero import AttentionStore
     from video_edit.nodes.fatezero_capture import AttentionCapture
     from video_edit.nodes.inversion import ddim_invert
+    from video_edit.nodes.sparse_causal import with_cross_frame_attention
 
     path = tiny_sd15_checkpoint(REPO_ROOT / ".cache" / "tiny_models")
     model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=False, output_clip=True)
-    cond = clip.encode_from_tokens_scheduled(clip.tokenize("a silver jeep"))
-    print("\nmeasured, tiny UNet, 8x8 latents, 2 steps:")
-    for frames in frames_list:
-        latent = {"samples": torch.randn(frames, 4, 8, 8, generator=torch.Generator().manual_seed(0))}
-        store = ddim_invert(model, latent, cond, 2, AttentionCapture()).captures["attention"]
-        expected = AttentionStore.expected_bytes(list(store.blocks.values()), 2, frames, CONTEXT)
-        official = 2 * sum(b.official_bytes_per_step(frames, CONTEXT, 1) for b in store.blocks.values())
-        print(f"  {frames:2d} frames: stored {store.nbytes} B (predicted {expected}), official layout {official} B, "
-              f"ratio {store.nbytes / official:.3f}")
+    model = with_cross_frame_attention(model, "middle_frame")
+    cond = clip.encode_from_tokens_scheduled(clip.tokenize("a silver jeep driving down a curvy road"))
+    latent = {"samples": torch.randn(frames, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(0))}
+    capture = {"none": None, "ours": AttentionCapture(), "official": OfficialLayoutCapture()}[config]
+    inversion, peak = peak_rss_during(lambda: ddim_invert(model, latent, cond, steps, capture))
+    stored = next(iter(inversion.captures.values())).nbytes if inversion.captures else 0
+    return {"bytes_per_step": stored / steps, "peak_rss": peak}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--frames", type=int, nargs="+", default=[8, 24])
+    parser.add_argument("--size", type=int, default=512, help="frame size in pixels of the measured run")
+    parser.add_argument("--steps", type=int, default=2, help="inversion steps of the measured run")
+    parser.add_argument("--worker", choices=CONFIGS, help=argparse.SUPPRESS)
+    opts = parser.parse_args()
+    if opts.worker:
+        print("RESULT " + json.dumps(worker(opts.worker, opts.frames[0], opts.size, opts.steps)))
+        return 0
+
+    setup_comfy()
+    frame_counts = opts.frames
+
+    def row(label, value, fmt="{:>16.1f}"):
+        print(f"{label:40}" + "".join(fmt.format(value(f)) for f in frame_counts))
+
+    header = f"{'':40}" + "".join(f"{f'{f} frames':>16}" for f in frame_counts)
+    rows = computed(frame_counts)
+    print(header)
+    for label, index in (("ours", 0), ("official, 'mid'", 1), ("official, [-1, first]", 2)):
+        row(f"MiB/step {label}", lambda f: rows[f][index] / 2**20)
+    for label, index in (("ours", 0), ("official, 'mid'", 1)):
+        row(f"GiB over {STEPS} steps {label}", lambda f: STEPS * rows[f][index] / 2**30, "{:>16.2f}")
+    for label, index in (("'mid'", 1), ("[-1, first]", 2)):
+        row(f"ratio ours / official {label}", lambda f: rows[f][0] / rows[f][index], "{:>16.3f}")
+
+    results = {}
+    for frames in frame_counts:
+        for config in CONFIGS:
+            cmd = [sys.executable, __file__, "--worker", config, "--frames", str(frames), "--size", str(opts.size),
+                   "--steps", str(opts.steps)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            results[config, frames] = json.loads(next(line for line in out.splitlines()
+                                                      if line.startswith("RESULT "))[7:])
+    print(f"\n2. measured: tiny SD1.5 inversion with capture, {opts.size}x{opts.size}, middle-frame attention, "
+          f"{opts.steps} steps, CPU\n{header}")
+    for config in ("ours", "official"):
+        row(f"MiB/step stored {config}", lambda f: results[config, f]["bytes_per_step"] / 2**20)
+    for config in CONFIGS:
+        row(f"peak RSS MiB, capture {config}", lambda f: results[config, f]["peak_rss"] / 2**20)
+
+    def ratio(key, minus_none=False):
+        def value(f):
+            base = results["none", f][key] if minus_none else 0
+            return (results["ours", f][key] - base) / max(1, results["official", f][key] - base)
+        return value
+
+    row("ratio stored ours / official", ratio("bytes_per_step"), "{:>16.3f}")
+    row("ratio peak RSS ours / official", ratio("peak_rss"), "{:>16.3f}")
+    row("ratio peak RSS above no capture", ratio("peak_rss", minus_none=True), "{:>16.3f}")
+    print("(goal: ours <= 1/5 of the official bytes per step)")
+    return 0
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Official settings (config/teaser/jeep_watercolor.yaml, config/teaser/jeep_posche
 50 DDIM steps for inversion and editing, cfg 7.5; zero-shot: middle-frame attention, self/cross replace 0.8;
 shape: the tuned model's sparse-causal attention, replace 0.5, the blend words of both prompts blending the
 self-attention and the latents (jeep_posche_local_latent_blend.yaml). Run workflows/tune_a_video_edit.json first
-for the tuned file. The maps take about 0.2 GiB per step for 8 frames (tools/benchmarks/fatezero.py).
+for the tuned file. The maps take about 0.21 GiB per step for 8 frames (tools/benchmarks/fatezero.py).
 """
 
 from comfy_execution.graph_utils import GraphBuilder
