@@ -113,7 +113,8 @@ class FusionPlan(SharedPatch):
         if not self.records_edit_attention(self.mask_blocks[0].key) or any(m is None for m in maps):
             return
         step_map = torch.stack(maps).mean(0)
-        self.edit_word_total = step_map if first_step or self.edit_word_total is None else self.edit_word_total + step_map
+        restart = first_step or self.edit_word_total is None
+        self.edit_word_total = step_map if restart else self.edit_word_total + step_map
 
     def source_mask(self, level: int, size: tuple[int, int]) -> torch.Tensor:
         """The ``(F, h, w)`` mask (1 = edited) of the source words in the inversion cross-attention of ``level``."""
