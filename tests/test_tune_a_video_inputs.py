@@ -119,8 +119,9 @@ def test_cancelled_tuning_saves_nothing(comfy, graph, tiny_workflow_inputs):
     g.node("VE_SaveTuned", model=tune.out(0), filename="cancelled", prompt="")
     prompt_id = comfy.queue(g.finalize())
     deadline = time.monotonic() + 120
-    while "One-shot tuning" not in comfy.log_tail(20000) and time.monotonic() < deadline:
+    while "one-shot tuning:" not in comfy.log_tail(20000) and time.monotonic() < deadline:
         time.sleep(0.5)
+    assert "one-shot tuning:" in comfy.log_tail(20000), "the tuning progress bar never appeared"
     comfy.interrupt()
     with pytest.raises(ExecutionError, match="interrupted"):
         comfy.wait(prompt_id, timeout=120)
