@@ -10,8 +10,11 @@ from comfy_server import ExecutionError
 
 def tiny_model_of(family: str):
     """A small random-weight MODEL of another family, built by ComfyUI's own model configs."""
+    import dataclasses
+
     import comfy.model_patcher
     import comfy.supported_models as supported
+    from comfy.ldm.flux.model import FluxParams
 
     configs = {
         "SDXL": (supported.SDXL, {
@@ -25,6 +28,8 @@ def tiny_model_of(family: str):
             "hidden_size": 64, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
             "axes_dim": [8, 12, 12], "theta": 10000, "qkv_bias": True, "guidance_embed": False, "patch_size": 2}),
     }
+    if "txt_ids_dims" in {f.name for f in dataclasses.fields(FluxParams)}:
+        configs["Flux"][1]["txt_ids_dims"] = []  # ComfyUI 0.33+: Flux.1's value in model_detection
     cls, unet_config = configs[family]
     config = cls(unet_config)
     config.set_inference_dtype(torch.float32, None)

@@ -8,10 +8,12 @@
 //   missing  node types of the workflow (and of its subgraph definitions) that are not registered in
 //            LiteGraph, plus the types the frontend itself reported missing (its afterConfigureGraph
 //            hook and the "missing nodes" dialog)
-//   errors   page errors, failed requests, console errors and error/warning toasts or open dialogs (the
-//            missing-nodes dialog among them) raised while it loaded and while its prompt was built (see
-//            IGNORED below for what is not counted)
-//   warnings console warnings and missing input-media previews (see WARNINGS below); not failures
+//   errors   page errors, failed requests, console errors and error/warning toasts, open dialogs or the
+//            error overlay (the missing-nodes notice among them) raised while it loaded and while its prompt
+//            was built (see IGNORED below for what is not counted)
+//   warnings console warnings, missing input-media previews (see WARNINGS below) and, in frontends with
+//            an error overlay, the model and media files the workflow names that this server lacks (the
+//            artist supplies them); not failures
 //   prompt   the API prompt the frontend builds from it: (await app.graphToPrompt()).output
 // and out.json maps each workflow path (as given) to that object. Errors from opening the page before
 // any workflow are reported under the key "__startup__" with the same shape.
@@ -165,7 +167,9 @@ async function main() {
       })
     })
     await page.waitForTimeout(SETTLE_MS)
-    startup.errors.push(...(await collectUi(page)))
+    const ui = await collectUi(page)
+    startup.errors.push(...ui.errors)
+    startup.warnings.push(...ui.warnings)
     startup.seconds = (Date.now() - t0) / 1000
     startup.node_types = await page.evaluate(() => Object.keys(window.LiteGraph.registered_node_types).length)
 
@@ -214,8 +218,10 @@ async function main() {
         entry.errors.push(`loading failed: ${err.message}`)
       }
       await page.waitForTimeout(SETTLE_MS)
-      // Open dialogs (the missing-nodes dialog among them) and error/warning toasts count as errors.
-      entry.errors.push(...(await collectUi(page)))
+      // Open dialogs and overlays (the missing-nodes notice among them) and error/warning toasts count as errors.
+      const ui = await collectUi(page)
+      entry.errors.push(...ui.errors)
+      entry.warnings.push(...ui.warnings)
       if (args.screenshots) {
         try {
           await page.evaluate(() => {
@@ -242,32 +248,47 @@ async function main() {
   console.log(`${args.workflows.length} workflow(s) checked, ${bad.length} with missing nodes or errors; ${ignored.length} ignored message(s)`)
 }
 
-// Open dialogs and error/warning toasts, as text.
+// Open dialogs, the error overlay and error/warning toasts, as text: {errors, warnings}. Newer frontends
+// list missing nodes, models and input media in one error overlay; when its count is exactly the missing
+// models and media (read from the frontend's own stores) and no node is missing, it is a warning.
 async function collectUi(page) {
   return page.evaluate(() => {
     const texts = []
+    const warnings = []
     for (const d of document.querySelectorAll('.p-dialog')) {
       const t = d.innerText.trim().replace(/\s+/g, ' ')
       if (t) texts.push(`dialog: ${t.slice(0, 2000)}`)
+    }
+    const pinia = document.querySelector('#vue-app')?.__vue_app__?.config?.globalProperties?.$pinia
+    const store = (id) => pinia?._s?.get(id)
+    const files = (store('missingModel')?.missingModelCount ?? 0) + (store('missingMedia')?.missingMediaCount ?? 0)
+    const nodes = store('missingNodesError')?.missingNodeCount ?? 0
+    for (const d of document.querySelectorAll('[data-testid="error-overlay"]')) {
+      const t = d.innerText.trim().replace(/\s+/g, ' ')
+      const count = Number((/(\d+) errors? found/.exec(t) ?? [])[1])
+      if (t && nodes === 0 && files > 0 && count === files) {
+        warnings.push(`missing model or media files (the artist supplies them): ${t.slice(0, 2000)}`)
+      } else if (t) texts.push(`overlay: ${t.slice(0, 2000)}`)
     }
     for (const t of document.querySelectorAll('.p-toast-message')) {
       if (/p-toast-message-(error|warn)/.test(t.className)) {
         texts.push(`toast: ${t.innerText.trim().replace(/\s+/g, ' ').slice(0, 2000)}`)
       }
     }
-    return texts
+    return { errors: texts, warnings }
   })
 }
 
 async function closeUi(page) {
   for (let i = 0; i < 5; i++) {
     const open = await page.evaluate(
-      () => document.querySelectorAll('.p-dialog, .p-toast-message').length
+      () => document.querySelectorAll('.p-dialog, .p-toast-message, [data-testid="error-overlay"]').length
     )
     if (!open) return
     await page.evaluate(() => {
       for (const b of document.querySelectorAll(
-        '.p-dialog .p-dialog-close-button, .p-dialog-header-close, .p-toast-close-button, .p-toast-icon-close'
+        '.p-dialog .p-dialog-close-button, .p-dialog-header-close, .p-toast-close-button, .p-toast-icon-close, ' +
+          '[data-testid="error-overlay-dismiss"]'
       ))
         b.click()
     })
