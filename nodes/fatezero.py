@@ -85,8 +85,11 @@ class FusionPlan(SharedPatch):
         self.blends_latents = has_words and blend in ("latents", "both")
         self.blends_self_attention = has_words and blend in ("self-attention", "both")
         self.mask_blocks = mask_blocks(list(self.store.blocks.values()))
+        # The mask blocks whose edit-word attention the latent mask needs (none without edit words in it).
+        self.edit_mask_keys = tuple(b.key for b in self.mask_blocks) if self.blends_latents and edit_positions else ()
         self.edit_word_maps = {}  # mask block -> this model call's edit-prompt word attention (F, n)
         self.edit_word_total = None  # their layer mean, summed over the steps of this sampling run so far
+        self.source_masks = {}  # (level, size) -> source_mask: the same for every block and call of a step
 
     def step(self, extra_options) -> tuple[int, int]:
         """(level, editing step) of a model call at the sampler's current sigma."""
@@ -100,17 +103,14 @@ class FusionPlan(SharedPatch):
                              f"{self.store.frames}; edit the inverted latent of the same clip.")
         return chunks, frames
 
-    def records_edit_attention(self, key: tuple) -> bool:
-        return self.blends_latents and bool(self.edit_positions) and any(b.key == key for b in self.mask_blocks)
-
     def record_edit_attention(self, key: tuple, probs: torch.Tensor):
         """Keep this call's conditional cross-attention of the edit words at a mask block (before fusion)."""
         self.edit_word_maps[key] = word_attention(probs, self.edit_positions).cpu()
 
     def accumulate_edit_attention(self, first_step: bool):
         """Add the current model call's edit-word maps to the run's sum (restarted at the run's first step)."""
-        maps = [self.edit_word_maps.pop(b.key, None) for b in self.mask_blocks]
-        if not self.records_edit_attention(self.mask_blocks[0].key) or any(m is None for m in maps):
+        maps = [self.edit_word_maps.pop(key, None) for key in self.edit_mask_keys]
+        if not maps or any(m is None for m in maps):
             return
         step_map = torch.stack(maps).mean(0)
         restart = first_step or self.edit_word_total is None
@@ -118,15 +118,20 @@ class FusionPlan(SharedPatch):
 
     def source_mask(self, level: int, size: tuple[int, int]) -> torch.Tensor:
         """The ``(F, h, w)`` mask (1 = edited) of the source words in the inversion cross-attention of ``level``."""
-        if not self.source_positions:
-            return torch.zeros(self.store.frames, *size)
-        maps = [word_attention(self.store.cross[b.key][level - 1], self.source_positions) for b in self.mask_blocks]
-        return blend_mask(maps, self.mask_grid, size, self.threshold)
+        if (level, size) not in self.source_masks:
+            if not self.source_positions:
+                mask = torch.zeros(self.store.frames, *size)
+            else:
+                maps = [word_attention(self.store.cross[b.key][level - 1], self.source_positions)
+                        for b in self.mask_blocks]
+                mask = blend_mask(maps, self.mask_grid, size, self.threshold)
+            self.source_masks[level, size] = mask
+        return self.source_masks[level, size]
 
     def latent_mask(self, level: int, size: tuple[int, int]) -> torch.Tensor:
         """The source mask OR the edit words' mask from the editing cross-attention summed so far."""
         mask = self.source_mask(level, size)
-        if self.edit_positions and self.edit_word_total is not None:
+        if self.edit_word_total is not None:
             mask = mask.maximum(blend_mask([self.edit_word_total], self.mask_grid, size, self.threshold))
         return mask
 
@@ -140,7 +145,7 @@ class FusionPlan(SharedPatch):
         if not (self.blends_latents or self.blends_self_attention):
             return torch.ones(self.store.frames, height, width)
         first_step = int(self.store.steps * self.blend_start) if not self.blends_self_attention else 0
-        return self.source_mask(max(1, self.store.steps - first_step), (height, width))
+        return self.source_mask(max(1, self.store.steps - first_step), (height, width)).clone()
 
 
 class SelfAttentionFusion(SharedPatch):
@@ -186,7 +191,7 @@ class CrossAttentionFusion(SharedPatch):
         level, step = self.plan.step(extra_options)
         chunks, frames = self.plan.frames_of(q.shape[0], extra_options)
         alpha = cross_alpha(step, self.plan.store.steps, self.plan.cross_replace)
-        record = self.plan.records_edit_attention(self.key)
+        record = self.key in self.plan.edit_mask_keys
         out = optimized_attention(q, k, v, heads)
         if not chunks or (alpha == 0 and not record):
             return out
