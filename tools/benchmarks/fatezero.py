@@ -68,52 +68,39 @@ def computed(frame_counts) -> dict:
 
 class OfficialLayoutCapture:
     """Stores what the official ``AttentionStore`` keeps: per step, every captured post-softmax map in fp32 on the
-    CPU (self maps over the 'mid' key frame, as the zero-shot configs), the model's output unchanged."""
+    CPU (self maps over the 'mid' key frame, as the zero-shot configs), through this pack's capture patches."""
 
     key = "official"
 
     def attach(self, model, samples, conditioning, sigmas):
-        from video_edit.kernels.fatezero import apply_probs, attention_probs, captured_blocks, chunk_slice
-        from video_edit.nodes.model_helpers import (SharedPatch, call_attention, cond_chunks, replace_patch,
-                                                    require_sd1_unet)
+        from video_edit.kernels.fatezero import captured_blocks
+        from video_edit.nodes.fatezero_capture import with_attention_capture
+        from video_edit.nodes.model_helpers import require_sd1_unet
 
-        store = OfficialStore()
-
-        class SelfMaps(SharedPatch):
-            def __init__(self, key, inner):
-                self.key, self.inner = key, inner
-
-            def __call__(self, q, k, v, extra):
-                chunks, frames = cond_chunks(extra, q.shape[0])
-                part = chunk_slice(chunks[0], frames)
-                middle = k[part][(frames - 1) // 2][None].expand(frames, -1, -1)
-                store.put(extra, self.key, "self", attention_probs(q[part], middle, extra["n_heads"]))
-                return call_attention(self.inner, q, k, v, extra)
-
-        class CrossMaps(SharedPatch):
-            def __init__(self, key):
-                self.key = key
-
-            def __call__(self, q, k, v, extra):
-                probs = attention_probs(q, k, extra["n_heads"])
-                chunks, frames = cond_chunks(extra, q.shape[0])
-                store.put(extra, self.key, "cross", probs[chunk_slice(chunks[0], frames)])
-                return apply_probs(probs, v).to(q.dtype)
-
-        clone = model.clone()
         _, _, height, width = samples.shape
-        for block in captured_blocks(require_sd1_unet(model), height, width, 1024):
-            clone.set_model_attn1_replace(SelfMaps(block.key, replace_patch(model, "attn1", block.key)), *block.key)
-            clone.set_model_attn2_replace(CrossMaps(block.key), *block.key)
-        return clone, store
+        store = OfficialLayoutStore(captured_blocks(require_sd1_unet(model), height, width, 1024))
+        return with_attention_capture(model, store), store
 
 
-class OfficialStore:
-    def __init__(self):
+class OfficialLayoutStore:
+    """The AttentionStore interface the capture patches write to, keeping fp32 maps per step like the official one."""
+
+    def __init__(self, blocks):
+        self.blocks = {b.key: b for b in blocks}
         self.steps: dict[float, list[torch.Tensor]] = {}
 
-    def put(self, extra, key, kind, probs):
-        self.steps.setdefault(float(extra["sigmas"].max()), []).append(probs.float().cpu().clone())
+    def level(self, sigma: float, capturing: bool) -> float:
+        return sigma  # steps are keyed by their sigma
+
+    def put_self(self, key, level, q, k):
+        from video_edit.kernels.fatezero import attention_probs
+
+        frames = q.shape[0]
+        middle = k[(frames - 1) // 2][None].expand(frames, -1, -1)
+        self.put_cross(key, level, attention_probs(q, middle, self.blocks[key].heads))
+
+    def put_cross(self, key, level, probs):
+        self.steps.setdefault(level, []).append(probs.float().cpu().clone())
 
     @property
     def nbytes(self) -> int:
