@@ -11,7 +11,7 @@ import psutil
 import torch
 from comfy_api.latest import io
 
-from ..kernels.fatezero import AttentionStore, apply_probs, attention_probs, captured_blocks, chunk_slice
+from ..kernels.fatezero import AttentionStore, attention_probs, captured_blocks, chunk_slice
 from .inversion import CaptureType
 from .model_helpers import SharedPatch, call_attention, cond_chunks, replace_patch, require_sd1_unet
 
@@ -34,29 +34,27 @@ class SelfAttentionCapture(SharedPatch):
 
 
 class CrossAttentionCapture(SharedPatch):
-    """attn2 replace patch during inversion: explicit softmax, the conditional maps recorded."""
+    """attn2 replace patch during inversion: records the conditional post-softmax maps; the block's output comes
+    from the patch that was in the slot (or ComfyUI's kernel), so capturing changes no bit of the inversion."""
 
-    def __init__(self, store: AttentionStore, key: tuple):
-        self.store, self.key = store, key
+    def __init__(self, store: AttentionStore, key: tuple, inner=None):
+        self.store, self.key, self.inner = store, key, inner
 
     def __call__(self, q, k, v, extra_options):
-        probs = attention_probs(q, k, extra_options["n_heads"])
         chunks, frames = cond_chunks(extra_options, q.shape[0])
         if chunks:
             level = self.store.level(float(extra_options["sigmas"].max()), capturing=True)
-            self.store.put_cross(self.key, level, probs[chunk_slice(chunks[0], frames)])
-        return apply_probs(probs, v).to(q.dtype)
+            part = chunk_slice(chunks[0], frames)
+            self.store.put_cross(self.key, level, attention_probs(q[part], k[part], extra_options["n_heads"]))
+        return call_attention(self.inner, q, k, v, extra_options)
 
 
 def with_attention_capture(model, store: AttentionStore):
     """A clone of ``model`` that fills ``store`` while it inverts; other blocks and the temporal layers untouched."""
     clone = model.clone()
     for key in store.blocks:
-        if replace_patch(model, "attn2", key) is not None:
-            raise ValueError(f"model: block {key} already has a cross-attention replace patch; attention capture "
-                             "needs that slot. Capture on the model before that patch is applied.")
         clone.set_model_attn1_replace(SelfAttentionCapture(store, key, replace_patch(model, "attn1", key)), *key)
-        clone.set_model_attn2_replace(CrossAttentionCapture(store, key), *key)
+        clone.set_model_attn2_replace(CrossAttentionCapture(store, key, replace_patch(model, "attn2", key)), *key)
     return clone
 
 

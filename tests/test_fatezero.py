@@ -49,7 +49,7 @@ def test_capture_stores_the_blocks_under_the_token_threshold_and_changes_nothing
     sums = store.cross[("input", 1, 0)].float().sum(-1)
     torch.testing.assert_close(sums, torch.ones_like(sums), atol=2e-3, rtol=0)  # post-softmax maps
     plain = inv.ddim_invert(fz.model, fz.latent, fz.encode(SOURCE), STEPS)
-    torch.testing.assert_close(fz.captured.latents, plain.latents, rtol=1e-5, atol=1e-5)
+    assert torch.equal(fz.captured.latents, plain.latents)  # same kernel, recording only
 
     small = inv.ddim_invert(fz.model, fz.latent, fz.encode(SOURCE), STEPS, fz.capture(max_query_tokens=16))
     assert set(small.captures["attention"].blocks) == SMALL_BLOCKS
