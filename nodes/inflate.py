@@ -135,7 +135,23 @@ def temporal_patcher(model) -> ModelPatcher:
     return model.get_additional_models_with_key(KEY)[0]
 
 
-def inflate(model, temporal_state: dict | None = None, frame_groupnorm: bool = True):
+def check_temporal_state(layers: TemporalLayers, state: dict, what: str) -> None:
+    """Refuse temporal weights that do not fit ``layers``, in one line: which layer, what the model expects."""
+    expected = {key: tuple(value.shape) for key, value in layers.state_dict().items()}
+    missing, unknown = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing:
+        raise ValueError(f"{what}: the temporal layer weight {missing[0]} is missing ({len(missing)} missing in all); "
+                         "the file is incomplete or was made for another UNet. Use the checkpoint it was tuned on.")
+    if unknown:
+        raise ValueError(f"{what}: {unknown[0]} is not a temporal layer of this model ({len(unknown)} such weights); "
+                         "it was made for another UNet. Use the checkpoint it was tuned on.")
+    for key, shape in expected.items():
+        if tuple(state[key].shape) != shape:
+            raise ValueError(f"{what}: the temporal layer weight {key} has shape {tuple(state[key].shape)}, the model "
+                             f"expects {shape}. Use the checkpoint it was tuned on.")
+
+
+def inflate(model, temporal_state: dict | None = None, frame_groupnorm: bool = True, what: str = "temporal weights"):
     """A clone of ``model`` with temporal layers (zero-initialised output, or ``temporal_state``).
 
     Re-inflating an inflated MODEL replaces its temporal layers.
@@ -143,6 +159,7 @@ def inflate(model, temporal_state: dict | None = None, frame_groupnorm: bool = T
     unet = require_sd1_unet(model)
     layers = TemporalLayers(temporal_layer_specs(unet))
     if temporal_state is not None:
+        check_temporal_state(layers, temporal_state, what)
         layers.load_state_dict(temporal_state, strict=True)
     layers.requires_grad_(False)
     clone = model.clone()

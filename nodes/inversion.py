@@ -10,7 +10,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..kernels.inversion import Inversion, inversion_sigmas
-from .model_helpers import require_video_latent
+from .model_helpers import require_sd1_unet, require_video_latent
 
 InversionType = io.Custom("VE_INVERSION")
 CaptureType = io.Custom("VE_ATTENTION_CAPTURE")  # anything with ``key`` and ``attach`` (see ddim_invert)
@@ -79,6 +79,7 @@ class DDIMInvert(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, latent, steps, conditioning=None, clip=None, attention_capture=None) -> io.NodeOutput:
+        require_sd1_unet(model)
         require_video_latent(latent)
         if conditioning is None:
             if clip is None:

@@ -9,6 +9,7 @@ Files (safetensors only; ComfyUI's standard LoRA keys, alpha = rank so ComfyUI's
   ``input_blocks.1.1.transformer_blocks.0.attn_temp.to_q.lora_up.weight``; applied as weight patches on the
   temporal layers' own ModelPatcher.
 Metadata: ``video_edit_format`` = ``motiondirector_spatial/1`` or ``motiondirector_temporal/1``, ``rank``.
+The pair is saved under one free number (``<name>_00001_spatial`` / ``<name>_00001_temporal``), both or neither.
 """
 
 from __future__ import annotations
@@ -18,12 +19,10 @@ import os
 import comfy.lora
 import folder_paths
 from comfy_api.latest import io
-from safetensors.torch import load_file
-
 from ..kernels.lora import check_lora_tensors, linear_targets, spatial_targets
 from .inflate import get_inflation, temporal_patcher
+from .files import model_folder, numbered_names, read_safetensors, register_model_folder, save_safetensors_group
 from .model_helpers import add_weight_patches, require_sd1_unet
-from .tuned_io import atomic_save_safetensors
 
 SPATIAL_FOLDER = "loras"
 TEMPORAL_FOLDER = "video_edit_motion_lora"
@@ -34,9 +33,7 @@ FORMATS = {"spatial": "motiondirector_spatial/1", "temporal": "motiondirector_te
 MotionLoRA = io.Custom("VE_MOTION_LORA")
 
 # Pickled files are listed so that choosing one explains why it is refused, instead of it silently not showing.
-if TEMPORAL_FOLDER not in folder_paths.folder_names_and_paths:
-    folder_paths.folder_names_and_paths[TEMPORAL_FOLDER] = (
-        [os.path.join(folder_paths.models_dir, TEMPORAL_FOLDER)], {".safetensors", ".pt", ".ckpt", ".pth", ".bin"})
+register_model_folder(TEMPORAL_FOLDER, {".safetensors", ".pt", ".ckpt", ".pth", ".bin"})
 
 
 def _shapes(linears: dict, prefix: str = "") -> dict[str, tuple[int, int]]:
@@ -82,27 +79,29 @@ def apply_motion_lora(model, spatial: dict | None, spatial_strength: float, temp
 
 
 def save_motion_lora(spatial: dict, temporal: dict, name: str, metadata: dict | None = None) -> tuple[str, str]:
-    """Write ``<name>_spatial`` into models/loras and ``<name>_temporal`` into models/video_edit_motion_lora
-    (atomic writes). Returns both paths."""
-    name = os.path.basename(name.strip()).removesuffix(".safetensors") or "motion"
-    paths = []
-    for kind, tensors, folder in (("spatial", spatial, SPATIAL_FOLDER), ("temporal", temporal, TEMPORAL_FOLDER)):
+    """Write ``<name>_NNNNN_spatial`` into models/loras and ``<name>_NNNNN_temporal`` into
+    models/video_edit_motion_lora under the first number free in both: both files appear, or neither. Returns both
+    paths."""
+    stem = os.path.basename(name.strip()).removesuffix(".safetensors") or "motion"
+    folders = {"spatial": model_folder(SPATIAL_FOLDER), "temporal": model_folder(TEMPORAL_FOLDER)}
+    taken = [numbered_names(folder, stem, [f"{kind}.safetensors"])[0] for kind, folder in folders.items()]
+    counter = max(int(n[len(stem) + 1:len(stem) + 6]) for n in taken)  # a number free in both folders
+    files = []
+    for kind, tensors in (("spatial", spatial), ("temporal", temporal)):
         rank = next(v.shape[0] for k, v in tensors.items() if k.endswith(".lora_down.weight"))
-        path = os.path.join(folder_paths.get_folder_paths(folder)[0], f"{name}_{kind}.safetensors")
-        atomic_save_safetensors(tensors, {**(metadata or {}), "video_edit_format": FORMATS[kind], "rank": str(rank)}, path)
-        paths.append(path)
-    return paths[0], paths[1]
+        path = os.path.join(folders[kind], f"{stem}_{counter:05}_{kind}.safetensors")
+        files.append((tensors, {**(metadata or {}), "video_edit_format": FORMATS[kind], "rank": str(rank)}, path))
+    save_safetensors_group(files, "VE_SaveMotionLoRA")
+    return files[0][2], files[1][2]
 
 
 def read_lora_file(folder: str, name: str, input_name: str) -> dict:
-    """Tensors of a LoRA file in ``folder``; pickled formats are refused without being opened."""
+    """Tensors of a LoRA file in ``folder``; pickled formats are refused without being opened, corrupt or
+    non-finite files with an error naming the input."""
     path = folder_paths.get_full_path(folder, name)
     if path is None:
         raise FileNotFoundError(f"{input_name}: {name!r} is not in models/{folder}/. Save one with VE Save Motion LoRA.")
-    if not path.endswith(".safetensors"):
-        raise ValueError(f"{input_name}: {name} is a pickled file (.pt/.ckpt/.pth/.bin), which can run arbitrary code "
-                         "when loaded, so it is refused. Convert it to .safetensors first.")
-    return load_file(path)
+    return read_safetensors(path, input_name)[0]
 
 
 class ApplyMotionLoRA(io.ComfyNode):
@@ -137,9 +136,10 @@ class SaveMotionLoRA(io.ComfyNode):
             node_id="VE_SaveMotionLoRA",
             display_name="Save Motion LoRA (MotionDirector)",
             category="video_edit/motiondirector",
-            description=(f"Saves the spatial LoRA as models/{SPATIAL_FOLDER}/<filename>_spatial.safetensors (standard "
-                         f"LoRA keys: core Load LoRA can use it) and the temporal LoRA as "
-                         f"models/{TEMPORAL_FOLDER}/<filename>_temporal.safetensors. Atomic writes."),
+            description=(f"Saves the spatial LoRA as models/{SPATIAL_FOLDER}/<filename>_00001_spatial.safetensors "
+                         f"(standard LoRA keys: core Load LoRA can use it) and the temporal LoRA as "
+                         f"models/{TEMPORAL_FOLDER}/<filename>_00001_temporal.safetensors, under the next number free "
+                         f"in both folders (nothing is overwritten). Both files are written, or neither."),
             inputs=[
                 io.LoraModel.Input("spatial_lora"),
                 MotionLoRA.Input("temporal_lora"),

@@ -6,19 +6,19 @@ File layout (``models/video_edit_tuned/*.safetensors``):
 - ``temporal.<block path>.{norm_temp,attn_temp}...``: the temporal layers (fp32);
 - metadata ``video_edit_format`` = "tune_a_video/1", ``frame_groupnorm``, and the tuning's ``frames``, ``height``,
   ``width``, ``steps``, ``learning_rate``, ``seed``, ``prompt``.
+
+Saves are numbered (``<filename>_00001_.safetensors``, ...) so a finished tuning is never overwritten.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import folder_paths
 from comfy_api.latest import io
-from safetensors import safe_open
-from safetensors.torch import save_file
 
+from .files import model_folder, numbered_names, read_safetensors, register_model_folder, save_safetensors_group
 from .tuning import TUNING_KEY, TunedWeights, apply_tuned
 
 FOLDER = "video_edit_tuned"
@@ -26,47 +26,32 @@ FORMAT = "tune_a_video/1"
 QUERY_PREFIX = "query_delta."
 TEMPORAL_PREFIX = "temporal."
 
-if FOLDER not in folder_paths.folder_names_and_paths:
-    folder_paths.folder_names_and_paths[FOLDER] = ([os.path.join(folder_paths.models_dir, FOLDER)], {".safetensors"})
-
-
-def atomic_save_safetensors(tensors: dict, metadata: dict, path: str):
-    """Write to a temporary file beside ``path`` and rename it into place: no half-written file on failure."""
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
-    os.close(handle)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        os.remove(tmp)
-        raise
+register_model_folder(FOLDER, {".safetensors"})
 
 
 def save_tuned(tuned: TunedWeights, path: str):
+    """Write ``tuned`` to ``path`` atomically; an existing file is never replaced."""
     tensors = {QUERY_PREFIX + k: v for k, v in tuned.query_deltas.items()}
     tensors.update({TEMPORAL_PREFIX + k: v for k, v in tuned.temporal.items()})
     metadata = {k: json.dumps(v) for k, v in tuned.metadata.items()}
     metadata.update(video_edit_format=FORMAT, frame_groupnorm=json.dumps(tuned.frame_groupnorm))
-    atomic_save_safetensors(tensors, metadata, path)
+    save_safetensors_group([(tensors, metadata, path)], "VE_SaveTuned")
 
 
-def load_tuned(path: str) -> TunedWeights:
-    if not path.endswith(".safetensors"):
-        raise ValueError(f"tuned_file: {os.path.basename(path)} is not a .safetensors file; tuned weights are only "
-                         "read from safetensors (pickled files can run code and are refused).")
-    with safe_open(path, framework="pt") as f:
-        metadata = f.metadata() or {}
-        if metadata.get("video_edit_format") != FORMAT:
-            raise ValueError(f"tuned_file: {os.path.basename(path)} is not a Tune-A-Video file saved by VE Save Tuned "
-                             f"(format {metadata.get('video_edit_format')!r}, expected {FORMAT!r}).")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    info = {k: json.loads(v) for k, v in metadata.items() if k not in ("video_edit_format", "frame_groupnorm")}
+def load_tuned(path: str, input_name: str = "tuned_file") -> TunedWeights:
+    """The tuning saved in ``path``; ValueError naming ``input_name`` for a corrupt, foreign or non-finite file."""
+    tensors, metadata = read_safetensors(path, input_name)
+    if metadata.get("video_edit_format") != FORMAT:
+        raise ValueError(f"{input_name}: {os.path.basename(path)} is not a Tune-A-Video file saved by VE Save Tuned "
+                         f"(format {metadata.get('video_edit_format')!r}, expected {FORMAT!r}).")
+    try:
+        info = {k: json.loads(v) for k, v in metadata.items() if k != "video_edit_format"}
+    except json.JSONDecodeError:
+        raise ValueError(f"{input_name}: {os.path.basename(path)} has unreadable metadata; save it again.") from None
     return TunedWeights(
         query_deltas={k[len(QUERY_PREFIX):]: v for k, v in tensors.items() if k.startswith(QUERY_PREFIX)},
         temporal={k[len(TEMPORAL_PREFIX):]: v for k, v in tensors.items() if k.startswith(TEMPORAL_PREFIX)},
-        frame_groupnorm=json.loads(metadata.get("frame_groupnorm", "true")),
+        frame_groupnorm=bool(info.pop("frame_groupnorm", True)),
         metadata=info,
     )
 
@@ -79,10 +64,12 @@ class SaveTuned(io.ComfyNode):
             display_name="Save Tuned Video Model",
             category="video_edit/tune_a_video",
             description=(f"Saves only what one-shot tuning changed (query deltas and temporal layers, a few hundred MB for "
-                         f"SD1.5) into models/{FOLDER}/, with the tuning's settings as metadata. Atomic write."),
+                         f"SD1.5) as models/{FOLDER}/<filename>_00001_.safetensors (the next free number, so nothing "
+                         f"is overwritten), with the tuning's settings as metadata. Atomic write."),
             inputs=[
                 io.Model.Input("model", tooltip="The output of VE One-Shot Tune (or VE Load Tuned)."),
-                io.String.Input("filename", default="tuned_clip"),
+                io.String.Input("filename", default="tuned_clip",
+                                tooltip="File name prefix; a number is appended (_00001_, _00002_, ...)."),
                 io.String.Input("prompt", default="", tooltip="The source prompt, kept in the file's metadata."),
             ],
             outputs=[io.String.Output(display_name="path")],
@@ -94,10 +81,9 @@ class SaveTuned(io.ComfyNode):
         tuned = model.get_attachment(TUNING_KEY)
         if tuned is None:
             raise ValueError("model: it carries no tuning; connect the MODEL output of VE One-Shot Tune.")
-        name = os.path.basename(filename.strip()) or "tuned_clip"
-        if not name.endswith(".safetensors"):
-            name += ".safetensors"
-        path = os.path.join(folder_paths.get_folder_paths(FOLDER)[0], name)
+        stem = os.path.basename(filename.strip()).removesuffix(".safetensors") or "tuned_clip"
+        folder = model_folder(FOLDER)
+        path = os.path.join(folder, numbered_names(folder, stem, [".safetensors"])[0])
         tuned = TunedWeights(tuned.query_deltas, tuned.temporal, tuned.frame_groupnorm, {**tuned.metadata, "prompt": prompt})
         save_tuned(tuned, path)
         return io.NodeOutput(path, ui={"text": [path]})
@@ -125,7 +111,7 @@ class LoadTuned(io.ComfyNode):
         path = folder_paths.get_full_path(FOLDER, tuned_file)
         if path is None:
             raise FileNotFoundError(f"tuned_file: {tuned_file!r} is not in models/{FOLDER}/. Save one with VE Save Tuned.")
-        return io.NodeOutput(apply_tuned(model, load_tuned(path)))
+        return io.NodeOutput(apply_tuned(model, load_tuned(path), f"tuned_file: {tuned_file}"))
 
 
 NODES = [SaveTuned, LoadTuned]

@@ -43,18 +43,20 @@ def query_weight_shapes(unet: nn.Module) -> dict[str, torch.Size]:
             for _, path, _, block in iter_transformer_blocks(unet) for attn in ("attn1", "attn2")}
 
 
-def apply_tuned(model, tuned: TunedWeights):
-    """A clone of ``model`` carrying ``tuned``: re-inflated with its temporal layers, query deltas as weight patches."""
+def apply_tuned(model, tuned: TunedWeights, what: str = "tuned weights"):
+    """A clone of ``model`` carrying ``tuned``: re-inflated with its temporal layers, query deltas as weight patches.
+    Weights that do not fit the model are refused in one line starting with ``what``."""
     unet = require_sd1_unet(model)
     shapes = query_weight_shapes(unet)
     if set(tuned.query_deltas) != set(shapes):
-        raise ValueError("tuned weights: their query projections do not match this model's transformer blocks "
-                         "(tuned for another UNet layout). Use the checkpoint they were tuned on.")
+        odd = sorted(set(tuned.query_deltas) ^ set(shapes))[0]
+        raise ValueError(f"{what}: its query projections do not match this model's transformer blocks (e.g. {odd}); "
+                         "it was tuned for another UNet layout. Use the checkpoint it was tuned on.")
     for key, delta in tuned.query_deltas.items():
         if shapes[key] != delta.shape:
-            raise ValueError(f"tuned weights: {key} has shape {tuple(delta.shape)}, the model has "
-                             f"{tuple(shapes[key])}. Use the checkpoint they were tuned on.")
-    clone = inflate(model, tuned.temporal, tuned.frame_groupnorm)
+            raise ValueError(f"{what}: {key} has shape {tuple(delta.shape)}, the model expects "
+                             f"{tuple(shapes[key])}. Use the checkpoint it was tuned on.")
+    clone = inflate(model, tuned.temporal, tuned.frame_groupnorm, what)
     add_weight_patches(clone, {key: (delta,) for key, delta in tuned.query_deltas.items()})
     clone.set_attachments(TUNING_KEY, tuned)
     return clone

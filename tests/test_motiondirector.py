@@ -163,13 +163,14 @@ def test_strengths_are_independent_linear_and_zero_is_the_base(md, trained):
 def test_save_then_load_is_bit_identical(md, trained, folders):
     spatial, temporal, _ = trained
     out = md.io.SaveMotionLoRA.execute(spatial, temporal, "skiing").args
-    assert out == (str(folders["loras"] / "skiing_spatial.safetensors"),
-                   str(folders["video_edit_motion_lora"] / "skiing_temporal.safetensors"))
-    assert sorted(p.name for f in folders.values() for p in f.iterdir()) == ["skiing_spatial.safetensors",
-                                                                            "skiing_temporal.safetensors"]
-    read = md.io.read_lora_file("loras", "skiing_spatial.safetensors", "spatial_file")
+    assert out == (str(folders["loras"] / "skiing_00001_spatial.safetensors"),
+                   str(folders["video_edit_motion_lora"] / "skiing_00001_temporal.safetensors"))
+    assert sorted(p.name for f in folders.values() for p in f.iterdir()) == ["skiing_00001_spatial.safetensors",
+                                                                            "skiing_00001_temporal.safetensors"]
+    read = md.io.read_lora_file("loras", "skiing_00001_spatial.safetensors", "spatial_file")
     assert read.keys() == spatial.keys() and all(torch.equal(read[k], spatial[k]) for k in spatial)
-    loaded = md.io.LoadMotionLoRA.execute(md.base, "skiing_spatial.safetensors", 0.5, "skiing_temporal.safetensors", 1.0).args[0]
+    loaded = md.io.LoadMotionLoRA.execute(md.base, "skiing_00001_spatial.safetensors", 0.5,
+                                          "skiing_00001_temporal.safetensors", 1.0).args[0]
     applied = md.io.apply_motion_lora(md.base, spatial, 0.5, temporal, 1.0)
     assert torch.equal(md.denoise(loaded, md.clip_a), md.denoise(applied, md.clip_a))
 
@@ -183,7 +184,7 @@ def test_core_lora_loader_applies_the_spatial_file_identically(md, trained, fold
     spatial_path, _ = md.io.save_motion_lora(spatial, temporal, "core")
     comfy.model_management.unload_all_models()  # core's key map reads the live module tree
     core, _ = comfy.sd.load_lora_for_models(md.model, None, comfy.utils.load_torch_file(spatial_path), 0.7, 0)
-    ours = md.io.LoadMotionLoRA.execute(md.model, "core_spatial.safetensors", 0.7, "none", 1.0).args[0]
+    ours = md.io.LoadMotionLoRA.execute(md.model, "core_00001_spatial.safetensors", 0.7, "none", 1.0).args[0]
     assert set(core.patches) == set(ours.patches)
     frame = md.clip_a[:1]
     core_out, our_out = md.denoise(core, frame), md.denoise(ours, frame)
@@ -207,8 +208,8 @@ def test_training_lowers_both_losses(md):
 def test_checkpoints_every_n_steps(md, folders):
     train(md, steps=2, rank=2, checkpoint_every=1, checkpoint_name="ck")
     names = sorted(p.name for f in folders.values() for p in f.iterdir())
-    assert names == [f"ck_step{s:05d}_{k}.safetensors" for s in (1, 2) for k in ("spatial", "temporal")]
-    tensors = md.io.read_lora_file("video_edit_motion_lora", "ck_step00002_temporal.safetensors", "temporal_file")
+    assert names == [f"ck_step{s:05d}_00001_{k}.safetensors" for s in (1, 2) for k in ("spatial", "temporal")]
+    tensors = md.io.read_lora_file("video_edit_motion_lora", "ck_step00002_00001_temporal.safetensors", "temporal_file")
     md.io.apply_motion_lora(md.base, None, 0, tensors, 1.0)  # fits the model
 
 
@@ -246,7 +247,7 @@ def test_bad_inputs_fail_with_clear_messages(md, trained, folders, tmp_path):
     # A pickled file is refused without being opened.
     marker = tmp_path / "unpickled"
     (folders["video_edit_motion_lora"] / "motion.pt").write_bytes(pickle.dumps(_Marker(str(marker))))
-    with pytest.raises(ValueError, match="temporal_file: motion.pt is a pickled file .* refused"):
+    with pytest.raises(ValueError, match="temporal_file: motion.pt is not a .safetensors file; pickled files .* refused"):
         md.io.LoadMotionLoRA.execute(md.base, "none", 0.0, "motion.pt", 1.0)
     assert not marker.exists()
 

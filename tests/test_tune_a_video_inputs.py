@@ -39,10 +39,12 @@ def tiny_model_of(family: str):
 
 @pytest.mark.parametrize("family", ["SDXL", "Flux"])
 def test_non_sd1_models_are_refused_by_name(comfy_lib, family):
-    from video_edit.nodes import inflate, sparse_causal
+    from video_edit.nodes import inflate, inversion, sparse_causal
 
     model = tiny_model_of(family)
-    for make in (inflate.inflate, lambda m: sparse_causal.with_cross_frame_attention(m, "sparse_causal")):
+    latent = {"samples": torch.zeros(2, 4, 8, 8)}
+    for make in (inflate.inflate, lambda m: sparse_causal.with_cross_frame_attention(m, "sparse_causal"),
+                 lambda m: inversion.DDIMInvert.execute(m, latent, 2, conditioning=[[torch.zeros(1, 77, 768), {}]])):
         with pytest.raises(ValueError, match=f"model: this node needs an SD1.x model .*got {family}"):
             make(model)
 

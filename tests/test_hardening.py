@@ -1,0 +1,249 @@
+"""Hostile and careless inputs through the real executor: files outside ComfyUI's folders, saves that must not
+overwrite or leave half a pair, and broken model files that must be named with the fix."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from comfy_server import ExecutionError
+
+pytestmark = pytest.mark.comfy
+
+OUTSIDE_MESSAGE = "does not name a file inside ComfyUI's input, output or temp folder"
+
+
+@pytest.fixture(scope="module")
+def graph(comfy_lib):
+    from comfy_execution.graph_utils import GraphBuilder
+
+    return lambda: GraphBuilder(prefix="")
+
+
+def refusal(comfy, prompt) -> str:
+    with pytest.raises(ExecutionError) as error:
+        comfy.run(prompt)
+    return error.value.exception_message
+
+
+def load_video(g, **inputs):
+    settings = dict(file="skier.mp4", n_frames=2, start_frame=0, frame_stride=1, width=64, height=64, path="")
+    settings.update(inputs)
+    video = g.node("VE_LoadVideo", **settings)
+    return g.node("PreviewImage", images=video.out(0))
+
+
+# ----- reads confined to ComfyUI's folders ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def outside(comfy, tiny_workflow_inputs):
+    """A real video outside ComfyUI's folders, and a symlink to it from the input folder."""
+    folder = comfy.base_dir.parent / f"outside_{uuid.uuid4().hex[:6]}"
+    folder.mkdir()
+    secret = folder / "secret.mp4"
+    shutil.copyfile(comfy.input_dir / "skier.mp4", secret)
+    link = comfy.input_dir / f"link_{uuid.uuid4().hex[:6]}.mp4"
+    link.symlink_to(secret)
+    return secret, link
+
+
+def test_load_video_reads_nothing_outside_comfy_folders(comfy, graph, outside):
+    secret, link = outside
+    relative = os.path.relpath(secret, comfy.input_dir)  # ../../outside_xxx/secret.mp4
+    messages = {}
+    for case, inputs in {
+        "absolute path": dict(path=str(secret)),
+        "absolute path, missing file": dict(path=str(secret.with_name("missing.mp4"))),
+        "system file": dict(path="/etc/passwd"),
+        "dot-dot path": dict(path=relative),
+        "symlink out of the input folder": dict(path=link.name),
+        "dot-dot file": dict(file=relative),
+        "absolute file": dict(file=str(secret)),
+        "symlinked file": dict(file=link.name),
+    }.items():
+        g = graph()
+        load_video(g, **inputs)
+        message = refusal(comfy, g.finalize())
+        assert "secret" not in message.replace(str(secret), "").replace(relative, ""), (case, message)
+        if "file" in inputs and OUTSIDE_MESSAGE not in message:
+            assert "not in list" in message.lower() or "value_not_in_list" in message, (case, message)  # newer combos
+            continue
+        assert OUTSIDE_MESSAGE in message, (case, message)
+        messages[case] = message.replace(inputs.get("path", inputs.get("file", "")), "<given>")
+    # Whether the outside file exists is not revealed.
+    assert messages["absolute path"] == messages["absolute path, missing file"]
+
+
+def test_load_video_still_reads_the_output_folder_by_absolute_path(comfy, graph):
+    target = comfy.output_dir / "ve_hardening" / "copy.mp4"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(comfy.input_dir / "skier.mp4", target)
+    g = graph()
+    preview = load_video(g, path=str(target))
+    outputs = comfy.run(g.finalize())
+    assert len(outputs[preview.id]["images"]) == 2
+
+
+def test_save_prefixes_cannot_escape_their_folders(comfy, graph, produced):
+    g = graph()
+    video = g.node("VE_LoadVideo", file="skier.mp4", n_frames=2, start_frame=0, frame_stride=1, width=64, height=64,
+                   path="")
+    g.node("VE_SaveVideo", images=video.out(0), fps=8.0, filename_prefix="../../ve_escape/x", format="gif")
+    message = refusal(comfy, g.finalize())
+    assert "outside the output folder" in message.lower() or "not allowed" in message.lower(), message
+    assert not (comfy.base_dir.parent / "ve_escape").exists()
+    # The model saves keep only the file name of what they are given.
+    assert {p.name for p in produced["tuned"]} == {"ve_escape_00001_.safetensors", "ve_escape_00002_.safetensors"}
+    assert all(p.parent == comfy.models_dir("video_edit_tuned") for p in produced["tuned"])
+
+
+def test_memory_estimate_refuses_before_decoding(comfy, graph):
+    g = graph()
+    load_video(g, n_frames=100000, frame_stride=1, width=8192, height=8192, memory_limit_gb=4.0)
+    message = refusal(comfy, g.finalize())
+    assert "20 frames of 8192x8192" in message and "18.8 GiB" in message and "raise memory_limit_gb" in message, message
+    g = graph()
+    load_video(g, n_frames=20, width=512, height=512, memory_limit_gb=0.01)  # 20 x 512^2 x 15 B = 75 MiB
+    message = refusal(comfy, g.finalize())
+    assert "20 frames of 512x512" in message and "limit of 0.0 GiB" in message, message
+
+
+# ----- saves: numbered, all or nothing ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def produced(comfy, graph, tiny_workflow_inputs):
+    """Through the executor: a one-step tuning saved twice under one name, a one-step motion LoRA pair."""
+    g = graph()
+    ckpt = g.node("CheckpointLoaderSimple", ckpt_name=comfy.checkpoint_name)
+    video = g.node("VE_LoadVideo", file="skier.mp4", n_frames=2, start_frame=0, frame_stride=1, width=64, height=64,
+                   path="")
+    latent = g.node("VAEEncode", pixels=video.out(0), vae=ckpt.out(2))
+    text = g.node("CLIPTextEncode", clip=ckpt.out(1), text="a skier")
+    inflated = g.node("VE_InflateUNet", model=ckpt.out(0), frame_groupnorm=False)
+    tune = g.node("VE_OneShotTune", model=inflated.out(0), latent=latent.out(0), conditioning=text.out(0), steps=1,
+                  learning_rate=1e-3, seed=0, gradient_checkpointing=False)
+    for prompt in ("a skier", "a skier, saved again"):  # one name twice: the first file must survive the second
+        g.node("VE_SaveTuned", model=tune.out(0), filename="../../ve_escape", prompt=prompt)
+    clips = g.node("VE_MotionClipSet", latent=latent.out(0), conditioning=text.out(0))
+    train = g.node("VE_TrainMotionDirector", model=inflated.out(0), clip_set=clips.out(0), steps=1, rank=2,
+                   learning_rate=1e-3, weight_decay=0.0, seed=0, gradient_checkpointing=False,
+                   spatial_mask_probability=0.0, lora_dropout=0.0, checkpoint_every=0, checkpoint_name="")
+    g.node("VE_SaveMotionLoRA", spatial_lora=train.out(0), temporal_lora=train.out(1), filename="ve_pair")
+    comfy.run(g.finalize())
+    tuned = sorted(comfy.models_dir("video_edit_tuned").glob("ve_escape_*"))
+    pair = [comfy.models_dir("loras") / "ve_pair_00001_spatial.safetensors",
+            comfy.models_dir("video_edit_motion_lora") / "ve_pair_00001_temporal.safetensors"]
+    assert all(p.is_file() for p in pair)
+    return {"tuned": tuned, "pair": pair, "graph": g}
+
+
+def test_save_tuned_numbers_instead_of_overwriting(produced):
+    first, second = produced["tuned"]
+    assert first.name == "ve_escape_00001_.safetensors" and second.name == "ve_escape_00002_.safetensors"
+    assert first.stat().st_size > 0 and second.stat().st_size > 0
+
+
+def test_motion_lora_pair_is_saved_both_or_neither(comfy, graph, produced):
+    temporal_folder = comfy.models_dir("video_edit_motion_lora")
+    spatial_folder = comfy.models_dir("loras")
+    spatial_before = sorted(os.listdir(spatial_folder))
+    moved = temporal_folder.with_name("video_edit_motion_lora.moved")
+    temporal_folder.rename(moved)
+    temporal_folder.write_text("a file where the temporal folder should be: it cannot be written into")
+    try:
+        g = graph()
+        ckpt = g.node("CheckpointLoaderSimple", ckpt_name=comfy.checkpoint_name)
+        video = g.node("VE_LoadVideo", file="skier.mp4", n_frames=2, start_frame=0, frame_stride=1, width=64,
+                       height=64, path="")
+        latent = g.node("VAEEncode", pixels=video.out(0), vae=ckpt.out(2))
+        text = g.node("CLIPTextEncode", clip=ckpt.out(1), text="a skier on a slope")
+        inflated = g.node("VE_InflateUNet", model=ckpt.out(0), frame_groupnorm=False)
+        clips = g.node("VE_MotionClipSet", latent=latent.out(0), conditioning=text.out(0))
+        train = g.node("VE_TrainMotionDirector", model=inflated.out(0), clip_set=clips.out(0), steps=1, rank=2,
+                       learning_rate=1e-3, weight_decay=0.0, seed=1, gradient_checkpointing=False,
+                       spatial_mask_probability=0.0, lora_dropout=0.0, checkpoint_every=0, checkpoint_name="")
+        g.node("VE_SaveMotionLoRA", spatial_lora=train.out(0), temporal_lora=train.out(1), filename="ve_half")
+        message = refusal(comfy, g.finalize())
+    finally:
+        temporal_folder.unlink()
+        moved.rename(temporal_folder)
+    assert "cannot write into the folder" in message and "video_edit_motion_lora" in message, message
+    assert sorted(os.listdir(spatial_folder)) == spatial_before  # no spatial file, no temporary file
+
+
+# ----- broken model files are named, with the fix ----------------------------------------------------------------------
+
+def broken_variants(path) -> dict[str, object]:
+    """name -> bytes, or tensors to save, of broken copies of a good safetensors file."""
+    good = load_file(path)
+    raw = path.read_bytes()
+    key = sorted(k for k in good if good[k].ndim == 2)[0]
+    nan = dict(good)
+    nan[key] = good[key].clone()
+    nan[key][0, 0] = float("nan")
+    return {"truncated": raw[: len(raw) // 2], "garbage": b"\xff" * 64, "nan": nan}
+
+
+def write_variant(folder, stem, variant, metadata=None):
+    path = folder / f"{stem}_{uuid.uuid4().hex[:6]}.safetensors"
+    if isinstance(variant, bytes):
+        path.write_bytes(variant)
+    else:
+        save_file(variant, str(path), metadata=metadata)
+    return path.name
+
+
+def load_tuned_graph(comfy, g, name):
+    ckpt = g.node("CheckpointLoaderSimple", ckpt_name=comfy.checkpoint_name)
+    loaded = g.node("VE_LoadTuned", model=ckpt.out(0), tuned_file=name)
+    g.node("PreviewAny", source=loaded.out(0))
+
+
+def test_broken_tuned_files_are_named(comfy, graph, produced):
+    from safetensors import safe_open
+
+    good = produced["tuned"][0]
+    with safe_open(str(good), framework="pt") as f:
+        metadata = f.metadata()
+    folder = good.parent
+    tensors = load_file(good)
+    temporal = sorted(k for k in tensors if k.startswith("temporal.") and k.endswith("to_q.weight"))[0]
+    wrong_shape = dict(tensors)
+    wrong_shape[temporal] = torch.zeros(3, 5)
+    missing = {k: v for k, v in tensors.items() if k != temporal}
+    cases = {name: (variant, ["tuned_file", expected])
+             for (name, variant), expected in zip(broken_variants(good).items(),
+                                                  ["truncated or corrupt", "truncated or corrupt", "NaN or Inf"])}
+    cases["wrong_shape"] = (wrong_shape, ["tuned_file", temporal[len("temporal."):], "(3, 5)", "the model expects"])
+    cases["missing"] = (missing, ["tuned_file", temporal[len("temporal."):], "is missing"])
+    for case, (variant, expected) in cases.items():
+        name = write_variant(folder, case, variant, metadata)
+        g = graph()
+        load_tuned_graph(comfy, g, name)
+        message = refusal(comfy, g.finalize())
+        for part in expected + [name]:
+            assert part in message, (case, part, message)
+        assert "Traceback" not in message and len(message.splitlines()) <= 2, message
+
+
+def test_broken_motion_lora_files_are_named(comfy, graph, produced):
+    for path, input_name, folder in zip(produced["pair"], ("spatial_file", "temporal_file"),
+                                        ("loras", "video_edit_motion_lora")):
+        for case, variant in broken_variants(path).items():
+            name = write_variant(path.parent, case, variant)
+            g = graph()
+            ckpt = g.node("CheckpointLoaderSimple", ckpt_name=comfy.checkpoint_name)
+            inflated = g.node("VE_InflateUNet", model=ckpt.out(0), frame_groupnorm=False)
+            files = {"spatial_file": "none", "temporal_file": "none", input_name: name}
+            loaded = g.node("VE_LoadMotionLoRA", model=inflated.out(0), spatial_strength=1.0, temporal_strength=1.0,
+                            **files)
+            g.node("PreviewAny", source=loaded.out(0))
+            message = refusal(comfy, g.finalize())
+            expected = "NaN or Inf" if case == "nan" else "truncated or corrupt"
+            for part in (input_name, name, expected):
+                assert part in message, (folder, case, part, message)
