@@ -2,10 +2,10 @@
 
 from comfy_api.latest import ComfyExtension
 
-from . import (fatezero, fatezero_capture, inflate, inversion, motion_lora_io, motiondirector, sparse_causal, tokenflow,
-               tuned_io, tuning, video_io)
+from . import (compare, fatezero, fatezero_capture, inflate, inversion, motion_lora_io, motiondirector, sparse_causal,
+               tokenflow, tuned_io, tuning, video_io)
 
-NODE_MODULES = [video_io, sparse_causal, inflate, tuning, tuned_io, inversion, fatezero_capture, fatezero,
+NODE_MODULES = [video_io, compare, sparse_causal, inflate, tuning, tuned_io, inversion, fatezero_capture, fatezero,
                 motiondirector, motion_lora_io, tokenflow]
 
 

@@ -1,7 +1,9 @@
-"""Video file I/O: load a clip as an IMAGE batch, save an IMAGE batch as mp4 / gif / webp.
+"""Video file I/O: load a clip as an IMAGE batch, save an IMAGE batch as mp4 / webm / gif / webp.
 
-Decoding and mp4 encoding use OpenCV; gif and webp use Pillow. Saves are atomic: frames are written to a hidden
-temporary file next to the target and renamed into place, so a failed or interrupted save leaves nothing behind.
+Decoding uses OpenCV (Pillow for what FFmpeg cannot read). mp4 (H.264) and webm (VP9) are encoded with PyAV,
+which ComfyUI ships, in yuv420p so that browsers play them; gif and webp use Pillow. Saves are atomic: frames
+are written to a hidden temporary file next to the target and renamed into place, so a failed or interrupted
+save leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -10,27 +12,27 @@ import logging
 import math
 import os
 import sys
-import uuid
+from fractions import Fraction
 
 import cv2
 import numpy as np
+import psutil
 import torch
 from PIL import Image
 
 import folder_paths
 from comfy_api.latest import io, ui
 
+from .files import confined_path, prepare_folder, remove_quietly, temp_path_beside
+
 log = logging.getLogger(__name__)
 
 CATEGORY = "video_edit/io"
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".gif", ".webp", ".mpg", ".mpeg", ".wmv",
                     ".flv", ".ts")
-SAVE_FORMATS = ("mp4", "gif", "webp")
+SAVE_FORMATS = ("mp4", "webm", "gif", "webp")
 MAX_SIZE = 8192
-MP4_FOURCCS = ("avc1", "mp4v")  # H.264 first; MPEG-4 Part 2 when this OpenCV build has no H.264 encoder
 FALLBACK_FPS = 24.0  # assumed when a container reports no frame rate
-
-_mp4_fourcc: str | None = None  # the fourcc that last opened a writer (avoids re-probing H.264 on every save)
 
 
 # ----- loading -------------------------------------------------------------------------------------------------------
@@ -47,22 +49,31 @@ def list_input_videos() -> list[str]:
 
 
 def resolve_video_path(file: str | None, path: str | None) -> tuple[str, str]:
-    """The file VE_LoadVideo reads and the input that named it: ``path`` when set, else ``file``."""
+    """The file VE_LoadVideo reads (symlinks and ``..`` resolved) and the input that named it: ``path`` when set,
+    else ``file``. Only files inside ComfyUI's input, output and temp folders are read; anything else is refused
+    with one message that does not say whether the file exists."""
     if path and path.strip():
         p = os.path.expanduser(path.strip().strip('"').strip("'"))
         if not os.path.isabs(p):
             p = os.path.join(folder_paths.get_input_directory(), p)
-        return os.path.abspath(p), "path"
-    if not file:
+        which, given = "path", path.strip()
+    elif file:
+        p, which, given = folder_paths.get_annotated_filepath(file), "file", file
+    else:
         raise ValueError("VE_LoadVideo: no video selected. Pick one in 'file' (upload a video into ComfyUI's "
                          "input folder) or set 'path' to a video file.")
-    return folder_paths.get_annotated_filepath(file), "file"
+    confined = confined_path(p)
+    if confined is None:
+        raise ValueError(f"VE_LoadVideo: input '{which}' ({given!r}) does not name a file inside ComfyUI's input, "
+                         "output or temp folder, and only those are read. Upload the video (or copy it into the "
+                         "input folder) and pick it in 'file', or give a path relative to the input folder.")
+    return confined, which
 
 
 def _missing_message(video_path: str, which: str) -> str:
     fix = ("put the video into ComfyUI's input folder or pick another one in 'file'" if which == "file"
-           else "give an absolute path or one relative to ComfyUI's input folder")
-    return f"VE_LoadVideo: video not found for input '{which}': {video_path} ({fix})."
+           else "give a path relative to ComfyUI's input folder, or one inside its output or temp folder")
+    return f"VE_LoadVideo: video not found for input '{which}': {os.path.basename(video_path)} ({fix})."
 
 
 def _check_size(name: str, value: int) -> None:
@@ -155,11 +166,47 @@ def _pil_frames(video_path: str, want):
     return (1000.0 / duration if duration else 0.0), frames()
 
 
+BYTES_PER_PIXEL = 3 * (1 + 4)  # RGB, decoded as uint8, then the float32 IMAGE
+
+
+def memory_limit_bytes(memory_limit_gb: float) -> float:
+    """The most the decoded frames may take: ``memory_limit_gb``, or 0 = 80 % of the RAM available now."""
+    return memory_limit_gb * 2**30 if memory_limit_gb > 0 else 0.8 * psutil.virtual_memory().available
+
+
+def probe_video(video_path: str) -> tuple[int, int, int]:
+    """(frame count, width, height) as the container reports them; 0 where it does not say."""
+    cap = cv2.VideoCapture(video_path, cv2.CAP_FFMPEG)
+    try:
+        if cap.isOpened():
+            return tuple(max(0, int(cap.get(prop) or 0)) for prop in
+                         (cv2.CAP_PROP_FRAME_COUNT, cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT))
+    finally:
+        cap.release()
+    try:
+        with Image.open(video_path) as image:
+            return getattr(image, "n_frames", 1), image.width, image.height
+    except Exception:
+        return 0, 0, 0
+
+
+def check_decoded_size(frames: int, width: int, height: int, limit: float, name: str) -> None:
+    """Refuse, with the numbers, a request whose decoded frames would take more than ``limit`` bytes."""
+    need = frames * width * height * BYTES_PER_PIXEL
+    if need > limit:
+        raise MemoryError(
+            f"VE_LoadVideo: {frames} frames of {width}x{height} from '{name}' need about {need / 2**30:.1f} GiB of "
+            f"RAM once decoded, over the limit of {limit / 2**30:.1f} GiB. Load fewer frames (n_frames, "
+            f"frame_stride) or a smaller width/height, or raise memory_limit_gb.")
+
+
 def read_video(video_path: str, n_frames: int = 24, start_frame: int = 0, frame_stride: int = 2, width: int = 512,
-               height: int = 512, which: str = "path") -> tuple[np.ndarray, float]:
+               height: int = 512, which: str = "path", memory_limit_gb: float = 0.0) -> tuple[np.ndarray, float]:
     """Decode frames ``start_frame + i * frame_stride`` (``n_frames`` of them, 0 = all) as uint8 RGB ``[F,H,W,3]``.
 
-    Returns the frames and the source frame rate. Raises ValueError naming the input to fix.
+    Returns the frames and the source frame rate. Raises ValueError naming the input to fix, and MemoryError
+    before decoding (and while decoding, where the container did not tell) when the frames would take more than
+    ``memory_limit_gb`` (0: 80 % of the available RAM).
     """
     _check_size("width", width)
     _check_size("height", height)
@@ -170,6 +217,13 @@ def read_video(video_path: str, n_frames: int = 24, start_frame: int = 0, frame_
         raise ValueError(_missing_message(video_path, which))
     name = os.path.basename(video_path)
     last = None if n_frames == 0 else start_frame + (n_frames - 1) * frame_stride
+    limit = memory_limit_bytes(memory_limit_gb)
+    count_hint, src_w, src_h = probe_video(video_path)
+    if src_w and src_h:  # the estimate before decoding; the loop below checks as it goes, too
+        wanted = [n for n in (n_frames, max(0, (count_hint - start_frame - 1) // frame_stride + 1) if count_hint
+                              else 0) if n]
+        if wanted:
+            check_decoded_size(min(wanted), *target_size(src_w, src_h, width, height), limit, name)
 
     def want(index: int) -> bool:
         return index >= start_frame and (index - start_frame) % frame_stride == 0
@@ -187,6 +241,7 @@ def read_video(video_path: str, n_frames: int = 24, start_frame: int = 0, frame_
             if frame is not None:
                 if size is None:
                     size = target_size(frame.shape[1], frame.shape[0], width, height)
+                check_decoded_size(len(frames) + 1, *size, limit, name)
                 frames.append(fit_cover(frame, *size, resize=bool(width or height)))
             if last is not None and index >= last:
                 break
@@ -211,6 +266,27 @@ def read_video(video_path: str, n_frames: int = 24, start_frame: int = 0, frame_
         log.warning("VE_LoadVideo: '%s' reports no frame rate; assuming %.0f fps", name, FALLBACK_FPS)
         src_fps = FALLBACK_FPS
     return np.stack(frames), src_fps
+
+
+def select_frames(images: torch.Tensor, fps: float, n_frames: int, start_frame: int, frame_stride: int, width: int,
+                  height: int, memory_limit_gb: float = 0.0) -> tuple[np.ndarray, float]:
+    """The frames of a decoded VIDEO (IMAGE ``[F,H,W,3]``) that ``read_video`` would take from a file, as uint8."""
+    _check_size("width", width)
+    _check_size("height", height)
+    count = images.shape[0]
+    picked = list(range(start_frame, count, frame_stride))[: n_frames or None]
+    if not picked:
+        raise ValueError(f"VE_LoadVideo: start_frame={start_frame} is past the end of 'video' ({count} frames); "
+                         f"lower start_frame below {count}.")
+    if n_frames and len(picked) < n_frames:
+        raise ValueError(f"VE_LoadVideo: 'video' has only {count} frames, but n_frames={n_frames} with "
+                         f"start_frame={start_frame} and frame_stride={frame_stride} needs more; lower n_frames to "
+                         f"{len(picked)}, or set n_frames to 0 to take all available frames.")
+    size = target_size(images.shape[2], images.shape[1], width, height)
+    check_decoded_size(len(picked), *size, memory_limit_bytes(memory_limit_gb), "video")
+    frames = [fit_cover(images_to_uint8(images[i:i + 1], "VE_LoadVideo", "video")[0], *size,
+                        resize=bool(width or height)) for i in picked]
+    return np.stack(frames), fps
 
 
 class VELoadVideo(io.ComfyNode):
@@ -238,8 +314,14 @@ class VELoadVideo(io.ComfyNode):
                 io.Int.Input("height", default=512, min=0, max=MAX_SIZE, step=8,
                              tooltip="Output height, a multiple of 8; 0 follows the source (aspect kept)."),
                 io.String.Input("path", default="", optional=True,
-                                tooltip="Optional video path (absolute, or relative to the input folder); "
-                                        "overrides 'file'."),
+                                tooltip="Optional video path inside ComfyUI's input, output or temp folder "
+                                        "(absolute, or relative to the input folder); overrides 'file'."),
+                io.Float.Input("memory_limit_gb", default=0.0, min=0.0, max=4096.0, step=0.5, optional=True,
+                               tooltip="Refuse, before decoding, a request whose frames would take more RAM than "
+                                       "this; 0 = 80% of the RAM available now."),
+                io.Video.Input("video", optional=True,
+                               tooltip="A VIDEO from core Load Video (or another pack); when connected, frames are "
+                                       "picked from it and 'file' / 'path' are ignored."),
             ],
             outputs=[
                 io.Image.Output("images", display_name="images", tooltip="Frames [F,H,W,3], RGB in [0,1]."),
@@ -250,16 +332,23 @@ class VELoadVideo(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, file, n_frames, start_frame, frame_stride, width, height, path="") -> io.NodeOutput:
-        video_path, which = resolve_video_path(file, path)
-        frames, src_fps = read_video(video_path, n_frames, start_frame, frame_stride, width, height, which)
+    def execute(cls, file, n_frames, start_frame, frame_stride, width, height, path="",
+                memory_limit_gb=0.0, video=None) -> io.NodeOutput:
+        if video is not None:
+            components = video.get_components()
+            frames, src_fps = select_frames(components.images, float(components.frame_rate), n_frames, start_frame,
+                                            frame_stride, width, height, memory_limit_gb)
+        else:
+            video_path, which = resolve_video_path(file, path)
+            frames, src_fps = read_video(video_path, n_frames, start_frame, frame_stride, width, height, which,
+                                         memory_limit_gb)
         images = torch.from_numpy(frames).float().div_(255.0)
         return io.NodeOutput(images, src_fps / frame_stride, int(images.shape[0]))
 
     @classmethod
-    def fingerprint_inputs(cls, file=None, path="", **kwargs):
-        if path is None:  # linked from another node: its value (and so this key) changes with the upstream output
-            return "linked path"
+    def fingerprint_inputs(cls, file=None, path="", video=None, **kwargs):
+        if path is None or video is not None:  # linked: the key changes with the upstream output
+            return "linked input"
         try:
             video_path, _ = resolve_video_path(file, path)
             stat = os.stat(video_path)
@@ -268,8 +357,11 @@ class VELoadVideo(io.ComfyNode):
         return f"{video_path}|{stat.st_mtime_ns}|{stat.st_size}"
 
     @classmethod
-    def validate_inputs(cls, file=None, path=""):
-        # Taking 'file' here also lets a 'path' override run when the combo value is not (or no longer) listed.
+    def validate_inputs(cls, file=None, path="", input_types=None):
+        # Taking 'file' here also lets a 'path' override (or a connected 'video') run when the combo value is not
+        # (or no longer) listed. 'input_types' holds the linked inputs.
+        if "video" in (input_types or {}):
+            return True
         if path is None or (not (path and path.strip()) and file is None):
             return True  # linked inputs are only known at run time
         try:
@@ -283,18 +375,18 @@ class VELoadVideo(io.ComfyNode):
 
 # ----- saving --------------------------------------------------------------------------------------------------------
 
-def images_to_uint8(images) -> np.ndarray:
+def images_to_uint8(images, node: str = "VE_SaveVideo", name: str = "images") -> np.ndarray:
     """IMAGE ``[F,H,W,C]`` floats in [0,1] -> uint8 RGB frames; ValueError for an empty or misshapen batch."""
     if not isinstance(images, torch.Tensor):
-        raise ValueError(f"VE_SaveVideo: 'images' must be an IMAGE tensor, got {type(images).__name__}.")
+        raise ValueError(f"{node}: '{name}' must be an IMAGE tensor, got {type(images).__name__}.")
     if images.ndim != 4:
-        raise ValueError(f"VE_SaveVideo: 'images' must be an IMAGE batch [frames, height, width, channels], got "
+        raise ValueError(f"{node}: '{name}' must be an IMAGE batch [frames, height, width, channels], got "
                          f"shape {tuple(images.shape)}; connect an IMAGE output.")
     if images.shape[0] == 0:
-        raise ValueError("VE_SaveVideo: 'images' is empty (0 frames), nothing to save; check the node feeding it.")
+        raise ValueError(f"{node}: '{name}' is empty (0 frames), nothing to save; check the node feeding it.")
     channels = images.shape[-1]
     if channels not in (1, 3, 4) or images.shape[1] < 2 or images.shape[2] < 2:
-        raise ValueError(f"VE_SaveVideo: 'images' has shape {tuple(images.shape)}; expected [frames, height, width, 3] "
+        raise ValueError(f"{node}: '{name}' has shape {tuple(images.shape)}; expected [frames, height, width, 3] "
                          f"(1 or 4 channels are also accepted) with height and width of at least 2.")
     frames = torch.nan_to_num(images.detach().float().cpu(), 0.0).clamp_(0.0, 1.0).mul_(255.0).round_()
     frames = frames.to(torch.uint8)
@@ -310,46 +402,30 @@ def _check_interrupt() -> None:
         mm.throw_exception_if_processing_interrupted()
 
 
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
+# codec, container options, codec options: what browsers play (H.264 / VP9, 4:2:0), at a quality for editing work
+AV_SETTINGS = {
+    "mp4": ("libx264", {"movflags": "+faststart"}, {"crf": "17", "preset": "medium"}),
+    "webm": ("libvpx-vp9", {}, {"crf": "24", "b": "0", "deadline": "good", "cpu-used": "4", "row-mt": "1"}),
+}
 
 
-def _encode_mp4(frames: np.ndarray, fps: float, path: str) -> str:
-    global _mp4_fourcc
+def _encode_av(frames: np.ndarray, fps: float, path: str, fmt: str) -> str:
+    """Encode with PyAV (FFmpeg) as yuv420p, which needs an even width and height: an odd row/column is cropped."""
+    import av
+
+    codec, container_options, codec_options = AV_SETTINGS[fmt]
     h, w = frames.shape[1:3]
     if w % 2 or h % 2:
-        log.warning("VE_SaveVideo: mp4 needs an even size; cropping %dx%d to %dx%d", w, h, w // 2 * 2, h // 2 * 2)
+        log.warning("VE_SaveVideo: %s needs an even size; cropping %dx%d to %dx%d", fmt, w, h, w // 2 * 2, h // 2 * 2)
         w, h = w // 2 * 2, h // 2 * 2
-    writer = None
-    order = [_mp4_fourcc] + [f for f in MP4_FOURCCS if f != _mp4_fourcc] if _mp4_fourcc else list(MP4_FOURCCS)
-    for fourcc in order:
-        writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*fourcc), float(fps), (w, h))
-        if writer.isOpened():
-            if fourcc != _mp4_fourcc:
-                if fourcc == "avc1":
-                    log.info("VE_SaveVideo: mp4 is encoded as H.264 (fourcc 'avc1')")
-                else:
-                    log.warning("VE_SaveVideo: this OpenCV build cannot encode H.264 ('avc1'); mp4 falls back to "
-                                "MPEG-4 Part 2 ('%s'), which browsers may not play - use webp or gif for previews",
-                                fourcc)
-                _mp4_fourcc = fourcc
-            break
-        writer.release()
-        writer = None
-        _remove_quietly(path)
-    if writer is None:
-        raise RuntimeError(f"VE_SaveVideo: OpenCV could not open an mp4 writer with any of {MP4_FOURCCS} at {path}; "
-                           f"save as gif or webp instead.")
-    try:
+    with av.open(path, mode="w", format=fmt, options=container_options) as container:
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001), options=codec_options)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         for frame in frames:
             _check_interrupt()
-            writer.write(cv2.cvtColor(frame[:h, :w], cv2.COLOR_RGB2BGR))
-    finally:
-        writer.release()
-    return fourcc
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:h, :w]), "rgb24")))
+        container.mux(stream.encode())
+    return codec
 
 
 def _to_pil_images(frames: np.ndarray) -> list[Image.Image]:
@@ -374,7 +450,8 @@ def _encode_webp(frames: np.ndarray, fps: float, path: str) -> str:
     return "webp"
 
 
-ENCODERS = {"mp4": _encode_mp4, "gif": _encode_gif, "webp": _encode_webp}
+ENCODERS = {"mp4": lambda *args: _encode_av(*args, "mp4"), "webm": lambda *args: _encode_av(*args, "webm"),
+            "gif": _encode_gif, "webp": _encode_webp}
 
 
 def write_video(frames: np.ndarray, fps: float, fmt: str, target: str) -> str:
@@ -386,16 +463,15 @@ def write_video(frames: np.ndarray, fps: float, fmt: str, target: str) -> str:
         raise ValueError(f"VE_SaveVideo: format must be one of {', '.join(SAVE_FORMATS)}, got {fmt!r}.")
     if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
         raise ValueError(f"VE_SaveVideo: fps must be a positive number, got {fps!r}.")
-    folder, name = os.path.split(os.path.abspath(target))
-    stem, ext = os.path.splitext(name)
-    tmp = os.path.join(folder, f".{stem}.{uuid.uuid4().hex[:8]}.tmp{ext}")  # keeps the extension for the encoder
+    prepare_folder(os.path.dirname(os.path.abspath(target)), "VE_SaveVideo")
+    tmp = temp_path_beside(os.path.abspath(target))
     try:
         codec = ENCODERS[fmt](frames, fps, tmp)
         if not os.path.isfile(tmp) or os.path.getsize(tmp) == 0:
             raise RuntimeError(f"VE_SaveVideo: the {fmt} encoder wrote nothing to {tmp}.")
         os.replace(tmp, target)
     except BaseException:
-        _remove_quietly(tmp)
+        remove_quietly(tmp)
         raise
     return codec
 
@@ -409,8 +485,8 @@ class VESaveVideo(io.ComfyNode):
             node_id="VE_SaveVideo",
             display_name="Save Video (Video Edit)",
             category=CATEGORY,
-            description="Saves frames as one mp4 (OpenCV; H.264 when available), gif or webp file in the output "
-                        "folder.",
+            description="Saves frames as one video in the output folder and previews it in the node: mp4 (H.264) "
+                        "or webm (VP9), both yuv420p so browsers play them, or an animated gif / webp.",
             inputs=[
                 io.Image.Input("images", tooltip="Frames to save, [F,H,W,3]."),
                 io.Float.Input("fps", default=8.0, min=0.01, max=1000.0, step=0.01, tooltip="Playback frame rate."),
@@ -434,7 +510,8 @@ class VESaveVideo(io.ComfyNode):
         log.info("VE_SaveVideo: saved %s (%d frames, %dx%d, %.3g fps, %s)", target, len(frames), width, height, fps,
                  codec)
         result = ui.SavedResult(file, subfolder, io.FolderType.output)
-        preview = ui.SavedImages([result], is_animated=True) if format == "gif" else ui.PreviewVideo([result])
+        animated_image = format in ("gif", "webp")
+        preview = ui.SavedImages([result], is_animated=True) if animated_image else ui.PreviewVideo([result])
         return io.NodeOutput(target, ui=preview)
 
 

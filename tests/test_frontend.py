@@ -319,3 +319,41 @@ def test_node_layout_rules():
     assert "text" not in ui_to_api(ui, object_info)["1"]["inputs"]
     node["mode"] = 4
     assert "1" not in ui_to_api(ui, object_info)
+
+
+@pytest.mark.comfy
+def test_saved_videos_play_in_chromium(comfy, comfy_lib, tmp_path):
+    """What VE_SaveVideo writes plays in a <video> element, served by ComfyUI's /view as the preview is; an
+    MPEG-4 Part 2 file (what OpenCV writes) does not, so the check can tell."""
+    import urllib.parse
+
+    import cv2
+    import numpy as np
+    from comfy_execution.graph_utils import GraphBuilder
+
+    reason = _frontend_missing()
+    if reason:
+        pytest.skip(f"chromium check unavailable: {reason}; run tools/setup_env.sh --test")
+    g = GraphBuilder(prefix="")
+    frames = g.node("EmptyImage", width=96, height=64, batch_size=6, color=0x3366CC)
+    saves = {fmt: g.node("VE_SaveVideo", images=frames.out(0), fps=8.0, filename_prefix=f"ve_play/{fmt}", format=fmt)
+             for fmt in ("mp4", "webm")}
+    outputs = comfy.run(g.finalize())
+    previews = {fmt: outputs[node.id]["images"][0] for fmt, node in saves.items()}
+    mp4v = comfy.output_dir / "ve_play" / "opencv_mp4v.mp4"
+    writer = cv2.VideoWriter(str(mp4v), cv2.VideoWriter_fourcc(*"mp4v"), 8.0, (96, 64))
+    for _ in range(6):
+        writer.write(np.full((64, 96, 3), 128, np.uint8))
+    writer.release()
+    previews["mp4v"] = {"filename": mp4v.name, "subfolder": "ve_play", "type": "output"}
+    urls = {fmt: f"{comfy.url}/view?{urllib.parse.urlencode(item)}" for fmt, item in previews.items()}
+    out = tmp_path / "played.json"
+    result = subprocess.run(["node", str(FRONTEND_DIR / "play_videos.mjs"), str(out), *urls.values()],
+                            cwd=FRONTEND_DIR, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"play_videos.mjs failed:\n{result.stdout}\n{result.stderr}"
+    played = {fmt: json.loads(out.read_text())[url] for fmt, url in urls.items()}
+    for fmt in ("mp4", "webm"):
+        state = played[fmt]
+        assert state["error"] is None and state["readyState"] >= 2, (fmt, state)
+        assert (state["videoWidth"], state["videoHeight"]) == (96, 64) and state["advanced"], (fmt, state)
+    assert played["mp4v"]["error"] is not None or played["mp4v"]["readyState"] < 2, played["mp4v"]

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.comfy
 W, H, N_FRAMES, SRC_FPS = 96, 80, 20, 10.0
 CLIP = "ve_clip.mp4"
 LOSSLESS_TOL = 0.5   # mean |diff| of frames that went through float [0,1] and back (no codec)
-CODEC_TOL = 6.0      # mean |diff| after a lossy re-encode (mp4v / gif palette / lossy webp)
+CODEC_TOL = 6.0      # mean |diff| after a lossy re-encode (H.264 / VP9 / gif palette / lossy webp)
 
 
 # ----- helpers --------------------------------------------------------------------------------------------------------
@@ -140,18 +140,29 @@ def saved_pngs(comfy, outputs, node) -> list[np.ndarray]:
 
 # ----- through the server ---------------------------------------------------------------------------------------------
 
-def test_load_then_save_mp4_keeps_frames_size_fps(comfy, source, GraphBuilder):
+def stream_info(path) -> tuple[str, str]:
+    """(codec, pixel format) of the first video stream, as FFmpeg (PyAV) reads the file."""
+    import av
+
+    with av.open(str(path)) as container:
+        context = container.streams.video[0].codec_context
+        return context.name, context.pix_fmt
+
+
+@pytest.mark.parametrize("fmt,codec", [("mp4", "h264"), ("webm", "vp9")])
+def test_load_then_save_keeps_frames_size_fps_in_a_browser_codec(comfy, source, GraphBuilder, fmt, codec):
     g = GraphBuilder()
     loader = load(g)
-    prefix = unique_prefix("mp4")
-    save = g.node("VE_SaveVideo", images=loader.out(0), fps=loader.out(1), filename_prefix=prefix, format="mp4")
+    prefix = unique_prefix(fmt)
+    save = g.node("VE_SaveVideo", images=loader.out(0), fps=loader.out(1), filename_prefix=prefix, format=fmt)
     path_text = g.node("PreviewAny", source=save.out(0))
     count_text = g.node("PreviewAny", source=loader.out(2))
     fps_text = g.node("PreviewAny", source=loader.out(1))
     outputs = comfy.run(g.finalize())
 
     files = saved_files(comfy, outputs, save)
-    assert len(files) == 1 and files[0].suffix == ".mp4"
+    assert len(files) == 1 and files[0].suffix == f".{fmt}"
+    assert stream_info(files[0]) == (codec, "yuv420p")
     assert outputs[save.id]["animated"] == [True]
     assert files_with_prefix(comfy, prefix) == [files[0].name], "exactly one file, no temp leftovers"
     assert Path(outputs[path_text.id]["text"][0]) == files[0]
@@ -243,8 +254,51 @@ def test_round_trip_through_core_video_nodes(comfy, source, GraphBuilder):
     assert_frames_match(frames, source, list(range(0, 16, 2)), CODEC_TOL)
 
 
-def test_path_input_overrides_file(comfy, source, GraphBuilder, tmp_path):
-    other = tmp_path / "elsewhere.mp4"
+def test_core_video_input_picks_the_same_frames(comfy, source, GraphBuilder):
+    g = GraphBuilder()
+    core = g.node("LoadVideo", file=CLIP)
+    loader = load(g, file="not_in_the_list.mp4", n_frames=4, start_frame=3, frame_stride=3, video=core.out(0))
+    pngs = g.node("SaveImage", images=loader.out(0), filename_prefix=unique_prefix("video_in"))
+    fps_text = g.node("PreviewAny", source=loader.out(1))
+    outputs = comfy.run(g.finalize())
+
+    assert_frames_match(saved_pngs(comfy, outputs, pngs), source, [3, 6, 9, 12], LOSSLESS_TOL)
+    assert float(outputs[fps_text.id]["text"][0]) == pytest.approx(SRC_FPS / 3)
+    g = GraphBuilder()
+    core = g.node("LoadVideo", file=CLIP)
+    g.node("PreviewImage", images=load(g, n_frames=30, video=core.out(0)).out(0))
+    with pytest.raises(ExecutionError, match=r"'video' has only 20 frames.*lower n_frames to 20"):
+        comfy.run(g.finalize())
+
+
+def test_before_after_stacks_frame_by_frame(comfy, source, GraphBuilder):
+    g = GraphBuilder()
+    before = load(g, n_frames=3, width=64, height=48)
+    after = g.node("ImageInvert", image=load(g, n_frames=3, width=32, height=24).out(0))
+    side = g.node("VE_CompareVideos", before=before.out(0), after=after.out(0), layout="side_by_side", gap=8)
+    top = g.node("VE_CompareVideos", before=before.out(0), after=after.out(0), layout="top_bottom", gap=0)
+    pngs = {name: g.node("SaveImage", images=node.out(0), filename_prefix=unique_prefix(name))
+            for name, node in (("side", side), ("top", top), ("before", before))}
+    outputs = comfy.run(g.finalize())
+
+    side_frames, top_frames, before_frames = (saved_pngs(comfy, outputs, pngs[n]) for n in ("side", "top", "before"))
+    assert len(side_frames) == len(top_frames) == 3
+    assert side_frames[0].shape == (48, 64 + 8 + 64, 3) and top_frames[0].shape == (96, 64, 3)
+    for side_frame, top_frame, frame in zip(side_frames, top_frames, before_frames):
+        assert np.array_equal(side_frame[:, :64], frame) and np.array_equal(top_frame[:48], frame)
+        assert (side_frame[:, 64:72] == 255).all()
+        assert mad(side_frame[:, 72:], 255 - frame) < 40  # the inverted half-size copy, scaled back up
+    g = GraphBuilder()
+    unequal = g.node("VE_CompareVideos", before=load(g, n_frames=3).out(0), after=load(g, n_frames=2).out(0),
+                     layout="side_by_side", gap=0)
+    g.node("PreviewImage", images=unequal.out(0))
+    with pytest.raises(ExecutionError, match="after: 2 frames against 3 in 'before'"):
+        comfy.run(g.finalize())
+
+
+def test_path_input_overrides_file(comfy, source, GraphBuilder):
+    other = comfy.output_dir / "ve_path_input" / "elsewhere.mp4"  # an absolute path inside the output folder
+    other.parent.mkdir(parents=True, exist_ok=True)
     write_clip(other, n=6, transform=lambda f: 255 - f)  # different content, so the override is visible
     g = GraphBuilder()
     loader = load(g, file="not_in_the_list.mp4", n_frames=0, path=str(other))  # 'file' is ignored, even if stale
@@ -330,7 +384,7 @@ def frames_u8():
     return np.stack([cv2.cvtColor(synth_frame(i), cv2.COLOR_BGR2RGB) for i in range(6)])
 
 
-@pytest.mark.parametrize("fmt", ["mp4", "gif", "webp"])
+@pytest.mark.parametrize("fmt", ["mp4", "webm", "gif", "webp"])
 def test_successful_save_leaves_exactly_one_file(video_io, frames_u8, tmp_path, fmt):
     target = tmp_path / f"clip_00001_.{fmt}"
     video_io.write_video(frames_u8, 6.0, fmt, str(target))
@@ -338,11 +392,11 @@ def test_successful_save_leaves_exactly_one_file(video_io, frames_u8, tmp_path, 
     assert target.stat().st_size > 0
 
 
-@pytest.mark.parametrize("fmt", ["mp4", "gif", "webp"])
+@pytest.mark.parametrize("fmt", ["mp4", "webm", "gif", "webp"])
 def test_interrupted_save_leaves_nothing(video_io, frames_u8, tmp_path, monkeypatch, fmt):
     target = tmp_path / f"clip_00001_.{fmt}"
     target.write_bytes(b"previous")  # an existing file must survive a failed save untouched
-    calls, seen = [], []
+    calls = []
 
     class Interrupted(Exception):
         pass
@@ -350,14 +404,12 @@ def test_interrupted_save_leaves_nothing(video_io, frames_u8, tmp_path, monkeypa
     def interrupt_midway():
         calls.append(1)
         if len(calls) == 4:
-            seen.extend(os.listdir(tmp_path))
             raise Interrupted("user cancelled")
 
     monkeypatch.setattr(video_io, "_check_interrupt", interrupt_midway)
     with pytest.raises(Interrupted):
         video_io.write_video(frames_u8, 6.0, fmt, str(target))
-    if fmt == "mp4":  # the encoder streams to the temp file, so a half-written file did exist
-        assert any(n.startswith(".clip_00001_.") and n.endswith(".tmp.mp4") for n in seen), seen
+    assert len(calls) == 4  # stopped mid-way, after three frames were encoded
     assert os.listdir(tmp_path) == [target.name]
     assert target.read_bytes() == b"previous"
 
@@ -376,11 +428,12 @@ def test_failing_encoder_leaves_nothing(video_io, frames_u8, tmp_path, monkeypat
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("fmt", ["mp4", "gif", "webp"])
+@pytest.mark.parametrize("fmt", ["mp4", "webm", "gif", "webp"])
 def test_save_to_a_bad_path_fails_cleanly(video_io, frames_u8, tmp_path, fmt):
-    with pytest.raises(Exception):
-        video_io.write_video(frames_u8, 6.0, fmt, str(tmp_path / "no_such_dir" / f"a.{fmt}"))
-    assert os.listdir(tmp_path) == []
+    (tmp_path / "a_file").write_text("in the way of the folder")
+    with pytest.raises(PermissionError, match=r"cannot write into the folder .*a_file.*Make it a writable folder"):
+        video_io.write_video(frames_u8, 6.0, fmt, str(tmp_path / "a_file" / f"a.{fmt}"))
+    assert os.listdir(tmp_path) == ["a_file"]
 
 
 def test_save_rejects_bad_images(video_io):

@@ -35,7 +35,7 @@ def _fatezero(g: GraphBuilder, ckpt, model, video_file: str, frame_stride: int, 
                     blend_end=0.8, blend=blend)
     positive = g.node("CLIPTextEncode", clip=ckpt.out(1), text=edit_prompt)
     negative = g.node("CLIPTextEncode", clip=ckpt.out(1), text="")
-    ddim_edit_and_save(g, ckpt, fusion.out(0), positive.out(0), negative.out(0), inversion.out(0), video.out(1),
+    ddim_edit_and_save(g, ckpt, fusion.out(0), positive.out(0), negative.out(0), inversion.out(0), video,
                        cfg=7.5, seed=0, prefix=prefix)
     mask = g.node("MaskToImage", mask=fusion.out(1))
     g.node("PreviewImage", images=mask.out(0))

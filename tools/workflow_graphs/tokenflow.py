@@ -25,7 +25,7 @@ def _edit(g: GraphBuilder, ckpt, model, n_frames: int, frame_stride: int, prefix
                        keyframe_chunk_size=8, pnp_attention_window=0.5, pnp_feature_window=0.8, seed=1)
     positive = g.node("CLIPTextEncode", clip=ckpt.out(1), text=EDIT_PROMPT)
     negative = g.node("CLIPTextEncode", clip=ckpt.out(1), text=NEGATIVE_PROMPT)
-    ddim_edit_and_save(g, ckpt, tokenflow.out(0), positive.out(0), negative.out(0), tokenflow.out(1), video.out(1),
+    ddim_edit_and_save(g, ckpt, tokenflow.out(0), positive.out(0), negative.out(0), tokenflow.out(1), video,
                        cfg=7.5, seed=1, prefix=prefix)
 
 

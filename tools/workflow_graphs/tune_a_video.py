@@ -9,7 +9,8 @@ CONTROLNET = "control_v11p_sd15_canny.pth"
 SOURCE_VIDEO = "man-skiing.mp4"
 SOURCE_PROMPT = "a man is skiing"
 EDIT_PROMPT = "spider man is skiing on the beach, cartoon style"
-TUNED_FILE = "man_skiing.safetensors"
+TUNED_NAME = "man_skiing"
+TUNED_FILE = f"{TUNED_NAME}_00001_.safetensors"  # what VE_SaveTuned writes first for TUNED_NAME
 
 
 def _source(g: GraphBuilder):
@@ -23,7 +24,7 @@ def _source(g: GraphBuilder):
 def _invert_edit_save(g, ckpt, video, latent, model, positive, negative, prefix):
     """Invert with the (tuned) model and the empty prompt, sample the edit from that noise, save the video."""
     inversion = g.node("VE_DDIMInvert", model=model, latent=latent.out(0), steps=50, clip=ckpt.out(1))
-    ddim_edit_and_save(g, ckpt, model, positive, negative, inversion.out(0), video.out(1), cfg=12.5, seed=33,
+    ddim_edit_and_save(g, ckpt, model, positive, negative, inversion.out(0), video, cfg=12.5, seed=33,
                        prefix=prefix)
 
 
@@ -33,7 +34,8 @@ def _tuned_model(g, ckpt, latent):
     source = g.node("CLIPTextEncode", clip=ckpt.out(1), text=SOURCE_PROMPT)
     tune = g.node("VE_OneShotTune", model=sparse.out(0), latent=latent.out(0), conditioning=source.out(0), steps=500,
                   learning_rate=3e-5, seed=33, gradient_checkpointing=True)
-    g.node("VE_SaveTuned", model=tune.out(0), filename=TUNED_FILE, prompt=SOURCE_PROMPT)
+    g.node("VE_SaveTuned", model=tune.out(0), filename=TUNED_NAME, prompt=SOURCE_PROMPT)
+    g.node("LossGraphNode", loss=tune.out(1), filename_prefix="video_edit/tune_a_video_loss")  # is it converging?
     return tune.out(0)
 
 
