@@ -169,6 +169,31 @@ def frontend(comfy, tmp_path_factory):
             "object_info": object_info, "seconds": time.monotonic() - started, "screenshots": shots}
 
 
+NEWEST_FRONTEND = REPO_ROOT / ".cache" / "frontend-newest"  # tools/setup_env.sh --test installs it there
+
+
+@pytest.fixture(scope="session")
+def newest_frontend(tmp_path_factory, tiny_models, frontend):
+    """The shipped workflows in the newest frontend: a second server started with --front-end-root."""
+    from comfy_server import ComfyServer
+
+    static = NEWEST_FRONTEND / "comfyui_frontend_package" / "static"
+    if not static.is_dir():
+        pytest.skip(f"no newest frontend at {NEWEST_FRONTEND}; run tools/setup_env.sh --test")
+    version = next(NEWEST_FRONTEND.glob("comfyui_frontend_package-*.dist-info")).name.split("-")[1][:-len(".dist")]
+    base = tmp_path_factory.mktemp("comfyui_newest_frontend")
+    server = ComfyServer(base, extra_args=("--front-end-root", str(static)))
+    server.add_model("checkpoints", tiny_models["checkpoint"])
+    server.add_model("controlnet", tiny_models["controlnet"])
+    out = base / "report.json"
+    with server:
+        result = subprocess.run(["node", str(FRONTEND_DIR / "check_workflows.mjs"), server.url, str(out),
+                                 *[str(p) for p in WORKFLOWS], frontend["paths"]["broken"]],
+                                cwd=FRONTEND_DIR, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"check_workflows.mjs failed:\n{result.stdout}\n{result.stderr}"
+    return {"version": version, "report": json.loads(out.read_text())}
+
+
 def _entry(frontend, key: str) -> dict:
     report = frontend["report"]
     assert key in report, f"{key} was not checked; report has {sorted(report)}"
@@ -194,6 +219,16 @@ def test_workflow_loads_in_frontend(frontend, workflow):
 
 @pytest.mark.comfy
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
+def test_workflow_loads_in_the_newest_frontend(frontend, newest_frontend, workflow):
+    entry = _entry(newest_frontend, str(workflow))
+    where = f"{workflow.name} in frontend {newest_frontend['version']}"
+    assert not entry["missing"], f"{where}: node types missing:\n{_describe(entry)}"
+    assert not entry["errors"], f"{where}: errors while loading:\n{_describe(entry)}"
+    assert strip_meta(entry["prompt"]) == strip_meta(_entry(frontend, str(workflow))["prompt"]), where
+
+
+@pytest.mark.comfy
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
 def test_workflow_converter_matches_frontend(frontend, workflow):
     entry = _entry(frontend, str(workflow))
     ours = strip_meta(ui_to_api(json.loads(workflow.read_text()), frontend["object_info"]))
@@ -206,6 +241,13 @@ def test_broken_workflow_is_reported(frontend):
     assert BROKEN_TYPE in entry["missing"]
     # the frontend's own missing-nodes notice was detected too (a dialog; an error overlay in newer frontends)
     assert any(BROKEN_TYPE in e and e.startswith(("dialog:", "overlay:")) for e in entry["errors"]), _describe(entry)
+
+
+@pytest.mark.comfy
+def test_broken_workflow_is_reported_by_the_newest_frontend(frontend, newest_frontend):
+    entry = _entry(newest_frontend, frontend["paths"]["broken"])
+    assert BROKEN_TYPE in entry["missing"]
+    assert any(BROKEN_TYPE in e or e.startswith("overlay:") for e in entry["errors"]), _describe(entry)
 
 
 @pytest.mark.comfy

@@ -54,6 +54,12 @@ if [ "$WITH_TEST" = 1 ]; then
     apt-get update -qq && apt-get install -y -qq chromium > /dev/null
   fi
   (cd "$ROOT/tests/frontend" && npm ci --silent --no-audit --no-fund)
+  # The newest frontend as well, served by a second test server (--front-end-root): workflows must load in both.
+  NEWEST_FRONTEND=1.58.1
+  if [ ! -d "$ROOT/.cache/frontend-newest/comfyui_frontend_package-$NEWEST_FRONTEND.dist-info" ]; then
+    rm -rf "$ROOT/.cache/frontend-newest"
+    "${PIP[@]}" --no-deps --target "$ROOT/.cache/frontend-newest" "comfyui-frontend-package==$NEWEST_FRONTEND"
+  fi
 fi
 
 echo "VENV=$VENV"

@@ -265,7 +265,7 @@ async function collectUi(page) {
     const nodes = store('missingNodesError')?.missingNodeCount ?? 0
     for (const d of document.querySelectorAll('[data-testid="error-overlay"]')) {
       const t = d.innerText.trim().replace(/\s+/g, ' ')
-      const count = Number((/(\d+) errors? found/.exec(t) ?? [])[1])
+      const count = Number((/(\d+) (?:errors?|issues?) found/.exec(t) ?? [])[1])
       if (t && nodes === 0 && files > 0 && count === files) {
         warnings.push(`missing model or media files (the artist supplies them): ${t.slice(0, 2000)}`)
       } else if (t) texts.push(`overlay: ${t.slice(0, 2000)}`)
