@@ -18,9 +18,18 @@ from comfy_server import REPO_ROOT, ComfyServer, default_comfyui_path  # noqa: E
 from workflow_format import api_to_ui  # noqa: E402
 
 
+def add_note(workflow: dict, text: str) -> None:
+    """A Note node above the graph (the frontend shows it; it is not part of the prompt)."""
+    workflow["last_node_id"] += 1
+    top = min(node["pos"][1] for node in workflow["nodes"])
+    workflow["nodes"].append({"id": workflow["last_node_id"], "type": "Note", "pos": [0, top - 160],
+                              "size": [420, 120], "flags": {}, "order": len(workflow["nodes"]), "mode": 0,
+                              "inputs": [], "outputs": [], "properties": {}, "widgets_values": [text]})
+
+
 def main() -> int:
     sys.path.insert(0, str(default_comfyui_path()))
-    from workflow_graphs import all_workflows
+    from workflow_graphs import all_workflows, note
 
     version = next(line.split('"')[1] for line in (REPO_ROOT / "pyproject.toml").read_text().splitlines()
                    if line.startswith("version"))
@@ -28,6 +37,8 @@ def main() -> int:
         object_info = server.object_info()
     for name, build in all_workflows().items():
         workflow = api_to_ui(build(), object_info, pack_version=version)
+        if note(name):
+            add_note(workflow, note(name))
         path = REPO_ROOT / "workflows" / f"{name}.json"
         path.write_text(json.dumps(workflow, indent=1) + "\n")
         print(path)

@@ -148,9 +148,10 @@ class ComfyServer:
     def interrupt(self) -> None:
         self.post("/interrupt", {})
 
-    def queue(self, prompt: dict) -> str:
+    def queue(self, prompt: dict, client_id: str | None = None) -> str:
+        """Queue ``prompt``; progress messages go to the websocket client ``client_id``."""
         try:
-            answer = self.post("/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})
+            answer = self.post("/prompt", {"prompt": prompt, "client_id": client_id or uuid.uuid4().hex})
         except urllib.error.HTTPError as error:
             details = json.loads(error.read() or b"{}")
             raise ExecutionError(f"ComfyUI refused the graph: {json.dumps(details, indent=1)[:4000]}",

@@ -1,65 +1,229 @@
-"""The demo: a complete Tune-A-Video edit of a sample clip in a headless ComfyUI; prints the edited video's path.
+"""The demo: a complete edit of a sample clip in a headless ComfyUI; prints the edited video's path.
 
-Runs workflows/tune_a_video_edit.json (or --workflow NAME) exactly as an artist would queue it, with the inputs
-shrunk for a CPU: the generated tiny SD1.5 model (or --checkpoint PATH for real weights), a generated clip of a
-skier (or --video PATH), fewer frames and steps. Usage (after tools/setup_env.sh):
+Runs workflows/<workflow>.json exactly as an artist would queue it, with the inputs shrunk for a CPU: the
+generated tiny SD1.5 model and ControlNet (or --checkpoint PATH for real weights), a generated clip of a skier (or
+--video PATH), fewer frames and steps. A workflow that loads what another saves (a tuned model, motion LoRAs) runs
+that one first when its file is missing. The executor's progress (node, step, loss) is shown as it runs.
+With random weights the "edit" is noise; the point is the real pipeline.
 
-    .venv/bin/python tools/demo.py [--checkpoint model.safetensors] [--frames 8] [--size 128] [--steps 10]
+    tools/demo.sh [--workflow NAME] [--checkpoint model.safetensors] [--video clip.mp4] [--frames 8] ...
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
+import threading
+import uuid
 from pathlib import Path
 
 TOOLS = Path(__file__).resolve().parent
-sys.path.insert(0, str(TOOLS))
+REPO_ROOT = TOOLS.parent
+WORKFLOWS = sorted(p.stem for p in (REPO_ROOT / "workflows").glob("*.json"))
+LOADED_FILES = {  # loader node -> {input: model folder}: files a workflow needs from an earlier one
+    "VE_LoadTuned": {"tuned_file": "video_edit_tuned"},
+    "VE_LoadMotionLoRA": {"spatial_file": "loras", "temporal_file": "video_edit_motion_lora"},
+}
 
-from comfy_server import REPO_ROOT, ComfyServer, default_comfyui_path  # noqa: E402
-from sample_clip import write_sample_clip  # noqa: E402
-from workflow_format import ui_to_api  # noqa: E402
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the unset ones (their help says what is used instead)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The demo's arguments, checked before anything is set up (``--check-args`` stops there)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--workflow", default="tune_a_video_edit", choices=WORKFLOWS, metavar="NAME",
+                        help=f"a workflow in workflows/: {', '.join(WORKFLOWS)}")
+    parser.add_argument("--checkpoint", type=Path, help="an SD1.x checkpoint (default: a generated tiny random model)")
+    parser.add_argument("--controlnet", type=Path,
+                        help="an SD1.x ControlNet for the workflows that use one (default: a generated tiny one, "
+                             "which only fits the tiny model)")
+    parser.add_argument("--video", type=Path, help="the source clip (default: a generated clip of a skier)")
+    parser.add_argument("--frames", type=int, default=8, help="frames of the clip (and of generated videos)")
+    parser.add_argument("--size", type=int, default=128, help="frame width and height (multiple of 8)")
+    parser.add_argument("--steps", type=int, default=10, help="tuning, inversion and sampling steps")
+    parser.add_argument("--workdir", type=Path, default=REPO_ROOT / ".cache" / "demo",
+                        help="the demo ComfyUI's base folder (models, input, output)")
+    parser.add_argument("--check-args", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    for name in ("checkpoint", "controlnet", "video"):
+        path = getattr(args, name)
+        if path is not None and not path.is_file():
+            parser.error(f"--{name}: no such file: {path}")
+    if args.size <= 0 or args.size % 8:
+        parser.error(f"--size must be a positive multiple of 8, got {args.size}")
+    if args.frames < 2 or args.steps < 1:
+        parser.error("--frames must be at least 2 and --steps at least 1")
+    return args
+
+
+# ----- what the terminal shows --------------------------------------------------------------------------------------
+
+def log_size(log_path: Path) -> int:
+    try:
+        return log_path.stat().st_size
+    except OSError:
+        return 0
+
+
+def latest_losses(log_path: Path, since: int) -> str:
+    """The loss values in the newest training progress bar written to the ComfyUI log after byte ``since``
+    ('loss=0.1234', or 'spatial=..., temporal=...'), or ''."""
+    try:
+        with open(log_path, "rb") as log:
+            log.seek(0, 2)
+            log.seek(max(since, log.tell() - 4000))
+            tail = log.read().decode(errors="replace")
+    except OSError:
+        return ""
+    for chunk in reversed(re.split(r"[\r\n]", tail)):
+        match = re.search(r"\[[^\]]*?,\s*((?:\w+=[-+0-9.e]+(?:,\s*)?)+)\]", chunk)
+        if match:
+            return match.group(1)
+    return ""
+
+
+def show_progress(server, client_id: str, prompt: dict, connected: threading.Event, done: threading.Event) -> None:
+    """Print the executor's progress from ComfyUI's websocket: each node as it starts, its steps and losses."""
+    import asyncio
+
+    import aiohttp
+
+    async def watch():
+        node_started = 0  # where the log stood when the current node started
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{server.url.replace('http', 'ws')}/ws?clientId={client_id}") as ws:
+                connected.set()
+                while not done.is_set():
+                    try:
+                        message = await ws.receive(timeout=0.5)
+                    except asyncio.TimeoutError:
+                        continue
+                    if message.type != aiohttp.WSMsgType.TEXT:
+                        if message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                            return
+                        continue
+                    event = json.loads(message.data)
+                    data = event.get("data") or {}
+                    node = data.get("node")
+                    name = prompt.get(str(node), {}).get("class_type", node)
+                    if event["type"] == "executing" and node is not None:
+                        node_started = log_size(server.log_path)
+                        print(f"\n  running {name} (node {node})", end="", flush=True)
+                    elif event["type"] == "progress":
+                        losses = latest_losses(server.log_path, node_started)
+                        print(f"\r  running {name} (node {node}): step {data['value']}/{data['max']}"
+                              f"{'  ' + losses if losses else ''}   ", end="", flush=True)
+
+    try:
+        asyncio.run(watch())
+    except Exception as error:  # progress is a courtesy: the run itself is awaited elsewhere
+        print(f"\n  (no progress display: {error})", flush=True)
+    finally:
+        connected.set()
+
+
+def describe_failure(error, prompt: dict) -> str:
+    """ComfyUI's own error, node, input and message, without the traceback."""
+    try:
+        details = json.loads(error.exception_message)
+    except (TypeError, ValueError):
+        details = None
+    if isinstance(details, dict):  # the graph was refused at validation
+        lines = [details.get("error", {}).get("message", "the graph is invalid")]
+        for node, entry in (details.get("node_errors") or {}).items():
+            for problem in entry.get("errors", []):
+                name = (problem.get("extra_info") or {}).get("input_name", "")
+                lines.append(f"  {entry.get('class_type', prompt.get(node, {}).get('class_type'))} (node {node})"
+                             f"{f', input {name!r}' if name else ''}: {problem.get('details') or problem.get('message')}")
+        return "\n".join(lines)
+    return f"{error.node_type or 'the graph'} failed: {error.exception_message or error}"
+
+
+# ----- running ------------------------------------------------------------------------------------------------------
+
+def demo_prompt(name: str, server, args, inputs: dict) -> dict:
+    from workflow_format import ui_to_api
+    from workflow_graphs import set_inputs
+
+    workflow = json.loads((REPO_ROOT / "workflows" / f"{name}.json").read_text())
+    return set_inputs(ui_to_api(workflow, server.object_info()), **inputs)
+
+
+def missing_files(prompt: dict, server) -> list[str]:
+    """Files the loaders of ``prompt`` name that the demo's models folders lack."""
+    missing = []
+    for node in prompt.values():
+        for input_name, folder in LOADED_FILES.get(node["class_type"], {}).items():
+            name = node["inputs"].get(input_name)
+            if isinstance(name, str) and name != "none" and not (server.models_dir(folder) / name).is_file():
+                missing.append(f"models/{folder}/{name}")
+    return missing
+
+
+def run_workflow(name: str, server, args, inputs: dict) -> list[Path]:
+    """Queue one workflow, show its progress, return the videos it saved (SystemExit with ComfyUI's error)."""
+    from comfy_server import ExecutionError
+
+    prompt = demo_prompt(name, server, args, inputs)
+    client_id = uuid.uuid4().hex
+    connected, done = threading.Event(), threading.Event()
+    watcher = threading.Thread(target=show_progress, args=(server, client_id, prompt, connected, done), daemon=True)
+    print(f"running {name}.json", end="", flush=True)
+    watcher.start()
+    connected.wait(timeout=10)
+    try:
+        outputs = server.wait(server.queue(prompt, client_id), timeout=6 * 3600)
+    except ExecutionError as error:
+        raise SystemExit(f"\n{name}: {describe_failure(error, prompt)}\n(full log: {server.log_path})") from None
+    finally:
+        done.set()
+        watcher.join(timeout=5)
+    print(flush=True)
+    return [p for p in server.output_files(outputs) if p.suffix in (".mp4", ".webm", ".gif", ".webp")]
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workflow", default="tune_a_video_edit", help="a workflow in workflows/ (name without .json)")
-    parser.add_argument("--checkpoint", type=Path, help="an SD1.x checkpoint; default: a generated tiny random model")
-    parser.add_argument("--video", type=Path, help="the source clip; default: a generated clip of a skier")
-    parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--size", type=int, default=128, help="frame width and height (multiple of 8)")
-    parser.add_argument("--steps", type=int, default=10, help="tuning, inversion and sampling steps")
-    parser.add_argument("--workdir", type=Path, default=REPO_ROOT / ".cache" / "demo", help="the demo ComfyUI's base folder")
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
+    if args.check_args:
+        return 0
+    sys.path.insert(0, str(TOOLS))
+    from comfy_server import ComfyServer, default_comfyui_path
+    from sample_clip import write_sample_clip
 
     sys.path.insert(0, str(default_comfyui_path()))
-    from workflow_graphs import set_inputs
+    from workflow_graphs import PRODUCERS
 
     server = ComfyServer(args.workdir)
-    if args.checkpoint:
-        checkpoint = server.add_model("checkpoints", args.checkpoint)
-    else:
-        from tiny_models import tiny_controlnet, tiny_sd15_checkpoint
+    inputs = dict(file="demo_source.mp4", n_frames=args.frames, batch_size=args.frames, width=args.size,
+                  height=args.size, steps=args.steps)
+    from tiny_models import tiny_controlnet, tiny_sd15_checkpoint
 
-        models = REPO_ROOT / ".cache" / "tiny_models"
-        checkpoint = server.add_model("checkpoints", tiny_sd15_checkpoint(models))
-        server.add_model("controlnet", tiny_controlnet(models))
+    models = REPO_ROOT / ".cache" / "tiny_models"
+    inputs["ckpt_name"] = server.add_model("checkpoints", args.checkpoint or tiny_sd15_checkpoint(models))
+    inputs["control_net_name"] = server.add_model("controlnet", args.controlnet or tiny_controlnet(models))
     clip = server.input_dir / "demo_source.mp4"
+    server.input_dir.mkdir(parents=True, exist_ok=True)
     if args.video:
-        server.input_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(args.video, clip)
     else:
         write_sample_clip(clip)
 
-    workflow = json.loads((REPO_ROOT / "workflows" / f"{args.workflow}.json").read_text())
     with server:
-        print(f"ComfyUI {server.comfyui_path} running {args.workflow} (log: {server.log_path})", flush=True)
-        prompt = set_inputs(ui_to_api(workflow, server.object_info()), ckpt_name=checkpoint, file=clip.name,
-                            n_frames=args.frames, width=args.size, height=args.size, steps=args.steps)
-        outputs = server.run(prompt, timeout=6 * 3600)
-    videos = [p for p in server.output_files(outputs) if p.suffix in (".mp4", ".gif", ".webp")]
+        print(f"ComfyUI {server.comfyui_path} at {server.url} (log: {server.log_path})", flush=True)
+        producer = PRODUCERS.get(args.workflow)
+        if producer and missing_files(demo_prompt(args.workflow, server, args, inputs), server):
+            print(f"{args.workflow} loads what {producer} saves, which is not there yet: running {producer} first")
+            run_workflow(producer, server, args, inputs)
+        videos = run_workflow(args.workflow, server, args, inputs)
     for video in videos:
         print(f"edited video: {video}")
     return 0 if videos else 1

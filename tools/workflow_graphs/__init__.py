@@ -8,6 +8,25 @@ from . import fatezero, motiondirector, tokenflow, tune_a_video
 MODULES = [tune_a_video, tokenflow, fatezero, motiondirector]
 
 
+# Workflows that load what another one saves (a tuned model, motion LoRAs): consumer -> producer.
+PRODUCERS = {
+    "tune_a_video_reuse": "tune_a_video_edit",
+    "tokenflow_on_tuned": "tune_a_video_edit",
+    "fatezero_shape_edit": "tune_a_video_edit",
+    "motiondirector_generate": "motiondirector_train",
+}
+
+
+def note(name: str) -> str | None:
+    """The note a workflow carries for the artist: which other workflow must run first."""
+    producer = PRODUCERS.get(name)
+    if producer is None:
+        return None
+    what = "motion LoRAs" if producer == "motiondirector_train" else "tuned model"
+    return (f"This workflow loads the {what} that {producer}.json saves. Run {producer} first (once), then pick "
+            f"its file in the loader node: the first save is numbered _00001_.")
+
+
 def all_workflows() -> dict:
     return {name: build for module in MODULES for name, build in module.WORKFLOWS.items()}
 

@@ -45,7 +45,7 @@ def motiondirector_train():
                    learning_rate=5e-4, weight_decay=1e-4, seed=0, gradient_checkpointing=True,
                    spatial_mask_probability=0.2, lora_dropout=0.1, checkpoint_every=0, checkpoint_name=LORA_NAME)
     g.node("VE_SaveMotionLoRA", spatial_lora=train.out(0), temporal_lora=train.out(1), filename=LORA_NAME)
-    g.node("LossGraphNode", loss=train.out(2), filename_prefix="video_edit/motiondirector_loss")  # temporal loss
+    g.node("VE_PlotLoss", loss=train.out(2))  # spatial and temporal loss curves
     # Validation sample, as the official training loop does: temporal LoRA only.
     applied = g.node("VE_ApplyMotionLoRA", model=inflated.out(0), spatial_lora=train.out(0), spatial_strength=0.0,
                      temporal_lora=train.out(1), temporal_strength=1.0)

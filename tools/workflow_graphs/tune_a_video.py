@@ -35,7 +35,7 @@ def _tuned_model(g, ckpt, latent):
     tune = g.node("VE_OneShotTune", model=sparse.out(0), latent=latent.out(0), conditioning=source.out(0), steps=500,
                   learning_rate=3e-5, seed=33, gradient_checkpointing=True)
     g.node("VE_SaveTuned", model=tune.out(0), filename=TUNED_NAME, prompt=SOURCE_PROMPT)
-    g.node("LossGraphNode", loss=tune.out(1), filename_prefix="video_edit/tune_a_video_loss")  # is it converging?
+    g.node("VE_PlotLoss", loss=tune.out(1))  # is it converging?
     return tune.out(0)
 
 

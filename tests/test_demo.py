@@ -1,0 +1,44 @@
+"""tools/demo.py as a newcomer meets it: arguments checked at once, a dependent workflow runs its producer
+first, progress and ComfyUI's own error in the terminal."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO = REPO_ROOT / "tools" / "demo.py"
+
+
+def demo(*args, timeout=600):
+    return subprocess.run([sys.executable, str(DEMO), *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--workflow", "does_not_exist"], "choose from 'fatezero_edit'"),
+    (["--video", "/nonexistent.mp4"], "--video: no such file: /nonexistent.mp4"),
+    (["--size", "100"], "--size must be a positive multiple of 8"),
+])
+def test_bad_arguments_are_named_before_any_setup(args, message):
+    result = demo("--check-args", *args, timeout=30)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.comfy
+def test_a_dependent_workflow_runs_its_producer_first(tmp_path, tiny_models):
+    result = demo("--workflow", "tune_a_video_reuse", "--frames", "2", "--size", "64", "--steps", "1",
+                  "--workdir", str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "running tune_a_video_edit first" in result.stdout
+    assert "running VE_OneShotTune" in result.stdout and "loss=" in result.stdout  # progress with the loss
+    edited = [Path(line.split(": ", 1)[1]) for line in result.stdout.splitlines() if line.startswith("edited video:")]
+    assert {p.name for p in edited} == {"tune_a_video_reuse_00001_.mp4", "tune_a_video_reuse_before_after_00001_.mp4"}
+    capture = cv2.VideoCapture(str(edited[0]))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 2
+
+    failed = demo("--frames", "40", "--size", "64", "--steps", "1", "--workdir", str(tmp_path))
+    assert failed.returncode == 1
+    assert "VE_LoadVideo failed" in failed.stderr and "lower n_frames to 24" in failed.stderr
+    assert "Traceback" not in failed.stdout + failed.stderr
