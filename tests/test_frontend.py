@@ -399,3 +399,42 @@ def test_saved_videos_play_in_chromium(comfy, comfy_lib, tmp_path):
         assert state["error"] is None and state["readyState"] >= 2, (fmt, state)
         assert (state["videoWidth"], state["videoHeight"]) == (96, 64) and state["advanced"], (fmt, state)
     assert played["mp4v"]["error"] is not None or played["mp4v"]["readyState"] < 2, played["mp4v"]
+
+
+def _run_preview(server, workflow: dict, work: Path) -> dict:
+    """Run ``workflow`` in the frontend ``server`` serves; the video previews the page shows afterwards."""
+    (work / "preview.json").write_text(json.dumps(workflow))
+    out = work / "preview_report.json"
+    result = subprocess.run(["node", str(FRONTEND_DIR / "run_preview.mjs"), server.url, str(out),
+                             str(work / "preview.json")], cwd=FRONTEND_DIR, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, f"run_preview.mjs failed:\n{result.stdout}\n{result.stderr}"
+    return json.loads(out.read_text())
+
+
+@pytest.mark.comfy
+def test_save_video_previews_in_the_node_after_run(comfy, tiny_models, tmp_path):
+    """Queue EmptyImage -> VE Save Video (mp4) from the frontend: the node shows a video that decodes, in the
+    bundled frontend and in the newest one."""
+    from comfy_server import ComfyServer
+
+    reason = _frontend_missing()
+    if reason:
+        pytest.skip(f"frontend check unavailable: {reason}; run tools/setup_env.sh --test")
+    prompt = {"1": {"class_type": "EmptyImage", "inputs": {"width": 96, "height": 64, "batch_size": 6,
+                                                             "color": 0x3366CC}},
+              "2": {"class_type": "VE_SaveVideo", "inputs": {"images": ["1", 0], "fps": 8.0,
+                                                               "filename_prefix": "ve_preview/run", "format": "mp4"}}}
+    workflow = api_to_ui(prompt, comfy.object_info())
+    servers = {"bundled": comfy}
+    static = NEWEST_FRONTEND / "comfyui_frontend_package" / "static"
+    newest = ComfyServer(tmp_path / "newest", extra_args=("--front-end-root", str(static))) if static.is_dir() else None
+    reports = {"bundled": _run_preview(comfy, workflow, tmp_path)}
+    if newest is not None:
+        with newest:
+            (tmp_path / "newest_work").mkdir()
+            reports["newest"] = _run_preview(newest, workflow, tmp_path / "newest_work")
+    for name, report in reports.items():
+        playable = [v for v in report["videos"] if "ve_preview" in v["src"] and v["readyState"] >= 2]
+        assert playable and playable[0]["error"] is None and (playable[0]["width"], playable[0]["height"]) == (96, 64), \
+            (name, report)
