@@ -30,6 +30,8 @@ CLIP_CHUNKS = contextvars.ContextVar("video_edit_clip_chunks", default=1)
 GRADIENT_CHECKPOINTING = contextvars.ContextVar("video_edit_gradient_checkpointing", default=False)
 # Set by MotionDirector's spatial path: the image model's path, temporal layers skipped and norms per frame.
 TEMPORAL_BYPASS = contextvars.ContextVar("video_edit_temporal_bypass", default=False)
+# Set around a UNet call that trains with ControlNet residuals (see _copy_skip_input).
+COPY_SKIPS = contextvars.ContextVar("video_edit_copy_skips", default=False)
 
 
 @contextlib.contextmanager
@@ -101,10 +103,30 @@ def _inject(layers: TemporalLayers, frame_groupnorm: bool, patcher: ModelPatcher
     if frame_groupnorm:
         for container, index in iter_resnet_norms(unet):
             container[index] = FrameSpanningGroupNorm(container[index])
+    for layer in _skip_consumers(unet):
+        layer.register_forward_pre_hook(_copy_skip_input)
+
+
+def _copy_skip_input(module, args):
+    """Forward pre-hook on the first layer of each input block after the first, and of the middle block.
+
+    ComfyUI's UNet adds the ControlNet's output residuals to the stored skip tensors in place, after the next
+    block has used (and autograd saved) them; training through that fails. The next block gets a copy instead.
+    """
+    if COPY_SKIPS.get():
+        return (args[0].clone(), *args[1:])
+
+
+def _skip_consumers(unet: nn.Module) -> list[nn.Module]:
+    return [block[0] for block in [*unet.input_blocks[1:], unet.middle_block]]
 
 
 def _eject(patcher: ModelPatcher):
     unet = patcher.model.diffusion_model
+    for layer in _skip_consumers(unet):
+        for key, hook in list(layer._forward_pre_hooks.items()):
+            if hook is _copy_skip_input:
+                del layer._forward_pre_hooks[key]
     for container, index in iter_resnet_norms(unet):
         if isinstance(container[index], FrameSpanningGroupNorm):
             container[index] = container[index].norm
@@ -117,12 +139,15 @@ def _eject(patcher: ModelPatcher):
 
 
 def _clip_layout_wrapper(executor, x, timesteps, context, y, control, transformer_options, **kwargs):
-    """Publish how many clips share the batch (one per cond/uncond chunk) to the injected layers."""
-    token = CLIP_CHUNKS.set(len(transformer_options.get("cond_or_uncond") or [0]))
+    """Publish how many clips share the batch (one per cond/uncond chunk) to the injected layers, and whether
+    ControlNet residuals meet a training pass."""
+    tokens = (CLIP_CHUNKS.set(len(transformer_options.get("cond_or_uncond") or [0])),
+              COPY_SKIPS.set(bool(control) and torch.is_grad_enabled()))
     try:
         return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
     finally:
-        CLIP_CHUNKS.reset(token)
+        CLIP_CHUNKS.reset(tokens[0])
+        COPY_SKIPS.reset(tokens[1])
 
 
 def get_inflation(model) -> Inflation | None:

@@ -81,6 +81,9 @@ class MotionDirectorSampler(TrainingSampler):
         self.optimizers = [torch.optim.AdamW(s.parameters(), lr=learning_rate, betas=(0.9, 0.999), eps=1e-8,
                                              weight_decay=weight_decay) for s in (spatial, temporal)]
 
+    def trainable_parameters(self):
+        return [*self.spatial.parameters(), *self.temporal.parameters()]
+
     def train_step(self, model_wrap, latent, step, generator, extra_args):
         index = int(torch.randint(len(self.clips), (1,), generator=generator))
         clip = model_wrap.inner_model.process_latent_in(self.clips[index].to(latent))

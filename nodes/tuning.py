@@ -98,6 +98,20 @@ def allow_autograd(module: nn.Module):
                     sub._buffers[name] = buffer.clone()
 
 
+def freeze_all_but(trainable: list[nn.Parameter]):
+    """No weight of any loaded model (the UNet, its injected layers, a ControlNet) gets a gradient, except
+    ``trainable``: the backward pass then computes only what the optimiser uses, and leaves no ``.grad`` behind."""
+    keep = {id(p) for p in trainable}
+    for loaded in comfy.model_management.current_loaded_models:
+        patcher = loaded.model
+        if patcher is None:
+            continue
+        for param in patcher.model.parameters():
+            if id(param) not in keep:
+                param.requires_grad_(False)
+                param.grad = None
+
+
 class TrainingSampler(comfy.samplers.Sampler):
     """Runs an optimisation inside guider.sample(), so loading, patches, wrappers and injections are those of
     sampling. Owns the loop: seeded generator, progress bar, cancel, gradient checkpointing and NaN check;
@@ -116,6 +130,10 @@ class TrainingSampler(comfy.samplers.Sampler):
         """One optimisation step; ``latent`` is the sampled LATENT, scaled into the model's space."""
         raise NotImplementedError
 
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What the optimiser trains; every other weight of the loaded models is frozen for the run."""
+        raise NotImplementedError
+
     def after_step(self, step: int):
         """Called after each completed step (1-based)."""
 
@@ -128,6 +146,7 @@ class TrainingSampler(comfy.samplers.Sampler):
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
         allow_autograd(model_wrap.inner_model)
+        freeze_all_but(self.trainable_parameters())
         latent = latent_image.detach().clone()
         generator = torch.Generator().manual_seed(self.seed)
         progress = comfy.utils.ProgressBar(self.steps)
@@ -181,6 +200,9 @@ class OneShotTuningSampler(TrainingSampler):
             [{"params": [d.delta for d in deltas], "weight_decay": 0.0},
              {"params": temporal_params, "weight_decay": weight_decay}],
             lr=learning_rate, betas=(0.9, 0.999), eps=1e-8)
+
+    def trainable_parameters(self):
+        return self.params
 
     def _decay_queries(self):
         """AdamW's decoupled decay of the whole tuned weight: W <- W - lr * wd * W, written on the delta."""

@@ -268,3 +268,9 @@ def test_noise_prior_from_an_inversion(md):
     assert bigger.shape == (FRAMES, 4, 16, 16)
     with pytest.raises(ValueError, match="latent_image: 3 frames, the inverted clip has 4"):
         md.md.inversion_noise(md.base, inversion, 0.5, 5).generate_noise({"samples": torch.zeros(3, 4, H, W)})
+
+
+def test_training_leaves_no_gradient_on_the_base_weights(md, trained):
+    """Only the LoRAs are trained: no weight of the UNet or of the temporal layers requires or holds a gradient."""
+    weights = [*md.model.model.diffusion_model.parameters(), *md.inflate.get_inflation(md.base).layers.parameters()]
+    assert weights and not any(p.requires_grad or p.grad is not None for p in weights)

@@ -172,3 +172,25 @@ def test_no_node_alters_its_input_model(tav, tuned, tmp_path):
     assert model_state(inflated) == inflated_before
     assert model_state(tav.model) == plain_before
     assert torch.equal(tav.denoise(tav.model, tav.clip), plain_out)
+
+
+def test_only_the_trainable_weights_get_gradients(tav, tiny_models):
+    """After tuning (with a ControlNet in the conditioning) no weight of the UNet, the temporal layers or the
+    ControlNet requires or holds a gradient, and the shared model's weights are unchanged."""
+    import comfy.controlnet
+    import nodes as core_nodes
+
+    controlnet = comfy.controlnet.load_controlnet(str(tiny_models["controlnet"]))
+    hint = torch.rand(FRAMES, H * 8, W * 8, 3, generator=torch.Generator().manual_seed(3))
+    positive, _ = core_nodes.ControlNetApplyAdvanced().apply_controlnet(tav.cond, tav.cond, controlnet, hint, 1.0,
+                                                                        0.0, 1.0)
+    unet = tav.model.model.diffusion_model
+    before = {name: p.detach().clone() for name, p in unet.named_parameters()}
+    tuned, _ = tav.tuning.one_shot_tune(tav.inflate.inflate(tav.model), {"samples": tav.clip}, positive, steps=2,
+                                        learning_rate=1e-3, seed=0)
+    weights = {"UNet": unet.parameters(), "ControlNet": controlnet.control_model.parameters(),
+               "temporal layers": tav.inflate.get_inflation(tuned).layers.parameters()}
+    for what, params in weights.items():
+        params = list(params)
+        assert params and not any(p.requires_grad or p.grad is not None for p in params), what
+    assert all(torch.equal(p, before[name]) for name, p in unet.named_parameters())
