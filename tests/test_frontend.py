@@ -388,7 +388,7 @@ def test_saved_videos_play_in_chromium(comfy, comfy_lib, tmp_path):
         writer.write(np.full((64, 96, 3), 128, np.uint8))
     writer.release()
     previews["mp4v"] = {"filename": mp4v.name, "subfolder": "ve_play", "type": "output"}
-    urls = {fmt: f"{comfy.url}/view?{urllib.parse.urlencode(item)}" for fmt, item in previews.items()}
+    urls = {fmt: f"{comfy.url}/api/view?{urllib.parse.urlencode(item)}" for fmt, item in previews.items()}
     out = tmp_path / "played.json"
     result = subprocess.run(["node", str(FRONTEND_DIR / "play_videos.mjs"), str(out), *urls.values()],
                             cwd=FRONTEND_DIR, capture_output=True, text=True, timeout=300)

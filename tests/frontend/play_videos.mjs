@@ -18,6 +18,8 @@ const browser = await chromium.launch({ executablePath: CHROMIUM, args: FLAGS })
 const page = await browser.newPage()
 const report = {}
 for (const url of urls) {
+  // A page of the server's own origin, as the frontend's preview is (newer servers refuse cross-site media).
+  await page.goto(new URL('/api/system_stats', url).href)
   await page.setContent('<video id="v" muted playsinline preload="auto"></video>')
   report[url] = await page.evaluate(async (src) => {
     const v = document.getElementById('v')
