@@ -1,4 +1,7 @@
-"""ComfyUI glue: one module per capability, each exposing ``NODES``, a list of V3 node classes."""
+"""ComfyUI glue. Node modules, one per capability, each expose ``NODES`` (V3 node classes) and import only the
+shared modules, never each other: ``files`` (model folders, atomic saves, checked loads), ``socket_types``,
+``model_helpers`` (input guards, weight and attention-slot plumbing), ``training`` (the training loop inside
+ComfyUI's sampler), ``video_unet`` (the inflated UNet and tuned weights), ``motion_lora_files``."""
 
 from comfy_api.latest import ComfyExtension
 

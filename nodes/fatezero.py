@@ -12,9 +12,8 @@ from ..kernels.fatezero import (AttentionStore, CrossAttentionEdit, PromptTokens
                                 blend_mask, blended_denoised, chunk_slice, cross_alpha, latent_blend_active,
                                 mask_blocks, self_replace_active, word_attention)
 from ..kernels.inversion import Inversion
-from .fatezero_capture import ATTENTION
-from .inversion import InversionType
 from .model_helpers import SharedPatch, call_attention, cond_chunks, replace_patch, require_sd1_unet
+from .socket_types import ATTENTION_CAPTURE, InversionType
 
 LATENT_TO_PIXELS = 8
 BLEND_MODES = ["latents", "self-attention", "both"]  # what the blend words' mask blends
@@ -58,7 +57,7 @@ def parse_reweight(text: str) -> dict[str, float]:
 
 
 def require_attention(inversion: Inversion) -> AttentionStore:
-    store = inversion.captures.get(ATTENTION)
+    store = inversion.captures.get(ATTENTION_CAPTURE)
     if store is None:
         raise ValueError("inversion: it holds no attention maps. Connect a VE Attention Capture Config to VE DDIM "
                          "Invert's attention_capture input and invert again.")

@@ -12,10 +12,8 @@ import torch
 from comfy_api.latest import io
 
 from ..kernels.fatezero import AttentionStore, attention_probs, captured_blocks, chunk_slice
-from .inversion import CaptureType
 from .model_helpers import SharedPatch, call_attention, cond_chunks, replace_patch, require_sd1_unet
-
-ATTENTION = "attention"  # the Inversion.captures key of the AttentionStore
+from .socket_types import ATTENTION_CAPTURE, CaptureType
 
 
 class SelfAttentionCapture(SharedPatch):
@@ -64,7 +62,7 @@ class AttentionCapture:
 
     max_query_tokens: int = 1024
     memory_limit_gb: float = 0.0
-    key: ClassVar[str] = ATTENTION
+    key: ClassVar[str] = ATTENTION_CAPTURE
 
     def allocate(self, model, samples: torch.Tensor, conditioning, sigmas: torch.Tensor) -> AttentionStore:
         """The empty store for this inversion, after checking its size against the limit."""

@@ -11,9 +11,7 @@ from comfy_api.latest import io, ui
 
 from ..kernels.inversion import Inversion, inversion_sigmas
 from .model_helpers import require_sd1_unet, require_video_latent
-
-InversionType = io.Custom("VE_INVERSION")
-CaptureType = io.Custom("VE_ATTENTION_CAPTURE")  # anything with ``key`` and ``attach`` (see ddim_invert)
+from .socket_types import CaptureType, InversionType
 
 
 def ddim_invert(model, latent: dict, positive, steps: int, capture=None) -> Inversion:

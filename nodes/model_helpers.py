@@ -55,7 +55,8 @@ def add_weight_patches(model, patches: dict, strength: float = 1.0):
 
 
 def set_wrapper(model, wrapper_type: str, key: str, wrapper):
-    """Install ``wrapper`` under ``key``, replacing what an earlier node of this pack put there."""
+    """Install ``wrapper`` under this pack's ``key``, replacing what an earlier node of this pack put there
+    (wrappers under other keys, other packs' included, stay and run around ours)."""
     model.remove_wrappers_with_key(wrapper_type, key)
     model.add_wrapper_with_key(wrapper_type, key, wrapper)
 
@@ -97,11 +98,29 @@ def replace_patch(model, kind: str, key: tuple):
     return patches.get(key, patches.get(key[:2]))
 
 
+class CrossFramePatch:
+    """This pack's attn1 patches that make self-attention look across frames (sparse-causal, TokenFlow's keyframe
+    attention): a later one replaces an earlier one in its slot, where any other patch is wrapped and called."""
+
+
+def slot_patch(model, kind: str, key: tuple, replaces: type | None = None):
+    """The patch already in ``model``'s ``kind`` slot of block ``key``, which a new patch there must call (wrap);
+    None when the slot is empty or holds a ``replaces`` patch that the new one takes the place of."""
+    patch = replace_patch(model, kind, key)
+    return None if replaces is not None and isinstance(patch, replaces) else patch
+
+
+def slot_attention(inner, extra_options):
+    """``attention(q, k, v, heads)`` for the kernels: the patch that was in the slot before ours, called with the
+    keys and values ours chose (so IPAdapter-style patches keep working), else ComfyUI's selected fast kernel."""
+    if inner is None:
+        return lambda q, k, v, heads: optimized_attention(q, k, v, heads)
+    return lambda q, k, v, heads: inner(q, k, v, {**extra_options, "n_heads": heads})
+
+
 def call_attention(inner, q, k, v, extra_options):
-    """The block's own replace patch ``inner`` (e.g. cross-frame attention), or ComfyUI's fast kernel."""
-    if inner is not None:
-        return inner(q, k, v, extra_options)
-    return optimized_attention(q, k, v, extra_options["n_heads"])
+    """The patch that was in the slot (``inner``), or ComfyUI's fast kernel, on these q/k/v."""
+    return slot_attention(inner, extra_options)(q, k, v, extra_options["n_heads"])
 
 
 def cond_chunks(extra_options, batch: int) -> tuple[list[int], int]:

@@ -1,39 +1,25 @@
 """Motion LoRAs (MotionDirector): apply, save and load a spatial and a temporal LoRA with separate strengths.
 
-Files (safetensors only; ComfyUI's standard LoRA keys, alpha = rank so ComfyUI's alpha/rank factor is 1):
-- spatial, ``models/loras/<name>_spatial.safetensors``: ``diffusion_model.<module>.lora_up.weight`` ``(out, r)``,
-  ``.lora_down.weight`` ``(r, in)``, ``.alpha`` for the self-attention and feed-forward Linears of every spatial
-  transformer block; core *LoraLoaderModelOnly* applies it identically;
-- temporal, ``models/video_edit_motion_lora/<name>_temporal.safetensors``: the same three keys per Linear of the
-  temporal layers (VE_InflateUNet), named by their path there, e.g.
-  ``input_blocks.1.1.transformer_blocks.0.attn_temp.to_q.lora_up.weight``; applied as weight patches on the
-  temporal layers' own ModelPatcher.
-Metadata: ``video_edit_format`` = ``motiondirector_spatial/1`` or ``motiondirector_temporal/1``, ``rank``.
-The pair is saved under one free number (``<name>_00001_spatial`` / ``<name>_00001_temporal``), both or neither.
+The spatial LoRA (ComfyUI's standard LoRA keys, alpha = rank so ComfyUI's alpha/rank factor is 1) covers the
+self-attention and feed-forward Linears of every spatial transformer block: core *LoraLoaderModelOnly* applies it
+identically. The temporal LoRA covers the Linears of the temporal layers (VE_InflateUNet), named by their path
+there, e.g. ``input_blocks.1.1.transformer_blocks.0.attn_temp.to_q``, and is applied as weight patches on the
+temporal layers' own ModelPatcher. The file format: nodes/motion_lora_files.py.
 """
 
 from __future__ import annotations
 
-import os
-
 import comfy.lora
 import folder_paths
 from comfy_api.latest import io
+
 from ..kernels.lora import check_lora_tensors, linear_targets, spatial_targets
-from .inflate import get_inflation, temporal_patcher
-from .files import model_folder, numbered_names, read_safetensors, register_model_folder, save_safetensors_group
 from .model_helpers import add_weight_patches, require_sd1_unet
+from .motion_lora_files import SPATIAL_FOLDER, SPATIAL_PREFIX, TEMPORAL_FOLDER, read_lora_file, save_motion_lora
+from .socket_types import MotionLoRA
+from .video_unet import require_inflated, temporal_patcher
 
-SPATIAL_FOLDER = "loras"
-TEMPORAL_FOLDER = "video_edit_motion_lora"
 NONE = "none"
-SPATIAL_PREFIX = "diffusion_model."
-FORMATS = {"spatial": "motiondirector_spatial/1", "temporal": "motiondirector_temporal/1"}
-
-MotionLoRA = io.Custom("VE_MOTION_LORA")
-
-# Pickled files are listed so that choosing one explains why it is refused, instead of it silently not showing.
-register_model_folder(TEMPORAL_FOLDER, {".safetensors", ".pt", ".ckpt", ".pth", ".bin"})
 
 
 def _shapes(linears: dict, prefix: str = "") -> dict[str, tuple[int, int]]:
@@ -47,10 +33,7 @@ def spatial_lora_shapes(model) -> dict[str, tuple[int, int]]:
 
 def temporal_lora_shapes(model, input_name: str = "model") -> dict[str, tuple[int, int]]:
     """Temporal LoRA module key (path in the temporal layers) -> (out, in) for this inflated MODEL."""
-    inflation = get_inflation(model)
-    if inflation is None:
-        raise ValueError(f"{input_name}: temporal motion LoRAs live on the temporal layers; connect the MODEL "
-                         "through 'Inflate UNet for Video' (VE_InflateUNet) first.")
+    inflation = require_inflated(model, input_name, "temporal motion LoRAs live on the temporal layers")
     return _shapes(linear_targets(inflation.layers))
 
 
@@ -76,32 +59,6 @@ def apply_motion_lora(model, spatial: dict | None, spatial_strength: float, temp
             if accepted != set(patches):
                 raise RuntimeError(f"{temporal_name}: {len(set(patches) - accepted)} patches did not reach the temporal layers.")
     return clone
-
-
-def save_motion_lora(spatial: dict, temporal: dict, name: str, metadata: dict | None = None) -> tuple[str, str]:
-    """Write ``<name>_NNNNN_spatial`` into models/loras and ``<name>_NNNNN_temporal`` into
-    models/video_edit_motion_lora under the first number free in both: both files appear, or neither. Returns both
-    paths."""
-    stem = os.path.basename(name.strip()).removesuffix(".safetensors") or "motion"
-    folders = {"spatial": model_folder(SPATIAL_FOLDER), "temporal": model_folder(TEMPORAL_FOLDER)}
-    taken = [numbered_names(folder, stem, [f"{kind}.safetensors"])[0] for kind, folder in folders.items()]
-    counter = max(int(n[len(stem) + 1:len(stem) + 6]) for n in taken)  # a number free in both folders
-    files = []
-    for kind, tensors in (("spatial", spatial), ("temporal", temporal)):
-        rank = next(v.shape[0] for k, v in tensors.items() if k.endswith(".lora_down.weight"))
-        path = os.path.join(folders[kind], f"{stem}_{counter:05}_{kind}.safetensors")
-        files.append((tensors, {**(metadata or {}), "video_edit_format": FORMATS[kind], "rank": str(rank)}, path))
-    save_safetensors_group(files, "VE_SaveMotionLoRA")
-    return files[0][2], files[1][2]
-
-
-def read_lora_file(folder: str, name: str, input_name: str) -> dict:
-    """Tensors of a LoRA file in ``folder``; pickled formats are refused without being opened, corrupt or
-    non-finite files with an error naming the input."""
-    path = folder_paths.get_full_path(folder, name)
-    if path is None:
-        raise FileNotFoundError(f"{input_name}: {name!r} is not in models/{folder}/. Save one with VE Save Motion LoRA.")
-    return read_safetensors(path, input_name)[0]
 
 
 class ApplyMotionLoRA(io.ComfyNode):

@@ -1,6 +1,6 @@
 """MotionDirector on the inflated SD1.x UNet: a set of clips of one motion, dual-path LoRA training, noise prior.
 
-Training runs inside ComfyUI's sampling stack like VE_OneShotTune (tuning.TrainingSampler). The LoRAs are forward
+Training runs inside ComfyUI's sampling stack like VE_OneShotTune (training.TrainingSampler). The LoRAs are forward
 hooks that a training clone injects and ejects with the model, so the input MODEL is never changed. Each step
 draws a clip, a timestep and noise, then (showlab/MotionDirector, algorithms.md §2.3):
 - spatial path (skipped, spatial LoRAs off, with probability 0.2): one random frame as a 1-frame clip through
@@ -22,15 +22,13 @@ from comfy_api.latest import io
 from comfy_extras.nodes_custom_sampler import Guider_Basic
 
 from ..kernels.lora import LoRASet, debiased_temporal_loss, linear_targets, noise_prior, spatial_targets
-from .inflate import bypass_temporal, get_inflation
-from .inversion import InversionType
 from .model_helpers import require_sd1_unet, require_video_latent
-from .motion_lora_io import SPATIAL_PREFIX, MotionLoRA, save_motion_lora
-from .tuning import TrainingSampler, predict_eps, train_in_guider
+from .motion_lora_files import SPATIAL_PREFIX, save_motion_lora
+from .socket_types import ClipSet, InversionType, MotionLoRA
+from .training import TrainingSampler, predict_eps, train_in_guider
+from .video_unet import bypass_temporal, require_inflated
 
 TRAINING_KEY = "video_edit_motion_lora_training"
-
-ClipSet = io.Custom("VE_CLIP_SET")
 
 
 @dataclass(frozen=True)
@@ -147,10 +145,7 @@ def train_motion_director(model, clips: tuple[MotionClip, ...], steps: int, rank
     Losses: ``temporal`` (also ``loss``, for core's loss graph) and ``spatial`` per step, NaN where masked.
     """
     unet = require_sd1_unet(model)
-    inflation = get_inflation(model)
-    if inflation is None:
-        raise ValueError("model: MotionDirector trains LoRAs on the temporal layers; connect the MODEL through "
-                         "'Inflate UNet for Video' (VE_InflateUNet) first.")
+    inflation = require_inflated(model, needs="MotionDirector trains LoRAs on the temporal layers")
     if not clips:
         raise ValueError("clip_set: it holds no clips; build it with VE Motion Clip Set.")
     with torch.inference_mode(False), torch.enable_grad():

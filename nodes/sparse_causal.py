@@ -2,31 +2,28 @@
 
 from __future__ import annotations
 
-from comfy.ldm.modules.attention import optimized_attention
 from comfy_api.latest import io
 
 from ..kernels.attention import CROSS_FRAME_MODES, cross_frame_attention
 from ..kernels.unet_layout import iter_transformer_blocks
-from .model_helpers import check_clip_inputs_when_sampling, require_sd1_unet
+from .model_helpers import (CrossFramePatch, check_clip_inputs_when_sampling, require_sd1_unet, slot_attention,
+                            slot_patch)
 
 
-def comfy_attention(q, k, v, heads):
-    """ComfyUI's selected fast kernel (SDPA, xformers, sage, ...) on ``(b, n, heads*dim)`` tensors."""
-    return optimized_attention(q, k, v, heads)
-
-
-class CrossFrameAttentionPatch:
+class CrossFrameAttentionPatch(CrossFramePatch):
     """attn1 replace patch: frame i's queries attend to the keys/values of its reference frames.
 
     The frames of one clip are the batch divided by the number of cond/uncond chunks ComfyUI runs together;
     under context windows that is the window, and references are taken inside it. Outside the
-    ``[sigma_end, sigma_start]`` range it is plain per-frame self-attention.
+    ``[sigma_end, sigma_start]`` range it is plain per-frame self-attention. The attention itself is that of the
+    patch another pack put in the slot before (``inner``), if any, else ComfyUI's kernel.
     """
 
-    def __init__(self, mode: str, sigma_start: float, sigma_end: float):
+    def __init__(self, mode: str, sigma_start: float, sigma_end: float, inner=None):
         self.mode = mode
         self.sigma_start = sigma_start
         self.sigma_end = sigma_end
+        self.inner = inner
 
     def active(self, extra_options) -> bool:
         sigmas = extra_options.get("sigmas")
@@ -37,10 +34,11 @@ class CrossFrameAttentionPatch:
 
     def __call__(self, q, k, v, extra_options):
         heads = extra_options["n_heads"]
+        attention = slot_attention(self.inner, extra_options)
         if not self.active(extra_options):
-            return comfy_attention(q, k, v, heads)
+            return attention(q, k, v, heads)
         chunks = len(extra_options.get("cond_or_uncond") or [0])
-        return cross_frame_attention(q, k, v, heads, chunks, self.mode, attention=comfy_attention)
+        return cross_frame_attention(q, k, v, heads, chunks, self.mode, attention=attention)
 
 
 def with_cross_frame_attention(model, mode: str, start_percent: float = 0.0, end_percent: float = 1.0):
@@ -48,10 +46,11 @@ def with_cross_frame_attention(model, mode: str, start_percent: float = 0.0, end
     unet = require_sd1_unet(model)
     sampling = model.get_model_object("model_sampling")
     # percent_to_sigma(0) is a huge sentinel (999999999.9) and percent_to_sigma(1) is 0: both are inclusive bounds.
-    patch = CrossFrameAttentionPatch(mode, sampling.percent_to_sigma(start_percent), sampling.percent_to_sigma(end_percent))
+    window = sampling.percent_to_sigma(start_percent), sampling.percent_to_sigma(end_percent)
     clone = model.clone()
-    for (stage, number, index), *_ in iter_transformer_blocks(unet):
-        clone.set_model_attn1_replace(patch, stage, number, index)
+    for key, *_ in iter_transformer_blocks(unet):
+        inner = slot_patch(model, "attn1", key, replaces=CrossFramePatch)
+        clone.set_model_attn1_replace(CrossFrameAttentionPatch(mode, *window, inner), *key)
     check_clip_inputs_when_sampling(clone)
     return clone
 

@@ -23,9 +23,9 @@ from ..kernels.inversion import Inversion
 from ..kernels.tokenflow import (copy_source_branch, in_window, keyframe_attention, keyframe_schedule, pnp_output_block,
                                  pnp_resnet, propagate, start_latent)
 from ..kernels.unet_layout import iter_transformer_blocks
-from .inversion import InversionType
-from .model_helpers import check_clip_inputs_when_sampling, require_sd1_unet, set_wrapper
-from .sparse_causal import comfy_attention
+from .model_helpers import (CrossFramePatch, check_clip_inputs_when_sampling, require_sd1_unet, set_wrapper,
+                            slot_attention, slot_patch)
+from .socket_types import InversionType
 
 KEY = "video_edit_tokenflow"
 SOURCE_UUID = "video_edit_tokenflow_source"
@@ -49,15 +49,18 @@ class TokenFlowStep:
 CURRENT = contextvars.ContextVar("video_edit_tokenflow_step", default=None)
 
 
-class TokenFlowAttention:
+class TokenFlowAttention(CrossFramePatch):
     """attn1 patches: keyframe extended attention (with q/k injection in ``qk_blocks``), then propagation.
 
     ``record_tokens`` (an attn1_patch) keeps the source branch's norm1 output for the replace patch. Outside
-    VE_TokenFlow's sampling (e.g. inverting with this MODEL) attention is plain.
+    VE_TokenFlow's sampling (e.g. inverting with this MODEL) attention is plain. Attention is computed by the
+    patch another pack had put in the block's slot (``inners``), if any, else by ComfyUI's kernel; propagated
+    frames take their features from the keyframes, so that patch shapes them too.
     """
 
-    def __init__(self, qk_blocks: set):
+    def __init__(self, qk_blocks: set, inners: dict):
         self.qk_blocks = qk_blocks
+        self.inners = inners
 
     def record_tokens(self, n, context, value, extra_options):
         step = CURRENT.get()
@@ -68,13 +71,14 @@ class TokenFlowAttention:
     def __call__(self, q, k, v, extra_options):
         step = CURRENT.get()
         heads = extra_options["n_heads"]
-        if step is None:
-            return comfy_attention(q, k, v, heads)
         block = (*extra_options["block"], extra_options.get("block_index", 0))
+        attention = slot_attention(self.inners.get(block), extra_options)
+        if step is None:
+            return attention(q, k, v, heads)
         if step.keyframe_pass:
             if step.inject_qk and block in self.qk_blocks:
                 q, k = copy_source_branch(q, step.chunks), copy_source_branch(k, step.chunks)
-            out = keyframe_attention(q, k, v, heads, step.chunks, attention=comfy_attention)
+            out = keyframe_attention(q, k, v, heads, step.chunks, attention=attention)
             step.stored[block] = (step.tokens, out)
             return out
         keyframe_tokens, keyframe_outputs = step.stored.pop(block)
@@ -208,7 +212,8 @@ def tokenflow(model, inversion: Inversion, conditioning, keyframe_chunk_size: in
                         len(conditioning))
     first = pnp_output_block(unet)
     blocks = [key for key, *_ in iter_transformer_blocks(unet)]
-    patch = TokenFlowAttention({key for key in blocks if key[0] == "output" and key[1] >= first})
+    inners = {key: slot_patch(model, "attn1", key, replaces=CrossFramePatch) for key in blocks}
+    patch = TokenFlowAttention({key for key in blocks if key[0] == "output" and key[1] >= first}, inners)
     clone = model.clone()
     clone.set_model_attn1_patch(patch.record_tokens)
     for key in blocks:

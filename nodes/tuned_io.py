@@ -19,7 +19,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from .files import model_folder, numbered_names, read_safetensors, register_model_folder, save_safetensors_group
-from .tuning import TUNING_KEY, TunedWeights, apply_tuned
+from .video_unet import TUNING_KEY, TunedWeights, apply_tuned
 
 FOLDER = "video_edit_tuned"
 FORMAT = "tune_a_video/1"

@@ -8,59 +8,15 @@ weight wrappers on a training clone, the temporal layers as a private copy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-import comfy.model_management
-import comfy.samplers
-import comfy.utils
 import torch
 import torch.nn.functional as F
 from comfy_api.latest import io
 from comfy_extras.nodes_custom_sampler import Guider_Basic
 from torch import nn
-from tqdm import tqdm
 
-from ..kernels.unet_layout import iter_transformer_blocks
-from .inflate import GRADIENT_CHECKPOINTING, get_inflation, inflate
-from .model_helpers import add_weight_patches, require_sd1_unet, require_video_latent
-
-TUNING_KEY = "video_edit_tuning"
-
-
-@dataclass
-class TunedWeights:
-    """Everything one-shot tuning changed: query-projection deltas (by model key) and the temporal layers."""
-
-    query_deltas: dict[str, torch.Tensor]
-    temporal: dict[str, torch.Tensor]
-    frame_groupnorm: bool
-    metadata: dict = field(default_factory=dict)
-
-
-def query_weight_shapes(unet: nn.Module) -> dict[str, torch.Size]:
-    """Model key -> shape of Tune-A-Video's tuned query projections: attn1.to_q and attn2.to_q of every block."""
-    return {f"diffusion_model.{path}.{attn}.to_q.weight": getattr(block, attn).to_q.weight.shape
-            for _, path, _, block in iter_transformer_blocks(unet) for attn in ("attn1", "attn2")}
-
-
-def apply_tuned(model, tuned: TunedWeights, what: str = "tuned weights"):
-    """A clone of ``model`` carrying ``tuned``: re-inflated with its temporal layers, query deltas as weight patches.
-    Weights that do not fit the model are refused in one line starting with ``what``."""
-    unet = require_sd1_unet(model)
-    shapes = query_weight_shapes(unet)
-    if set(tuned.query_deltas) != set(shapes):
-        odd = sorted(set(tuned.query_deltas) ^ set(shapes))[0]
-        raise ValueError(f"{what}: its query projections do not match this model's transformer blocks (e.g. {odd}); "
-                         "it was tuned for another UNet layout. Use the checkpoint it was tuned on.")
-    for key, delta in tuned.query_deltas.items():
-        if shapes[key] != delta.shape:
-            raise ValueError(f"{what}: {key} has shape {tuple(delta.shape)}, the model expects "
-                             f"{tuple(shapes[key])}. Use the checkpoint it was tuned on.")
-    clone = inflate(model, tuned.temporal, tuned.frame_groupnorm, what)
-    add_weight_patches(clone, {key: (delta,) for key, delta in tuned.query_deltas.items()})
-    clone.set_attachments(TUNING_KEY, tuned)
-    return clone
-
+from .model_helpers import require_sd1_unet, require_video_latent
+from .training import TrainingSampler, predict_eps, remove_weight_wrappers, train_in_guider
+from .video_unet import TunedWeights, apply_tuned, inflate, query_weight_shapes, require_inflated
 
 class QueryDelta(nn.Module):
     """Weight wrapper ``W -> W + delta`` with a trainable delta; remembers W for decoupled weight decay."""
@@ -73,113 +29,6 @@ class QueryDelta(nn.Module):
     def forward(self, weight):
         self.base = weight.detach()
         return weight + self.delta.to(weight.dtype)
-
-
-def remove_weight_wrappers(patcher, wrappers):
-    """Take training wrappers off the shared modules: ComfyUI keeps a fully loaded model's weight functions
-    when it switches to another clone, which would otherwise apply the deltas twice."""
-    wrappers = list(wrappers)
-    for module in patcher.model.modules():
-        functions = getattr(module, "weight_function", None)
-        if functions:
-            module.weight_function = [f for f in functions if not any(f is w for w in wrappers)]
-
-
-def allow_autograd(module: nn.Module):
-    """Weights that ComfyUI loaded while running a graph are inference tensors, which autograd cannot use.
-    Re-create them as ordinary tensors with the same values on the same device."""
-    with torch.inference_mode(False):
-        for sub in module.modules():
-            for name, param in sub._parameters.items():
-                if param is not None and param.is_inference():
-                    sub._parameters[name] = nn.Parameter(param.clone(), requires_grad=param.requires_grad)
-            for name, buffer in sub._buffers.items():
-                if buffer is not None and buffer.is_inference():
-                    sub._buffers[name] = buffer.clone()
-
-
-def freeze_all_but(trainable: list[nn.Parameter]):
-    """No weight of any loaded model (the UNet, its injected layers, a ControlNet) gets a gradient, except
-    ``trainable``: the backward pass then computes only what the optimiser uses, and leaves no ``.grad`` behind."""
-    keep = {id(p) for p in trainable}
-    for loaded in comfy.model_management.current_loaded_models:
-        patcher = loaded.model
-        if patcher is None:
-            continue
-        for param in patcher.model.parameters():
-            if id(param) not in keep:
-                param.requires_grad_(False)
-                param.grad = None
-
-
-class TrainingSampler(comfy.samplers.Sampler):
-    """Runs an optimisation inside guider.sample(), so loading, patches, wrappers and injections are those of
-    sampling. Owns the loop: seeded generator, progress bar, cancel, gradient checkpointing and NaN check;
-    subclasses define ``train_step``, which returns that step's losses by name."""
-
-    title = "training"
-
-    def __init__(self, steps: int, seed: int, gradient_checkpointing: bool):
-        self.steps = steps
-        self.seed = seed
-        self.gradient_checkpointing = gradient_checkpointing
-        self.losses: dict[str, list[float]] = {}
-
-    def train_step(self, model_wrap, latent: torch.Tensor, step: int, generator: torch.Generator,
-                   extra_args) -> dict[str, float]:
-        """One optimisation step; ``latent`` is the sampled LATENT, scaled into the model's space."""
-        raise NotImplementedError
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """What the optimiser trains; every other weight of the loaded models is frozen for the run."""
-        raise NotImplementedError
-
-    def after_step(self, step: int):
-        """Called after each completed step (1-based)."""
-
-    def check_finite(self, loss: torch.Tensor, step: int, name: str = "loss"):
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"{self.title}: the {name} became {loss.item()} at step {step}. Lower learning_rate, or run "
-                "the model in fp32 (the fp16 weights overflowed).")
-
-    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
-               disable_pbar=False):
-        allow_autograd(model_wrap.inner_model)
-        freeze_all_but(self.trainable_parameters())
-        latent = latent_image.detach().clone()
-        generator = torch.Generator().manual_seed(self.seed)
-        progress = comfy.utils.ProgressBar(self.steps)
-        bar = tqdm(range(self.steps), desc=self.title, disable=not comfy.utils.PROGRESS_BAR_ENABLED)
-        token = GRADIENT_CHECKPOINTING.set(self.gradient_checkpointing)
-        try:
-            for step in bar:
-                comfy.model_management.throw_exception_if_processing_interrupted()
-                losses = self.train_step(model_wrap, latent, step, generator, extra_args)
-                for name, value in losses.items():
-                    self.losses.setdefault(name, []).append(value)
-                bar.set_postfix({name: f"{value:.4f}" for name, value in losses.items()})
-                progress.update_absolute(step + 1, self.steps)
-                self.after_step(step + 1)
-        finally:
-            GRADIENT_CHECKPOINTING.reset(token)
-        return latent_image
-
-
-def predict_eps(model_wrap, clip: torch.Tensor, timestep: torch.Tensor, eps: torch.Tensor, extra_args) -> torch.Tensor:
-    """The model's ε-prediction for ``clip`` noised with ``eps`` to DDPM ``timestep`` (shared by all frames)."""
-    sampling = model_wrap.inner_model.model_sampling
-    sigma = sampling.sigma(timestep.to(clip.device)).to(clip).expand(clip.shape[0]).view(-1, 1, 1, 1)
-    noisy = clip + sigma * eps
-    denoised = model_wrap(noisy, sigma.flatten(), **extra_args)
-    return (noisy - denoised) / sigma
-
-
-def train_in_guider(guider, latent: torch.Tensor, sampler: TrainingSampler, seed: int):
-    """Run ``sampler``'s optimisation through ``guider.sample`` on ``latent`` (which also sizes model loading)."""
-    sampling = guider.model_patcher.get_model_object("model_sampling")
-    sigmas = torch.stack([sampling.sigma_max, sampling.sigma_min]).float()
-    guider.sample(torch.zeros_like(latent), latent, sampler, sigmas, seed=seed)
 
 
 class OneShotTuningSampler(TrainingSampler):
@@ -229,15 +78,12 @@ def one_shot_tune(model, latent: dict, positive, steps: int, learning_rate: floa
     """Tune ``model`` (inflated) on one clip; return the tuned clone and the loss per step."""
     unet = require_sd1_unet(model)
     samples = require_video_latent(latent)
-    inflation = get_inflation(model)
-    if inflation is None:
-        raise ValueError("model: one-shot tuning trains the temporal layers; connect the MODEL through "
-                         "'Inflate UNet for Video' (VE_InflateUNet) first.")
+    inflation = require_inflated(model, needs="one-shot tuning trains the temporal layers")
     with torch.inference_mode(False), torch.enable_grad():
         device = model.load_device
         # A private copy of the temporal layers: the training clone injects it, the optimiser trains it.
         trainer = inflate(model, inflation.layers.state_dict(), inflation.frame_groupnorm)
-        trainer_layers = get_inflation(trainer).layers
+        trainer_layers = require_inflated(trainer).layers
         temporal_params = trainer_layers.tunable_parameters()
         for p in temporal_params:
             p.requires_grad_(True)

@@ -17,7 +17,7 @@ SUFFIXES = (".lora_up.weight", ".lora_down.weight", ".alpha")
 def md(sd15):
     import comfy.sample
     import comfy.samplers
-    from video_edit.nodes import inflate, inversion, motion_lora_io, motiondirector
+    from video_edit.nodes import inversion, motion_lora_io, motiondirector, video_unet
 
     model, clip, _ = sd15
 
@@ -25,15 +25,15 @@ def md(sd15):
         pass
 
     ns = NS()
-    ns.model, ns.inflate, ns.inversion, ns.io, ns.md = model, inflate, inversion, motion_lora_io, motiondirector
+    ns.model, ns.video_unet, ns.inversion, ns.io, ns.md = model, video_unet, inversion, motion_lora_io, motiondirector
     ns.conds = [clip.encode_from_tokens_scheduled(clip.tokenize(p)) for p in ("a man is skiing", "a skier on a slope")]
     g = torch.Generator().manual_seed(0)
     ns.clip_a = torch.randn(FRAMES, 4, H, W, generator=g)
     ns.clip_b = torch.randn(FRAMES - 1, 4, H, W, generator=g)
     ns.clips = motiondirector.add_clip(motiondirector.add_clip(None, {"samples": ns.clip_a}, ns.conds[0]),
                                        {"samples": ns.clip_b}, ns.conds[1])
-    ns.base = inflate.inflate(model, frame_groupnorm=False)
-    ns.blocks = [path for _, path, _, _ in inflate.iter_transformer_blocks(model.model.diffusion_model)]
+    ns.base = video_unet.inflate(model, frame_groupnorm=False)
+    ns.blocks = [path for _, path, _, _ in video_unet.iter_transformer_blocks(model.model.diffusion_model)]
 
     def denoise(m, x, sigma=4.0):
         """The model's x0 prediction at ``sigma`` (one Euler step to 0), through ComfyUI's sampler stack."""
@@ -98,11 +98,11 @@ def test_spatial_path_is_the_image_model(md):
     frame-spanning GroupNorm (which alone would not be an identity at F = 1)."""
     g = torch.Generator().manual_seed(3)
     state = {k: torch.randn(v.shape, generator=g) * 0.2
-             for k, v in md.inflate.get_inflation(md.base).layers.state_dict().items()}
-    inflated = md.inflate.inflate(md.model, state, frame_groupnorm=True)
+             for k, v in md.video_unet.get_inflation(md.base).layers.state_dict().items()}
+    inflated = md.video_unet.inflate(md.model, state, frame_groupnorm=True)
     frame = md.clip_a[2:3]
     plain = md.denoise(md.model, frame)
-    with md.inflate.bypass_temporal():
+    with md.video_unet.bypass_temporal():
         torch.testing.assert_close(md.denoise(inflated, frame), plain, rtol=1e-5, atol=1e-5)
     assert (md.denoise(inflated, frame) - plain).abs().max() > 1e-3
 
@@ -129,7 +129,7 @@ def patched_weight(patcher, key, base):
 
 def test_strengths_are_independent_linear_and_zero_is_the_base(md, trained):
     from video_edit.kernels.lora import spatial_targets
-    from video_edit.nodes.inflate import temporal_patcher
+    from video_edit.nodes.video_unet import temporal_patcher
 
     spatial, temporal, _ = trained
     base_out = md.denoise(md.base, md.clip_a)
@@ -149,7 +149,7 @@ def test_strengths_are_independent_linear_and_zero_is_the_base(md, trained):
     w0 = spatial_targets(md.model.model.diffusion_model)[module].weight.detach()
     delta = spatial[f"diffusion_model.{module}.lora_up.weight"] @ spatial[f"diffusion_model.{module}.lora_down.weight"]
     tkey = f"{md.blocks[-1]}.attn_temp.to_out.0.weight"
-    t0 = md.inflate.get_inflation(md.base).layers.state_dict()[tkey]
+    t0 = md.video_unet.get_inflation(md.base).layers.state_dict()[tkey]
     tdelta = temporal[tkey.replace(".weight", ".lora_up.weight")] @ temporal[tkey.replace(".weight", ".lora_down.weight")]
     for s in (0.5, 1.0, -2.0):
         both = md.io.apply_motion_lora(md.base, spatial, s, temporal, 3 * s)
@@ -272,5 +272,5 @@ def test_noise_prior_from_an_inversion(md):
 
 def test_training_leaves_no_gradient_on_the_base_weights(md, trained):
     """Only the LoRAs are trained: no weight of the UNet or of the temporal layers requires or holds a gradient."""
-    weights = [*md.model.model.diffusion_model.parameters(), *md.inflate.get_inflation(md.base).layers.parameters()]
+    weights = [*md.model.model.diffusion_model.parameters(), *md.video_unet.get_inflation(md.base).layers.parameters()]
     assert weights and not any(p.requires_grad or p.grad is not None for p in weights)

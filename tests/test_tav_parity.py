@@ -16,16 +16,16 @@ FRAMES, TIMESTEP = 4, 500
 
 @pytest.fixture(scope="module")
 def setup(sd15, tiny_models):
-    from video_edit.nodes import inflate, sparse_causal
+    from video_edit.nodes import sparse_causal, video_unet
 
     model, clip, _ = sd15
     cond = clip.encode_from_tokens_scheduled(clip.tokenize("a jeep driving in the snow"))
     ldm = {k: v for k, v in load_file(str(tiny_models["checkpoint"])).items() if k.startswith("model.diffusion_model.")}
-    layers = inflate.TemporalLayers(inflate.temporal_layer_specs(model.model.diffusion_model))
+    layers = video_unet.TemporalLayers(video_unet.temporal_layer_specs(model.model.diffusion_model))
     generator = torch.Generator().manual_seed(3)
     temporal = {k: 0.05 * torch.randn(v.shape, generator=generator) + (1.0 if k.endswith("norm_temp.weight") else 0.0)
                 for k, v in layers.state_dict().items()}
-    return model, cond, ldm, temporal, inflate, sparse_causal
+    return model, cond, ldm, temporal, video_unet, sparse_causal
 
 
 @pytest.mark.parametrize("frame_groupnorm", [False, True])
@@ -34,8 +34,8 @@ def test_inflated_unet_matches_diffusers_reference(setup, frame_groupnorm, mode)
     import comfy.sample
     import comfy.samplers
 
-    model, cond, ldm, temporal, inflate, sparse_causal = setup
-    ours = sparse_causal.with_cross_frame_attention(inflate.inflate(model, temporal, frame_groupnorm), mode)
+    model, cond, ldm, temporal, video_unet, sparse_causal = setup
+    ours = sparse_causal.with_cross_frame_attention(video_unet.inflate(model, temporal, frame_groupnorm), mode)
     sampling = model.get_model_object("model_sampling")
     sigma = float(sampling.sigma(torch.tensor(float(TIMESTEP))))
     latent = torch.randn(FRAMES, 4, 8, 8, generator=torch.Generator().manual_seed(5))

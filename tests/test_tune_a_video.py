@@ -12,7 +12,7 @@ FRAMES, H, W = 4, 8, 8
 def tav(sd15):
     import comfy.sample
     import comfy.samplers
-    from video_edit.nodes import inflate, inversion, sparse_causal, tuned_io, tuning
+    from video_edit.nodes import inversion, sparse_causal, tuned_io, tuning, video_unet
 
     model, clip, _ = sd15
     cond = clip.encode_from_tokens_scheduled(clip.tokenize("a man is skiing"))
@@ -28,7 +28,7 @@ def tav(sd15):
 
     ns = NS()
     ns.model, ns.cond, ns.denoise = model, cond, denoise
-    ns.inflate, ns.inversion, ns.sparse_causal, ns.tuning, ns.tuned_io = inflate, inversion, sparse_causal, tuning, tuned_io
+    ns.video_unet, ns.inversion, ns.sparse_causal, ns.tuning, ns.tuned_io = video_unet, inversion, sparse_causal, tuning, tuned_io
     ns.clip = torch.randn(FRAMES, 4, H, W, generator=torch.Generator().manual_seed(0))
     return ns
 
@@ -53,7 +53,7 @@ def test_identical_frames_give_the_image_model_output(tav):
     for mode in ("sparse_causal", "first_frame", "middle_frame", "full"):
         patched = tav.denoise(tav.sparse_causal.with_cross_frame_attention(tav.model, mode), clip)
         torch.testing.assert_close(patched, plain, rtol=1e-4, atol=1e-4)
-    inflated = tav.sparse_causal.with_cross_frame_attention(tav.inflate.inflate(tav.model, frame_groupnorm=True), "sparse_causal")
+    inflated = tav.sparse_causal.with_cross_frame_attention(tav.video_unet.inflate(tav.model, frame_groupnorm=True), "sparse_causal")
     torch.testing.assert_close(tav.denoise(inflated, clip), plain, rtol=1e-4, atol=1e-4)
 
 
@@ -77,16 +77,16 @@ def test_frame_i_never_sees_its_own_keys_in_the_real_patch(tav):
 
 def test_untuned_inflated_model_equals_the_image_model(tav):
     plain = tav.denoise(tav.model, tav.clip)
-    torch.testing.assert_close(tav.denoise(tav.inflate.inflate(tav.model, frame_groupnorm=False), tav.clip), plain,
+    torch.testing.assert_close(tav.denoise(tav.video_unet.inflate(tav.model, frame_groupnorm=False), tav.clip), plain,
                                rtol=1e-5, atol=1e-5)
     # The official frame-spanning GroupNorm is a real change on a clip whose frames differ.
-    assert (tav.denoise(tav.inflate.inflate(tav.model, frame_groupnorm=True), tav.clip) - plain).abs().max() > 1e-3
+    assert (tav.denoise(tav.video_unet.inflate(tav.model, frame_groupnorm=True), tav.clip) - plain).abs().max() > 1e-3
 
 
 def test_injection_is_gone_after_unload(tav):
     import comfy.model_management
 
-    inflated = tav.inflate.inflate(tav.model)
+    inflated = tav.video_unet.inflate(tav.model)
     tav.denoise(inflated, tav.clip)
     comfy.model_management.unload_all_models()
     unet = tav.model.model.diffusion_model
@@ -96,7 +96,7 @@ def test_injection_is_gone_after_unload(tav):
 
 @pytest.fixture(scope="module")
 def tuned(tav):
-    base = tav.sparse_causal.with_cross_frame_attention(tav.inflate.inflate(tav.model, frame_groupnorm=True), "sparse_causal")
+    base = tav.sparse_causal.with_cross_frame_attention(tav.video_unet.inflate(tav.model, frame_groupnorm=True), "sparse_causal")
     before = model_state(base)
     model, losses = tav.tuning.one_shot_tune(base, {"samples": tav.clip}, tav.cond, steps=3, learning_rate=1e-3, seed=0)
     assert model_state(base) == before
@@ -105,12 +105,12 @@ def tuned(tav):
 
 def test_trainable_set_is_exactly_the_official_one(tav, tuned):
     base, model, _ = tuned
-    record = model.get_attachment(tav.tuning.TUNING_KEY)
+    record = model.get_attachment(tav.video_unet.TUNING_KEY)
     unet = tav.model.model.diffusion_model
-    blocks = [path for _, path, _, _ in tav.inflate.iter_transformer_blocks(unet)]
+    blocks = [path for _, path, _, _ in tav.video_unet.iter_transformer_blocks(unet)]
     assert set(record.query_deltas) == {f"diffusion_model.{p}.{a}.to_q.weight" for p in blocks for a in ("attn1", "attn2")}
     assert all(d.abs().max() > 0 for d in record.query_deltas.values())
-    start = tav.inflate.get_inflation(base).layers.state_dict()
+    start = tav.video_unet.get_inflation(base).layers.state_dict()
     for key, value in record.temporal.items():
         moved = not torch.equal(value, start[key].float())
         assert moved == (".attn_temp." in key), key  # attn_temp all trained, norm_temp frozen
@@ -125,17 +125,17 @@ def test_tuning_leaves_the_input_model_and_changes_the_output(tav, tuned):
 def test_save_then_load_is_bit_identical(tav, tuned, tmp_path):
     base, model, _ = tuned
     path = str(tmp_path / "clip.safetensors")
-    tav.tuned_io.save_tuned(model.get_attachment(tav.tuning.TUNING_KEY), path)
+    tav.tuned_io.save_tuned(model.get_attachment(tav.video_unet.TUNING_KEY), path)
     reloaded = tav.tuned_io.load_tuned(path)
     assert reloaded.metadata["frames"] == FRAMES and reloaded.frame_groupnorm is True
-    again = tav.tuning.apply_tuned(base, reloaded)
+    again = tav.video_unet.apply_tuned(base, reloaded)
     assert torch.equal(tav.denoise(again, tav.clip), tav.denoise(model, tav.clip))
     assert [p.name for p in tmp_path.iterdir()] == ["clip.safetensors"]
 
 
 def test_tuning_lowers_the_loss(tav):
     """Evaluate the ε-MSE at the same fixed timesteps and noise before and after tuning (lr 0 = evaluation)."""
-    base = tav.inflate.inflate(tav.model)
+    base = tav.video_unet.inflate(tav.model)
     latent = {"samples": tav.clip}
 
     def loss(m):
@@ -150,24 +150,26 @@ def test_bad_inputs_fail_with_clear_messages(tav):
     with pytest.raises(ValueError, match="model: one-shot tuning trains the temporal layers"):
         tav.tuning.one_shot_tune(tav.model, {"samples": tav.clip}, tav.cond, 1, 1e-5, 0)
     with pytest.raises(ValueError, match="latent: a clip of at least 2 frames"):
-        tav.tuning.one_shot_tune(tav.inflate.inflate(tav.model), {"samples": tav.clip[:1]}, tav.cond, 1, 1e-5, 0)
+        tav.tuning.one_shot_tune(tav.video_unet.inflate(tav.model), {"samples": tav.clip[:1]}, tav.cond, 1, 1e-5, 0)
     with pytest.raises(FloatingPointError, match="loss became nan at step 0"):
         bad = tav.clip.clone()
         bad[0, 0, 0, 0] = float("nan")
-        tav.tuning.one_shot_tune(tav.inflate.inflate(tav.model), {"samples": bad}, tav.cond, 1, 1e-5, 0)
+        tav.tuning.one_shot_tune(tav.video_unet.inflate(tav.model), {"samples": bad}, tav.cond, 1, 1e-5, 0)
 
 
 def test_no_node_alters_its_input_model(tav, tuned, tmp_path):
     """Every Tune-A-Video node returns a clone; the MODEL it was given keeps its patches, options and outputs."""
     base, model, _ = tuned
     plain_before, plain_out = model_state(tav.model), tav.denoise(tav.model, tav.clip)
-    inflated = tav.inflate.InflateUNet.execute(tav.model, True)[0]
+    from video_edit.nodes.inflate import InflateUNet
+
+    inflated = InflateUNet.execute(tav.model, True)[0]
     inflated_before = model_state(inflated)
     tav.sparse_causal.SparseCausalAttention.execute(inflated, "sparse_causal", 0.0, 1.0)
     assert model_state(inflated) == inflated_before
     path = tmp_path / "t.safetensors"
-    tav.tuned_io.save_tuned(model.get_attachment(tav.tuning.TUNING_KEY), str(path))
-    tav.tuning.apply_tuned(tav.model, tav.tuned_io.load_tuned(str(path)))
+    tav.tuned_io.save_tuned(model.get_attachment(tav.video_unet.TUNING_KEY), str(path))
+    tav.video_unet.apply_tuned(tav.model, tav.tuned_io.load_tuned(str(path)))
     tav.inversion.ddim_invert(inflated, {"samples": tav.clip}, tav.cond, 2)
     assert model_state(inflated) == inflated_before
     assert model_state(tav.model) == plain_before
@@ -186,10 +188,10 @@ def test_only_the_trainable_weights_get_gradients(tav, tiny_models):
                                                                         0.0, 1.0)
     unet = tav.model.model.diffusion_model
     before = {name: p.detach().clone() for name, p in unet.named_parameters()}
-    tuned, _ = tav.tuning.one_shot_tune(tav.inflate.inflate(tav.model), {"samples": tav.clip}, positive, steps=2,
+    tuned, _ = tav.tuning.one_shot_tune(tav.video_unet.inflate(tav.model), {"samples": tav.clip}, positive, steps=2,
                                         learning_rate=1e-3, seed=0)
     weights = {"UNet": unet.parameters(), "ControlNet": controlnet.control_model.parameters(),
-               "temporal layers": tav.inflate.get_inflation(tuned).layers.parameters()}
+               "temporal layers": tav.video_unet.get_inflation(tuned).layers.parameters()}
     for what, params in weights.items():
         params = list(params)
         assert params and not any(p.requires_grad or p.grad is not None for p in params), what

@@ -39,11 +39,11 @@ def tiny_model_of(family: str):
 
 @pytest.mark.parametrize("family", ["SDXL", "Flux"])
 def test_non_sd1_models_are_refused_by_name(comfy_lib, family):
-    from video_edit.nodes import inflate, inversion, sparse_causal
+    from video_edit.nodes import inversion, sparse_causal, video_unet
 
     model = tiny_model_of(family)
     latent = {"samples": torch.zeros(2, 4, 8, 8)}
-    for make in (inflate.inflate, lambda m: sparse_causal.with_cross_frame_attention(m, "sparse_causal"),
+    for make in (video_unet.inflate, lambda m: sparse_causal.with_cross_frame_attention(m, "sparse_causal"),
                  lambda m: inversion.DDIMInvert.execute(m, latent, 2, conditioning=[[torch.zeros(1, 77, 768), {}]])):
         with pytest.raises(ValueError, match=f"model: this node needs an SD1.x model .*got {family}"):
             make(model)
@@ -57,11 +57,11 @@ def test_inversion_round_trip_through_ksampler_advanced(sd15):
     """
     import comfy.samplers
     import nodes as core_nodes
-    from video_edit.nodes import inflate, inversion, sparse_causal
+    from video_edit.nodes import inversion, sparse_causal, video_unet
 
     model, clip, _ = sd15
     empty = clip.encode_from_tokens_scheduled(clip.tokenize(""))
-    video_model = sparse_causal.with_cross_frame_attention(inflate.inflate(model), "sparse_causal")
+    video_model = sparse_causal.with_cross_frame_attention(video_unet.inflate(model), "sparse_causal")
     source = 0.5 * torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
     errors = {}
     for steps in (8, 40):  # ddim_uniform gives exactly these many levels when they divide 1000

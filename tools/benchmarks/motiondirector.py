@@ -75,12 +75,12 @@ def worker(config: str, full: bool, frames: int, size: int, steps: int) -> dict:
     args.cpu = not torch.cuda.is_available()
     import comfy.model_management
 
-    from video_edit.nodes import inflate, motiondirector, tuning
+    from video_edit.nodes import motiondirector, tuning, video_unet
 
     model = load_model(full)
     cond = [[torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(1)), {}]]
     clip = torch.randn(frames, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(2))
-    base = inflate.inflate(model, frame_groupnorm=False)
+    base = video_unet.inflate(model, frame_groupnorm=False)
     if config == "full":
         full_rank_deltas()
 

@@ -45,11 +45,11 @@ def ours_step(checkpoint: Path, frames: int, size: int, steps: int = 1):
 
     args.cpu = not torch.cuda.is_available()
     import comfy.sd
-    from video_edit.nodes import inflate, sparse_causal, tuning
+    from video_edit.nodes import sparse_causal, tuning, video_unet
 
     model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(str(checkpoint), output_vae=True, output_clip=True)
     cond = clip.encode_from_tokens_scheduled(clip.tokenize("a man is skiing"))
-    video = sparse_causal.with_cross_frame_attention(inflate.inflate(model), "sparse_causal")
+    video = sparse_causal.with_cross_frame_attention(video_unet.inflate(model), "sparse_causal")
     latent = {"samples": torch.randn(frames, 4, size // 8, size // 8)}
     return lambda: tuning.one_shot_tune(video, latent, cond, steps, 3e-5, 0, gradient_checkpointing=True)
 

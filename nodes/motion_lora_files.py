@@ -1,0 +1,50 @@
+"""MotionDirector's LoRA files: where they live, how a pair is saved (numbered, both or neither) and read.
+
+- spatial, ``models/loras/<name>_NNNNN_spatial.safetensors``: ComfyUI's standard LoRA keys
+  (``diffusion_model.<module>.lora_up.weight`` ``(out, r)``, ``.lora_down.weight`` ``(r, in)``, ``.alpha`` = r);
+- temporal, ``models/video_edit_motion_lora/<name>_NNNNN_temporal.safetensors``: the same keys per Linear of the
+  temporal layers, named by their path there.
+Metadata: ``video_edit_format`` = ``motiondirector_spatial/1`` or ``motiondirector_temporal/1``, ``rank``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import folder_paths
+
+from .files import model_folder, numbered_names, read_safetensors, register_model_folder, save_safetensors_group
+
+SPATIAL_FOLDER = "loras"
+TEMPORAL_FOLDER = "video_edit_motion_lora"
+SPATIAL_PREFIX = "diffusion_model."
+FORMATS = {"spatial": "motiondirector_spatial/1", "temporal": "motiondirector_temporal/1"}
+
+# Pickled files are listed so that choosing one explains why it is refused, instead of it silently not showing.
+register_model_folder(TEMPORAL_FOLDER, {".safetensors", ".pt", ".ckpt", ".pth", ".bin"})
+
+
+def save_motion_lora(spatial: dict, temporal: dict, name: str, metadata: dict | None = None) -> tuple[str, str]:
+    """Write ``<name>_NNNNN_spatial`` into models/loras and ``<name>_NNNNN_temporal`` into
+    models/video_edit_motion_lora under the first number free in both: both files appear, or neither. Returns both
+    paths."""
+    stem = os.path.basename(name.strip()).removesuffix(".safetensors") or "motion"
+    folders = {"spatial": model_folder(SPATIAL_FOLDER), "temporal": model_folder(TEMPORAL_FOLDER)}
+    taken = [numbered_names(folder, stem, [f"{kind}.safetensors"])[0] for kind, folder in folders.items()]
+    counter = max(int(n[len(stem) + 1:len(stem) + 6]) for n in taken)  # a number free in both folders
+    files = []
+    for kind, tensors in (("spatial", spatial), ("temporal", temporal)):
+        rank = next(v.shape[0] for k, v in tensors.items() if k.endswith(".lora_down.weight"))
+        path = os.path.join(folders[kind], f"{stem}_{counter:05}_{kind}.safetensors")
+        files.append((tensors, {**(metadata or {}), "video_edit_format": FORMATS[kind], "rank": str(rank)}, path))
+    save_safetensors_group(files, "VE_SaveMotionLoRA")
+    return files[0][2], files[1][2]
+
+
+def read_lora_file(folder: str, name: str, input_name: str) -> dict:
+    """Tensors of a LoRA file in ``folder``; pickled formats are refused without being opened, corrupt or
+    non-finite files with an error naming the input."""
+    path = folder_paths.get_full_path(folder, name)
+    if path is None:
+        raise FileNotFoundError(f"{input_name}: {name!r} is not in models/{folder}/. Save one with VE Save Motion LoRA.")
+    return read_safetensors(path, input_name)[0]

@@ -1,0 +1,128 @@
+"""Training inside ComfyUI's sampling stack, shared by VE_OneShotTune and VE_TrainMotionDirector.
+
+A Guider runs a custom Sampler whose ``sample`` is the optimisation loop (as core's Train LoRA does), so model
+loading and offloading, attention patches, injections and ControlNet conditioning are those of sampling. The loop
+owns the seeded generator, the progress bar, Cancel, gradient checkpointing and the NaN check; only the trainable
+parameters get gradients.
+"""
+
+from __future__ import annotations
+
+import contextvars
+
+import comfy.model_management
+import comfy.samplers
+import comfy.utils
+import torch
+from torch import nn
+from tqdm import tqdm
+
+# Set by the training loop: recompute transformer blocks in the backward pass instead of storing activations.
+GRADIENT_CHECKPOINTING = contextvars.ContextVar("video_edit_gradient_checkpointing", default=False)
+
+
+def remove_weight_wrappers(patcher, wrappers):
+    """Take training wrappers off the shared modules: ComfyUI keeps a fully loaded model's weight functions
+    when it switches to another clone, which would otherwise apply the deltas twice."""
+    wrappers = list(wrappers)
+    for module in patcher.model.modules():
+        functions = getattr(module, "weight_function", None)
+        if functions:
+            module.weight_function = [f for f in functions if not any(f is w for w in wrappers)]
+
+
+def allow_autograd(module: nn.Module):
+    """Weights that ComfyUI loaded while running a graph are inference tensors, which autograd cannot use.
+    Re-create them as ordinary tensors with the same values on the same device."""
+    with torch.inference_mode(False):
+        for sub in module.modules():
+            for name, param in sub._parameters.items():
+                if param is not None and param.is_inference():
+                    sub._parameters[name] = nn.Parameter(param.clone(), requires_grad=param.requires_grad)
+            for name, buffer in sub._buffers.items():
+                if buffer is not None and buffer.is_inference():
+                    sub._buffers[name] = buffer.clone()
+
+
+def freeze_all_but(trainable: list[nn.Parameter]):
+    """No weight of any loaded model (the UNet, its injected layers, a ControlNet) gets a gradient, except
+    ``trainable``: the backward pass then computes only what the optimiser uses, and leaves no ``.grad`` behind."""
+    keep = {id(p) for p in trainable}
+    for loaded in comfy.model_management.current_loaded_models:
+        patcher = loaded.model
+        if patcher is None:
+            continue
+        for param in patcher.model.parameters():
+            if id(param) not in keep:
+                param.requires_grad_(False)
+                param.grad = None
+
+
+class TrainingSampler(comfy.samplers.Sampler):
+    """Runs an optimisation inside guider.sample(), so loading, patches, wrappers and injections are those of
+    sampling. Owns the loop: seeded generator, progress bar, cancel, gradient checkpointing and NaN check;
+    subclasses define ``train_step``, which returns that step's losses by name."""
+
+    title = "training"
+
+    def __init__(self, steps: int, seed: int, gradient_checkpointing: bool):
+        self.steps = steps
+        self.seed = seed
+        self.gradient_checkpointing = gradient_checkpointing
+        self.losses: dict[str, list[float]] = {}
+
+    def train_step(self, model_wrap, latent: torch.Tensor, step: int, generator: torch.Generator,
+                   extra_args) -> dict[str, float]:
+        """One optimisation step; ``latent`` is the sampled LATENT, scaled into the model's space."""
+        raise NotImplementedError
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What the optimiser trains; every other weight of the loaded models is frozen for the run."""
+        raise NotImplementedError
+
+    def after_step(self, step: int):
+        """Called after each completed step (1-based)."""
+
+    def check_finite(self, loss: torch.Tensor, step: int, name: str = "loss"):
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"{self.title}: the {name} became {loss.item()} at step {step}. Lower learning_rate, or run "
+                "the model in fp32 (the fp16 weights overflowed).")
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        allow_autograd(model_wrap.inner_model)
+        freeze_all_but(self.trainable_parameters())
+        latent = latent_image.detach().clone()
+        generator = torch.Generator().manual_seed(self.seed)
+        progress = comfy.utils.ProgressBar(self.steps)
+        bar = tqdm(range(self.steps), desc=self.title, disable=not comfy.utils.PROGRESS_BAR_ENABLED)
+        token = GRADIENT_CHECKPOINTING.set(self.gradient_checkpointing)
+        try:
+            for step in bar:
+                comfy.model_management.throw_exception_if_processing_interrupted()
+                losses = self.train_step(model_wrap, latent, step, generator, extra_args)
+                for name, value in losses.items():
+                    self.losses.setdefault(name, []).append(value)
+                bar.set_postfix({name: f"{value:.4f}" for name, value in losses.items()})
+                progress.update_absolute(step + 1, self.steps)
+                self.after_step(step + 1)
+        finally:
+            GRADIENT_CHECKPOINTING.reset(token)
+        return latent_image
+
+
+def predict_eps(model_wrap, clip: torch.Tensor, timestep: torch.Tensor, eps: torch.Tensor, extra_args) -> torch.Tensor:
+    """The model's ε-prediction for ``clip`` noised with ``eps`` to DDPM ``timestep`` (shared by all frames)."""
+    sampling = model_wrap.inner_model.model_sampling
+    sigma = sampling.sigma(timestep.to(clip.device)).to(clip).expand(clip.shape[0]).view(-1, 1, 1, 1)
+    noisy = clip + sigma * eps
+    denoised = model_wrap(noisy, sigma.flatten(), **extra_args)
+    return (noisy - denoised) / sigma
+
+
+def train_in_guider(guider, latent: torch.Tensor, sampler: TrainingSampler, seed: int):
+    """Run ``sampler``'s optimisation through ``guider.sample`` on ``latent`` (which also sizes model loading)."""
+    sampling = guider.model_patcher.get_model_object("model_sampling")
+    sigmas = torch.stack([sampling.sigma_max, sampling.sigma_min]).float()
+    guider.sample(torch.zeros_like(latent), latent, sampler, sigmas, seed=seed)
