@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .schedule import matching
 from .unet_layout import iter_transformer_blocks
 
 BYTES = 2  # fp16
@@ -127,9 +128,8 @@ class AttentionStore:
 
         Inversion evaluates at ``sigmas[j-1]`` to produce ``sigmas[j]`` (level j); editing evaluates at ``sigmas[j]``.
         """
-        candidates = self.sigmas[:-1] if capturing else self.sigmas[1:]
-        index = int(torch.argmin((candidates - sigma).abs()))
-        if not math.isclose(float(candidates[index]), sigma, rel_tol=1e-3, abs_tol=1e-6):
+        index = matching(self.sigmas[:-1] if capturing else self.sigmas[1:], sigma)
+        if index is None:
             raise ValueError(
                 f"sigma {sigma:.5g} is not a step of the inversion ({self.steps} steps, ddim_uniform): sample the "
                 "edit with the same step count as VE DDIM Invert and the ddim_uniform scheduler, no added noise.")
@@ -315,14 +315,14 @@ class CrossAttentionEdit:
         return alpha * fused + (1 - alpha) * edited
 
 
-def self_replace_active(step: int, steps: int, fraction: float) -> bool:
-    """Source self-attention for editing steps ``k < int(N * fraction)``."""
-    return step < int(steps * fraction)
-
-
 def cross_alpha(step: int, steps: int, fraction: float) -> float:
     """Prompt-to-prompt weight: 1 for ``k < int((N + 1) * fraction)``, 0 after."""
     return float(step < int((steps + 1) * fraction))
+
+
+def blend_by_mask(edited: torch.Tensor, source: torch.Tensor, keep_edit: torch.Tensor) -> torch.Tensor:
+    """FateZero's blend: ``keep_edit * edited + (1 - keep_edit) * source`` (the mask broadcasts)."""
+    return keep_edit * edited + (1 - keep_edit) * source
 
 
 def latent_blend_active(step: int, steps: int, start: float, end: float) -> bool:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .schedule import nearest
+
 # ComfyUI's FlipSigmas uses this in place of a leading 0 (a sigma of exactly 0 has no timestep).
 CLEAN_SIGMA = 1e-4
 
@@ -45,7 +47,7 @@ class Inversion:
 
     def index_of(self, sigma: float) -> int:
         """Index of the stored level closest to ``sigma``."""
-        return int(torch.argmin((self.sigmas - float(sigma)).abs()))
+        return nearest(self.sigmas, sigma)
 
     def latent_at(self, sigma: float) -> torch.Tensor:
         return self.latents[self.index_of(sigma)]

@@ -8,6 +8,8 @@ tensors hold one row per chunk, in chunk order.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -116,11 +118,6 @@ def copy_source_branch(x: torch.Tensor, chunks: int) -> torch.Tensor:
     return x[:per_branch].repeat(chunks, *(1,) * (x.ndim - 1))
 
 
-def in_window(step: int, steps: int, fraction: float) -> bool:
-    """Whether sampling step ``step`` (0-based) of ``steps`` lies in the first ``int(steps * fraction)``."""
-    return step < int(steps * fraction)
-
-
 def start_latent(clean: torch.Tensor, noisiest: torch.Tensor, sigma_noisiest: float,
                  sigma_start: float) -> torch.Tensor:
     """The official start ``add_noise(x0, eps, t0)`` in sigma space: eps from the noisiest inverted latent
@@ -160,3 +157,15 @@ def pnp_resnet(unet: nn.Module) -> nn.Module:
     block = unet.output_blocks[pnp_output_block(unet)]
     return next(layer for layer in block if hasattr(layer, "out_layers"))
 
+
+def with_source_branch(batch: torch.Tensor, source: torch.Tensor, branches: int, rows: torch.Tensor) -> torch.Tensor:
+    """``[source[rows]; each branch's batch[rows]]`` along the batch axis: TokenFlow runs the source clip as one
+    more branch beside the sampler's cond/uncond ones."""
+    per_branch = rearrange(batch, "(b f) ... -> b f ...", b=branches)[:, rows]
+    return torch.cat([source[rows], rearrange(per_branch, "b f ... -> (b f) ...")])
+
+
+def same_token_count(context: torch.Tensor, source: torch.Tensor):
+    """Repeat two text contexts to a common token count (ComfyUI's rule for prompts of different lengths)."""
+    common = math.lcm(context.shape[1], source.shape[1])
+    return context.repeat(1, common // context.shape[1], 1), source.repeat(1, common // source.shape[1], 1)

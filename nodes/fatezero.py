@@ -9,9 +9,10 @@ from comfy_api.latest import io
 from einops import rearrange
 
 from ..kernels.fatezero import (AttentionStore, CrossAttentionEdit, PromptTokens, apply_probs, attention_probs,
-                                blend_mask, blended_denoised, chunk_slice, cross_alpha, latent_blend_active,
-                                mask_blocks, self_replace_active, word_attention)
+                                blend_by_mask, blend_mask, blended_denoised, chunk_slice, cross_alpha,
+                                latent_blend_active, mask_blocks, word_attention)
 from ..kernels.inversion import Inversion
+from ..kernels.schedule import in_window, matching
 from .model_helpers import SharedPatch, call_attention, cond_chunks, replace_patch, require_sd1_unet
 from .socket_types import ATTENTION_CAPTURE, InversionType
 
@@ -159,7 +160,7 @@ class SelfAttentionFusion(SharedPatch):
     def __call__(self, q, k, v, extra_options):
         level, step = self.plan.step(extra_options)
         chunks, frames = self.plan.frames_of(q.shape[0], extra_options)
-        if not chunks or not self_replace_active(step, self.plan.store.steps, self.plan.self_replace):
+        if not chunks or not in_window(step, self.plan.store.steps, self.plan.self_replace):
             return call_attention(self.inner, q, k, v, extra_options)
         source_q, source_k = q.clone(), k.clone()
         for chunk in chunks:
@@ -174,7 +175,7 @@ class SelfAttentionFusion(SharedPatch):
             keep_edit = keep_edit.to(out)
             for chunk in chunks:
                 part = chunk_slice(chunk, frames)
-                out[part] = keep_edit * edited[part] + (1 - keep_edit) * out[part]
+                out[part] = blend_by_mask(edited[part], out[part], keep_edit)
         return out
 
 
@@ -219,11 +220,11 @@ class LatentBlend(SharedPatch):
         denoised, x = args["denoised"], args["input"]
         sigma = float(args["sigma"].max())
         schedule = args["model_options"]["transformer_options"]["sample_sigmas"].cpu()
-        at = torch.isclose(schedule, torch.tensor(sigma), rtol=1e-4).nonzero()
-        if len(at) == 0 or int(at[0]) + 1 >= len(schedule):
+        at = matching(schedule, sigma, rel_tol=1e-4)
+        if at is None or at + 1 >= len(schedule):
             return denoised
-        self.plan.accumulate_edit_attention(first_step=int(at[0]) == 0)
-        sigma_next = float(schedule[int(at[0]) + 1])
+        self.plan.accumulate_edit_attention(first_step=at == 0)
+        sigma_next = float(schedule[at + 1])
         store = self.plan.store
         level = store.level(sigma, capturing=False)
         if not latent_blend_active(store.step_of(level), store.steps, self.plan.blend_start, self.plan.blend_end):

@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import math
 from dataclasses import dataclass, field
 
 import torch
 from comfy.patcher_extension import PatcherInjection, WrappersMP
 from comfy_api.latest import io
-from einops import rearrange
 from torch import nn
 
 from ..kernels.inversion import Inversion
-from ..kernels.tokenflow import (copy_source_branch, in_window, keyframe_attention, keyframe_schedule, pnp_output_block,
-                                 pnp_resnet, propagate, start_latent)
+from ..kernels.schedule import in_window, matching, nearest
+from ..kernels.tokenflow import (copy_source_branch, keyframe_attention, keyframe_schedule, pnp_output_block,
+                                 pnp_resnet, propagate, same_token_count, start_latent, with_source_branch)
 from ..kernels.unet_layout import iter_transformer_blocks
 from .model_helpers import (CrossFramePatch, check_clip_inputs_when_sampling, require_sd1_unet, set_wrapper,
                             slot_attention, slot_patch)
@@ -109,18 +108,6 @@ def _eject(patcher):
         layers[len(layers) - 1] = layers[len(layers) - 1].conv
 
 
-def _with_source(batch: torch.Tensor, source: torch.Tensor, branches: int, rows: torch.Tensor) -> torch.Tensor:
-    """``[source[rows]; each branch's batch[rows]]`` along the batch axis."""
-    per_branch = rearrange(batch, "(b f) ... -> b f ...", b=branches)[:, rows]
-    return torch.cat([source[rows], rearrange(per_branch, "b f ... -> (b f) ...")])
-
-
-def _same_token_count(context: torch.Tensor, source: torch.Tensor):
-    """Repeat two text contexts to a common token count (ComfyUI's rule for prompts of different lengths)."""
-    common = math.lcm(context.shape[1], source.shape[1])
-    return context.repeat(1, common // context.shape[1], 1), source.repeat(1, common // source.shape[1], 1)
-
-
 class TokenFlowSampling:
     """APPLY_MODEL wrapper: the source branch and TokenFlow's keyframe and propagation passes in every call."""
 
@@ -137,13 +124,12 @@ class TokenFlowSampling:
         """(step index, steps) of the sampler's schedule; every sampled sigma must be an inversion level."""
         levels = self.inversion.sigmas
         schedule = levels.flip(0)[:-1] if sample_sigmas is None else sample_sigmas.detach().cpu().float()[:-1]
-        nearest = levels[(schedule[:, None] - levels[None]).abs().argmin(1)]
-        if not torch.allclose(schedule, nearest, rtol=1e-3, atol=0):
+        if any(matching(levels, float(s)) is None for s in schedule):
             raise ValueError(
                 f"inversion: the sampler runs {len(schedule)} steps whose noise levels are not the inversion's "
                 f"{self.inversion.steps} steps. Sample with steps={self.inversion.steps} and scheduler ddim_uniform "
                 "(KSampler Advanced: add_noise disable, sampler ddim), or invert with the sampler's step count.")
-        return int((schedule - sigma).abs().argmin()), len(schedule)
+        return nearest(schedule, sigma), len(schedule)
 
     def check_clip(self, x: torch.Tensor, frames: int):
         have = (self.inversion.frames, *self.inversion.latents.shape[-2:])
@@ -162,7 +148,7 @@ class TokenFlowSampling:
         step, steps = self.schedule_position(sigma, transformer_options.get("sample_sigmas"))
         keyframes = keyframe_schedule(frames, self.chunk_size, steps, self.seed)[step]
         source = executor.class_obj.process_latent_in(self.inversion.latent_at(sigma)).to(x)
-        context, source_context = _same_token_count(c_crossattn, self.source_context.to(c_crossattn))
+        context, source_context = same_token_count(c_crossattn, self.source_context.to(c_crossattn))
         options = transformer_options.copy()
         options["cond_or_uncond"] = [0] + flags
         options["uuids"] = [SOURCE_UUID] + list(transformer_options.get("uuids") or [None] * branches)
@@ -170,7 +156,7 @@ class TokenFlowSampling:
         def run(rows):
             """One UNet pass over ``rows`` of the clip, in every branch (the source first)."""
             def stack(batch, source_rows):
-                return _with_source(batch, source_rows, branches, rows)
+                return with_source_branch(batch, source_rows, branches, rows)
 
             extra = {name: stack(value, value[:frames]) if torch.is_tensor(value) and value.shape[0] == x.shape[0]
                      else value for name, value in kwargs.items()}

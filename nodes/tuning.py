@@ -14,6 +14,7 @@ from comfy_api.latest import io
 from comfy_extras.nodes_custom_sampler import Guider_Basic
 from torch import nn
 
+from ..kernels.weight_decay import decay_delta_
 from .model_helpers import require_sd1_unet, require_video_latent
 from .training import TrainingSampler, predict_eps, remove_weight_wrappers, train_in_guider
 from .video_unet import TunedWeights, apply_tuned, inflate, query_weight_shapes, require_inflated
@@ -54,11 +55,8 @@ class OneShotTuningSampler(TrainingSampler):
         return self.params
 
     def _decay_queries(self):
-        """AdamW's decoupled decay of the whole tuned weight: W <- W - lr * wd * W, written on the delta."""
-        scale = self.learning_rate * self.weight_decay
-        with torch.no_grad():
-            for d in self.deltas:
-                d.delta.sub_(scale * (d.base.to(d.delta) + d.delta))
+        for d in self.deltas:
+            decay_delta_(d.delta, d.base, self.learning_rate, self.weight_decay)
 
     def train_step(self, model_wrap, clip, step, generator, extra_args):
         timestep = torch.randint(0, 1000, (1,), generator=generator)

@@ -4,10 +4,11 @@ import pytest
 import torch
 from torch import nn
 
-from video_edit.kernels.fatezero import (AttentionStore, BlockSpec, CrossAttentionEdit, PromptTokens, blend_mask,
-                                         block_grids, blended_denoised, cross_alpha, global_alignment,
+from video_edit.kernels.fatezero import (AttentionStore, BlockSpec, CrossAttentionEdit, PromptTokens, blend_by_mask,
+                                         blend_mask, block_grids, blended_denoised, cross_alpha, global_alignment,
                                          latent_blend_active, mask_blocks, refinement_mapper, replacement_mapper,
-                                         self_replace_active, word_attention)
+                                         word_attention)
+from video_edit.kernels.schedule import in_window
 
 BOS, EOS = 100, 101
 
@@ -19,10 +20,10 @@ def prompt(*words_and_tokens):
 
 
 def test_replace_windows_follow_the_official_counts():
-    assert [self_replace_active(k, 50, 0.8) for k in range(50)] == [True] * 40 + [False] * 10
+    assert [in_window(k, 50, 0.8) for k in range(50)] == [True] * 40 + [False] * 10  # self-attention replacement
     assert [cross_alpha(k, 50, 0.8) for k in range(50)] == [1.0] * 40 + [0.0] * 10  # int(51 * 0.8) = 40
     assert [cross_alpha(k, 10, 0.5) for k in range(10)] == [1.0] * 5 + [0.0] * 5  # int(11 * 0.5) = 5
-    assert not any(self_replace_active(k, 3, 0.0) or cross_alpha(k, 3, 0.0) for k in range(3))
+    assert not any(in_window(k, 3, 0.0) or cross_alpha(k, 3, 0.0) for k in range(3))
     assert [latent_blend_active(k, 50, 0.2, 0.8) for k in range(50)] == [False] * 10 + [True] * 30 + [False] * 10
     assert all(latent_blend_active(k, 2, 0.0, 1.0) for k in range(2))
 
@@ -182,3 +183,10 @@ def test_official_layout_counts_every_map_in_fp32():
     self_map = 8 * 8 * 1024 * 1024
     assert block.official_bytes_per_step(8, 77, key_frames=1) == 4 * (self_map + 8 * 8 * 1024 * 77)
     assert block.bytes_per_step(8, 77) == 2 * (2 * 8 * 1024 * 640 + 8 * 8 * 1024 * 77)
+
+
+def test_blend_by_mask_takes_the_edit_inside_and_the_source_outside():
+    edited, source = torch.full((2, 4, 3), 5.0), torch.full((2, 4, 3), -1.0)
+    keep = torch.tensor([1.0, 0.0, 0.25, 1.0])[None, :, None]
+    out = blend_by_mask(edited, source, keep)
+    assert out[:, 0].eq(5).all() and out[:, 1].eq(-1).all() and torch.allclose(out[:, 2], torch.tensor(0.5))

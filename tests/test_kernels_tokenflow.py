@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from video_edit.kernels.attention import extended_attention, sdpa_attention
-from video_edit.kernels.tokenflow import (blend_weights, copy_source_branch, in_window, keyframe_attention,
-                                          keyframe_schedule, nearest_tokens, propagate, start_latent)
+from video_edit.kernels.tokenflow import (blend_weights, copy_source_branch, keyframe_attention, keyframe_schedule,
+                                          nearest_tokens, propagate, same_token_count, start_latent,
+                                          with_source_branch)
 
 HEADS = 2
 
@@ -111,9 +112,21 @@ def test_injection_copies_the_source_branch_inside_its_window():
     x = randn(3 * 2, 4, 3, 3, seed=12)
     injected = copy_source_branch(x, chunks=3)
     assert all(torch.equal(injected[2 * b:2 * b + 2], x[:2]) for b in range(3))
-    assert [in_window(s, 50, 0.8) for s in (0, 39, 40, 49)] == [True, True, False, False]
-    assert sum(in_window(s, 50, 0.5) for s in range(50)) == 25
-    assert sum(in_window(s, 3, 0.8) for s in range(3)) == 2 and not any(in_window(s, 3, 0.0) for s in range(3))
+
+
+def test_the_source_branch_goes_first_and_every_branch_keeps_its_rows():
+    frames, branches = 4, 2
+    batch = torch.arange(branches * frames).float()[:, None]  # branch b, frame f -> b * frames + f
+    source = 100 + torch.arange(frames).float()[:, None]
+    rows = torch.tensor([0, 3])
+    out = with_source_branch(batch, source, branches, rows)
+    assert out.flatten().tolist() == [100, 103, 0, 3, 4, 7]
+
+
+def test_contexts_of_different_lengths_are_repeated_to_a_common_count():
+    a, b = torch.randn(1, 77, 8), torch.randn(1, 154, 8)
+    ra, rb = same_token_count(a, b)
+    assert ra.shape == rb.shape == (1, 154, 8) and torch.equal(ra[:, 77:], a) and torch.equal(rb, b)
 
 
 def test_start_latent_is_the_official_add_noise_in_sigma_space():
