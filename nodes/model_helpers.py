@@ -6,6 +6,18 @@ from __future__ import annotations
 from comfy.ldm.modules.attention import optimized_attention
 
 
+class PatcherKeys:
+    """Every key under which this pack hangs something on a ModelPatcher (attachments, additional models,
+    injections, wrappers), in one place: no two features collide, and a reader sees what a MODEL can carry."""
+
+    INFLATION = "video_edit_inflation"  # temporal layers: attachment, additional model, injection, UNet wrapper
+    TUNING = "video_edit_tuning"  # attachment: the TunedWeights a tuned MODEL carries
+    CLIP_CHECKS = "video_edit_clip_checks"  # OUTER_SAMPLE wrapper: one ControlNet hint per frame
+    TOKENFLOW = "video_edit_tokenflow"  # PnP feature injection and the APPLY_MODEL wrapper of TokenFlow's passes
+    TOKENFLOW_SOURCE = "video_edit_tokenflow_source"  # the cond uuid of TokenFlow's source branch
+    MOTION_LORA_TRAINING = "video_edit_motion_lora_training"  # injection of the LoRAs being trained
+
+
 def require_sd1_unet(model, input_name: str = "model"):
     """Return the SD1.x UNet inside a MODEL, or raise naming the input (SDXL, SD3, Flux ... are refused)."""
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
@@ -81,7 +93,7 @@ def check_clip_inputs_when_sampling(model):
     """Make sampling with ``model`` refuse ControlNet hints whose frame count does not match the clip."""
     from comfy.patcher_extension import WrappersMP
 
-    set_wrapper(model, WrappersMP.OUTER_SAMPLE, "video_edit_clip_checks", _check_control_hint_frames)
+    set_wrapper(model, WrappersMP.OUTER_SAMPLE, PatcherKeys.CLIP_CHECKS, _check_control_hint_frames)
 
 
 class SharedPatch:

@@ -22,13 +22,11 @@ from comfy_api.latest import io
 from comfy_extras.nodes_custom_sampler import Guider_Basic
 
 from ..kernels.lora import LoRASet, debiased_temporal_loss, linear_targets, noise_prior, spatial_targets
-from .model_helpers import require_sd1_unet, require_video_latent
+from .model_helpers import PatcherKeys, require_sd1_unet, require_video_latent
 from .motion_lora_files import SPATIAL_PREFIX, save_motion_lora
 from .socket_types import ClipSet, InversionType, MotionLoRA
 from .training import TrainingSampler, predict_eps, train_in_guider
 from .video_unet import bypass_temporal, require_inflated
-
-TRAINING_KEY = "video_edit_motion_lora_training"
 
 
 @dataclass(frozen=True)
@@ -160,7 +158,7 @@ def train_motion_director(model, clips: tuple[MotionClip, ...], steps: int, rank
                              {"steps": str(step)})
 
         trainer = model.clone()
-        trainer.set_injections(TRAINING_KEY, [_hook_injection(spatial, temporal, inflation.layers)])
+        trainer.set_injections(PatcherKeys.MOTION_LORA_TRAINING, [_hook_injection(spatial, temporal, inflation.layers)])
         sampler = MotionDirectorSampler([c.samples.clone() for c in clips], spatial, temporal, steps, learning_rate,
                                         weight_decay, seed, gradient_checkpointing, spatial_mask_probability,
                                         checkpoint if checkpoint_name.strip() else None, checkpoint_every)

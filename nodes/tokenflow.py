@@ -22,12 +22,10 @@ from ..kernels.schedule import in_window, matching, nearest
 from ..kernels.tokenflow import (copy_source_branch, keyframe_attention, keyframe_schedule, pnp_output_block,
                                  pnp_resnet, propagate, same_token_count, start_latent, with_source_branch)
 from ..kernels.unet_layout import iter_transformer_blocks
-from .model_helpers import (CrossFramePatch, check_clip_inputs_when_sampling, require_sd1_unet, set_wrapper,
-                            slot_attention, slot_patch)
+from .model_helpers import (CrossFramePatch, PatcherKeys, check_clip_inputs_when_sampling, require_sd1_unet,
+                            set_wrapper, slot_attention, slot_patch)
 from .socket_types import InversionType
 
-KEY = "video_edit_tokenflow"
-SOURCE_UUID = "video_edit_tokenflow_source"
 
 
 @dataclass
@@ -151,7 +149,7 @@ class TokenFlowSampling:
         context, source_context = same_token_count(c_crossattn, self.source_context.to(c_crossattn))
         options = transformer_options.copy()
         options["cond_or_uncond"] = [0] + flags
-        options["uuids"] = [SOURCE_UUID] + list(transformer_options.get("uuids") or [None] * branches)
+        options["uuids"] = [PatcherKeys.TOKENFLOW_SOURCE] + list(transformer_options.get("uuids") or [None] * branches)
 
         def run(rows):
             """One UNet pass over ``rows`` of the clip, in every branch (the source first)."""
@@ -204,8 +202,8 @@ def tokenflow(model, inversion: Inversion, conditioning, keyframe_chunk_size: in
     clone.set_model_attn1_patch(patch.record_tokens)
     for key in blocks:
         clone.set_model_attn1_replace(patch, *key)
-    clone.set_injections(KEY, [PatcherInjection(inject=_inject, eject=_eject)])
-    set_wrapper(clone, WrappersMP.APPLY_MODEL, KEY, TokenFlowSampling(
+    clone.set_injections(PatcherKeys.TOKENFLOW, [PatcherInjection(inject=_inject, eject=_eject)])
+    set_wrapper(clone, WrappersMP.APPLY_MODEL, PatcherKeys.TOKENFLOW, TokenFlowSampling(
         inversion, conditioning[0][0][:1].detach().cpu(), keyframe_chunk_size, pnp_attention_window,
         pnp_feature_window, seed))
     check_clip_inputs_when_sampling(clone)

@@ -19,7 +19,8 @@ import folder_paths
 from comfy_api.latest import io
 
 from .files import model_folder, numbered_names, read_safetensors, register_model_folder, save_safetensors_group
-from .video_unet import TUNING_KEY, TunedWeights, apply_tuned
+from .model_helpers import PatcherKeys
+from .video_unet import TunedWeights, apply_tuned
 
 FOLDER = "video_edit_tuned"
 FORMAT = "tune_a_video/1"
@@ -78,7 +79,7 @@ class SaveTuned(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, filename, prompt) -> io.NodeOutput:
-        tuned = model.get_attachment(TUNING_KEY)
+        tuned = model.get_attachment(PatcherKeys.TUNING)
         if tuned is None:
             raise ValueError("model: it carries no tuning; connect the MODEL output of VE One-Shot Tune.")
         stem = os.path.basename(filename.strip()).removesuffix(".safetensors") or "tuned_clip"

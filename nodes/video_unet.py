@@ -20,10 +20,9 @@ from torch import nn
 
 from ..kernels.temporal import TemporalLayers, frame_spanning_group_norm
 from ..kernels.unet_layout import iter_resnet_norms, iter_transformer_blocks
-from .model_helpers import add_weight_patches, check_clip_inputs_when_sampling, require_sd1_unet, set_wrapper
+from .model_helpers import (PatcherKeys, add_weight_patches, check_clip_inputs_when_sampling, require_sd1_unet,
+                            set_wrapper)
 from .training import GRADIENT_CHECKPOINTING
-
-KEY = "video_edit_inflation"
 
 # Set around every UNet call by the DIFFUSION_MODEL wrapper: how many clips (cond/uncond chunks) share the batch.
 CLIP_CHUNKS = contextvars.ContextVar("video_edit_clip_chunks", default=1)
@@ -150,13 +149,13 @@ def _clip_layout_wrapper(executor, x, timesteps, context, y, control, transforme
 
 
 def get_inflation(model) -> Inflation | None:
-    return model.get_attachment(KEY)
+    return model.get_attachment(PatcherKeys.INFLATION)
 
 
 def temporal_patcher(model) -> ModelPatcher:
     """The ModelPatcher of an inflated MODEL's temporal layers, private to that clone: weight patches for the
     temporal layers (motion LoRAs) go here, as AnimateDiff-Evolved does for its motion models."""
-    return model.get_additional_models_with_key(KEY)[0]
+    return model.get_additional_models_with_key(PatcherKeys.INFLATION)[0]
 
 
 def check_temporal_state(layers: TemporalLayers, state: dict, what: str) -> None:
@@ -187,11 +186,11 @@ def inflate(model, temporal_state: dict | None = None, frame_groupnorm: bool = T
         layers.load_state_dict(temporal_state, strict=True)
     layers.requires_grad_(False)
     clone = model.clone()
-    clone.set_additional_models(KEY, [ModelPatcher(layers, load_device=model.load_device, offload_device=model.offload_device)])
-    clone.set_injections(KEY, [PatcherInjection(inject=lambda patcher: _inject(layers, frame_groupnorm, patcher), eject=_eject)])
-    set_wrapper(clone, WrappersMP.DIFFUSION_MODEL, KEY, _clip_layout_wrapper)
+    clone.set_additional_models(PatcherKeys.INFLATION, [ModelPatcher(layers, load_device=model.load_device, offload_device=model.offload_device)])
+    clone.set_injections(PatcherKeys.INFLATION, [PatcherInjection(inject=lambda patcher: _inject(layers, frame_groupnorm, patcher), eject=_eject)])
+    set_wrapper(clone, WrappersMP.DIFFUSION_MODEL, PatcherKeys.INFLATION, _clip_layout_wrapper)
     check_clip_inputs_when_sampling(clone)
-    clone.set_attachments(KEY, Inflation(layers, frame_groupnorm))
+    clone.set_attachments(PatcherKeys.INFLATION, Inflation(layers, frame_groupnorm))
     return clone
 
 
@@ -203,9 +202,6 @@ def require_inflated(model, input_name: str = "model", needs: str = "this node w
         raise ValueError(f"{input_name}: {needs}; connect the MODEL through 'Inflate UNet for Video' "
                          "(VE_InflateUNet) first.")
     return inflation
-
-
-TUNING_KEY = "video_edit_tuning"
 
 
 @dataclass
@@ -239,5 +235,5 @@ def apply_tuned(model, tuned: TunedWeights, what: str = "tuned weights"):
                              f"{tuple(shapes[key])}. Use the checkpoint it was tuned on.")
     clone = inflate(model, tuned.temporal, tuned.frame_groupnorm, what)
     add_weight_patches(clone, {key: (delta,) for key, delta in tuned.query_deltas.items()})
-    clone.set_attachments(TUNING_KEY, tuned)
+    clone.set_attachments(PatcherKeys.TUNING, tuned)
     return clone

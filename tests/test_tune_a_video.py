@@ -33,6 +33,13 @@ def tav(sd15):
     return ns
 
 
+def tuning_of(model):
+    """The TunedWeights a tuned MODEL carries."""
+    from video_edit.nodes.model_helpers import PatcherKeys
+
+    return model.get_attachment(PatcherKeys.TUNING)
+
+
 def model_state(model):
     """What a node could alter on a MODEL: patches, options, wrappers, injections, attachments, extra models."""
     return (copy.deepcopy({k: [id(p) for p in v] for k, v in model.patches.items()}), repr(model.model_options),
@@ -105,7 +112,7 @@ def tuned(tav):
 
 def test_trainable_set_is_exactly_the_official_one(tav, tuned):
     base, model, _ = tuned
-    record = model.get_attachment(tav.video_unet.TUNING_KEY)
+    record = tuning_of(model)
     unet = tav.model.model.diffusion_model
     blocks = [path for _, path, _, _ in tav.video_unet.iter_transformer_blocks(unet)]
     assert set(record.query_deltas) == {f"diffusion_model.{p}.{a}.to_q.weight" for p in blocks for a in ("attn1", "attn2")}
@@ -125,7 +132,7 @@ def test_tuning_leaves_the_input_model_and_changes_the_output(tav, tuned):
 def test_save_then_load_is_bit_identical(tav, tuned, tmp_path):
     base, model, _ = tuned
     path = str(tmp_path / "clip.safetensors")
-    tav.tuned_io.save_tuned(model.get_attachment(tav.video_unet.TUNING_KEY), path)
+    tav.tuned_io.save_tuned(tuning_of(model), path)
     reloaded = tav.tuned_io.load_tuned(path)
     assert reloaded.metadata["frames"] == FRAMES and reloaded.frame_groupnorm is True
     again = tav.video_unet.apply_tuned(base, reloaded)
@@ -168,7 +175,7 @@ def test_no_node_alters_its_input_model(tav, tuned, tmp_path):
     tav.sparse_causal.SparseCausalAttention.execute(inflated, "sparse_causal", 0.0, 1.0)
     assert model_state(inflated) == inflated_before
     path = tmp_path / "t.safetensors"
-    tav.tuned_io.save_tuned(model.get_attachment(tav.video_unet.TUNING_KEY), str(path))
+    tav.tuned_io.save_tuned(tuning_of(model), str(path))
     tav.video_unet.apply_tuned(tav.model, tav.tuned_io.load_tuned(str(path)))
     tav.inversion.ddim_invert(inflated, {"samples": tav.clip}, tav.cond, 2)
     assert model_state(inflated) == inflated_before
