@@ -194,3 +194,26 @@ def test_unet_converts_to_the_matching_diffusers_model(loaded, tiny_models):
         actual = loaded.model.model.diffusion_model(x, timesteps=t, context=context)
     assert torch.isfinite(expected).all()
     assert (actual - expected).abs().max() <= 1e-3 * expected.abs().max()
+
+
+def test_full_size_config_is_sd15_and_has_the_diffusers_layout(comfy_lib):
+    """The random full-size SD1.5 the GPU benchmarks build: ComfyUI detects it as SD1.5 and it converts, key for key
+    and shape for shape, into the diffusers SD1.5 UNet (shapes only: built on the meta device)."""
+    pytest.importorskip("diffusers")
+    import comfy.model_detection
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from diffusers import UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+    from tiny_models import FULL_UNET_CONFIG
+
+    unet = UNetModel(**FULL_UNET_CONFIG, dtype=torch.float32, device="meta", operations=comfy.ops.disable_weight_init)
+    checkpoint = {f"model.diffusion_model.{k}": v for k, v in unet.state_dict().items()}
+    config = comfy.model_detection.model_config_from_unet(checkpoint, "model.diffusion_model.")
+    assert type(config).__name__ == "SD15"
+    with torch.device("meta"):
+        reference = UNet2DConditionModel(**tiny_unet_diffusers_config(full_size=True))
+    expected = reference.state_dict()
+    converted = convert_ldm_unet_checkpoint(checkpoint, reference.config)
+    assert set(converted) == set(expected)
+    assert all(converted[k].shape == expected[k].shape for k in expected)

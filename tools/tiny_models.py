@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-VERSION = "2"  # bump when the generated weights change, so cached files are rebuilt
+VERSION = "3"  # bump when the generated weights change, so cached files are rebuilt
 
 # The tiny UNet in ComfyUI's openaimodel.UNetModel terms: exactly the config ComfyUI's model detection
 # reads back from the checkpoint (plus SD15's num_heads / num_head_channels).
@@ -54,7 +54,7 @@ FULL_UNET_CONFIG = {
     **TINY_UNET_CONFIG,
     "num_res_blocks": [2, 2, 2, 2],
     "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
-    "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],  # ComfyUI pops from the end: deepest first
     "channel_mult": [1, 2, 4, 4],
 }
 

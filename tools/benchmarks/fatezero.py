@@ -29,14 +29,6 @@ sys.path.insert(0, str(REPO_ROOT / "tools"))
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 STEPS, CONTEXT, LATENT = 50, 77, 64
-SD15_UNET = {
-    "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
-    "adm_in_channels": None, "in_channels": 4, "out_channels": 4, "model_channels": 320,
-    "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
-    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "channel_mult": [1, 2, 4, 4],
-    "transformer_depth_middle": 1, "use_linear_in_transformer": False, "context_dim": 768,
-    "use_temporal_resblock": False, "use_temporal_attention": False, "num_heads": 8, "num_head_channels": -1,
-}
 CONFIGS = ("none", "ours", "official")
 
 
@@ -55,9 +47,11 @@ def computed(frame_counts) -> dict:
     import comfy.ops
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
+    from tiny_models import FULL_UNET_CONFIG
+
     from video_edit.kernels.fatezero import captured_blocks
 
-    unet = UNetModel(**SD15_UNET, device="meta", operations=comfy.ops.disable_weight_init)
+    unet = UNetModel(**FULL_UNET_CONFIG, device="meta", operations=comfy.ops.disable_weight_init)
     blocks = captured_blocks(unet, LATENT, LATENT, 1024)
     print(f"1. computed, SD1.5 512x512: {len(blocks)} captured blocks, grids "
           f"{sorted({b.height for b in blocks}, reverse=True)}")
