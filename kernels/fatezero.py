@@ -1,4 +1,4 @@
-"""FateZero (algorithms.md §4, §6.4): the attention store filled during inversion, prompt-to-prompt token
+"""FateZero (docs/design.md §6): the attention store filled during inversion, prompt-to-prompt token
 alignment, cross-attention fusion, the blend mask and the latent blend. Pure torch.
 
 Storage. Inversion keeps, for the conditional pass of every captured block and every inversion level:

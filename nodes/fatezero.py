@@ -1,4 +1,4 @@
-"""FateZero, step 2: VE_AttentionFusion, editing with the attention stored during inversion (algorithms.md §4.3,
+"""FateZero, step 2: VE_AttentionFusion, editing with the attention stored during inversion (docs/design.md §6,
 §6.4): source self-attention, prompt-to-prompt cross-attention, and blending inside the blend words' mask."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """FateZero, step 1: VE_AttentionCaptureConfig, which makes VE_DDIMInvert store the source attention maps
-(algorithms.md §4.2, §6.4.1) in a compact AttentionStore (kernels/fatezero.py)."""
+(docs/design.md §6) in a compact AttentionStore (kernels/fatezero.py)."""
 
 from __future__ import annotations
 

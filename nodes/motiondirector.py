@@ -2,7 +2,7 @@
 
 Training runs inside ComfyUI's sampling stack like VE_OneShotTune (training.TrainingSampler). The LoRAs are forward
 hooks that a training clone injects and ejects with the model, so the input MODEL is never changed. Each step
-draws a clip, a timestep and noise, then (showlab/MotionDirector, algorithms.md §2.3):
+draws a clip, a timestep and noise, then (showlab/MotionDirector; docs/design.md §4):
 - spatial path (skipped, spatial LoRAs off, with probability 0.2): one random frame as a 1-frame clip through
   the image model's path (temporal layers bypassed, per-frame GroupNorm); ε-MSE; steps the spatial LoRAs only;
 - temporal path: the whole clip, spatial LoRAs active but frozen; ε-MSE + appearance-debiased MSE against a

@@ -1,4 +1,4 @@
-"""FateZero through ComfyUI's real model objects (tiny SD1.5, 4 frames, 8x8 latents): algorithms.md §6.4."""
+"""FateZero through ComfyUI's real model objects (tiny SD1.5, 4 frames, 8x8 latents): docs/design.md §6."""
 
 import pytest
 import torch

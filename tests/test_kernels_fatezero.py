@@ -1,4 +1,4 @@
-"""FateZero kernels on their own (pure torch): algorithms.md §6.4 windows, P2P alignment, mask, latent blend, store."""
+"""FateZero kernels on their own (pure torch): docs/design.md §6: windows, P2P alignment, mask, latent blend, store."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""MotionDirector kernels on their own (pure torch): algorithms.md §6.2 invariants 3, 4 and 6, and the noise prior."""
+"""MotionDirector kernels on their own (pure torch): the LoRA delta, the file reader, the debiased loss and the noise prior (docs/design.md §4)."""
 
 import math
 

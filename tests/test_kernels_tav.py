@@ -1,4 +1,4 @@
-"""Tune-A-Video kernels on their own (pure torch): algorithms.md §6.1 invariants 2, 3 and 4."""
+"""Tune-A-Video kernels on their own (pure torch): frame-spanning GroupNorm, the sparse-causal key set and the temporal attention (docs/design.md §3)."""
 
 import pytest
 import torch

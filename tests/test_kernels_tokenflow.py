@@ -1,4 +1,4 @@
-"""TokenFlow kernels on random tensors: keyframes, nearest neighbours, blending, propagation (algorithms.md §6.3)."""
+"""TokenFlow kernels on random tensors: keyframes, nearest neighbours, blending, propagation (docs/design.md §5)."""
 
 import math
 

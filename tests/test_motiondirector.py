@@ -1,4 +1,4 @@
-"""MotionDirector through ComfyUI's real model objects (tiny SD1.5): algorithms.md §6.2, LoRA files, core parity."""
+"""MotionDirector through ComfyUI's real model objects (tiny SD1.5): the invariants of docs/design.md §4, LoRA files, core parity."""
 
 import math
 import pickle

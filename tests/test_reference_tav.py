@@ -1,5 +1,5 @@
 """Checks of the independent Tune-A-Video reference (tests/reference/tav_diffusers.py) against
-algorithms.md §1.2, §1.3 and §6.1, on a tiny random-weight UNet on the CPU."""
+docs/design.md §3, on a tiny random-weight UNet on the CPU."""
 
 from __future__ import annotations
 

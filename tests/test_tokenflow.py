@@ -1,4 +1,4 @@
-"""VE_TokenFlow through ComfyUI's real sampler stack on the tiny SD1.5: algorithms.md §6.3."""
+"""VE_TokenFlow through ComfyUI's real sampler stack on the tiny SD1.5: docs/design.md §5."""
 
 import copy
 

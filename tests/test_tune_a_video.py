@@ -1,4 +1,4 @@
-"""Tune-A-Video through ComfyUI's real model objects (tiny SD1.5): algorithms.md §6.1, clone isolation, save/load."""
+"""Tune-A-Video through ComfyUI's real model objects (tiny SD1.5): the invariants of docs/design.md §3, clone isolation, save/load."""
 
 import copy
 

@@ -2,7 +2,7 @@
 
 Purpose: parity tests of the pack's ComfyUI implementation against a second, independently written
 implementation of Tune-A-Video's inflated UNet (showlab/Tune-A-Video, ``tuneavideo/models``; see
-``/work/shared/design/algorithms.md`` §1.2, §1.3 and §6.1). Deliberately imports nothing from the pack
+docs/design.md §3). Deliberately imports nothing from the pack
 (``kernels``/``nodes``); LDM -> diffusers weight conversion is done by diffusers' own converter.
 
 Frames-as-batch convention: a call gets ``latents`` of shape ``[chunks * F, 4, h, w]`` ordered
