@@ -12,7 +12,7 @@ class PatcherKeys:
 
     INFLATION = "video_edit_inflation"  # temporal layers: attachment, additional model, injection, UNet wrapper
     TUNING = "video_edit_tuning"  # attachment: the TunedWeights a tuned MODEL carries
-    CLIP_CHECKS = "video_edit_clip_checks"  # OUTER_SAMPLE wrapper: one ControlNet hint per frame
+    HINT_CHECKS = "video_edit_hint_checks"  # OUTER_SAMPLE wrapper: one ControlNet hint per frame
     TOKENFLOW = "video_edit_tokenflow"  # PnP feature injection and the APPLY_MODEL wrapper of TokenFlow's passes
     TOKENFLOW_SOURCE = "video_edit_tokenflow_source"  # the cond uuid of TokenFlow's source branch
     MOTION_LORA_TRAINING = "video_edit_motion_lora_training"  # injection of the LoRAs being trained
@@ -89,11 +89,11 @@ def _check_control_hint_frames(executor, noise, latent_image, *args, **kwargs):
     return executor(noise, latent_image, *args, **kwargs)
 
 
-def check_clip_inputs_when_sampling(model):
+def check_video_inputs_when_sampling(model):
     """Make sampling with ``model`` refuse ControlNet hints whose frame count does not match the clip."""
     from comfy.patcher_extension import WrappersMP
 
-    set_wrapper(model, WrappersMP.OUTER_SAMPLE, PatcherKeys.CLIP_CHECKS, _check_control_hint_frames)
+    set_wrapper(model, WrappersMP.OUTER_SAMPLE, PatcherKeys.HINT_CHECKS, _check_control_hint_frames)
 
 
 class SharedPatch:

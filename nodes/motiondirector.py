@@ -1,11 +1,11 @@
-"""MotionDirector on the inflated SD1.x UNet: a set of clips of one motion, dual-path LoRA training, noise prior.
+"""MotionDirector on the inflated SD1.x UNet: a set of videos of one motion, dual-path LoRA training, noise prior.
 
 Training runs inside ComfyUI's sampling stack like VE_OneShotTune (training.TrainingSampler). The LoRAs are forward
 hooks that a training clone injects and ejects with the model, so the input MODEL is never changed. Each step
-draws a clip, a timestep and noise, then (showlab/MotionDirector; docs/design.md §4):
-- spatial path (skipped, spatial LoRAs off, with probability 0.2): one random frame as a 1-frame clip through
+draws a video, a timestep and noise, then (showlab/MotionDirector; docs/design.md §4):
+- spatial path (skipped, spatial LoRAs off, with probability 0.2): one random frame as a 1-frame video through
   the image model's path (temporal layers bypassed, per-frame GroupNorm); ε-MSE; steps the spatial LoRAs only;
-- temporal path: the whole clip, spatial LoRAs active but frozen; ε-MSE + appearance-debiased MSE against a
+- temporal path: the whole video, spatial LoRAs active but frozen; ε-MSE + appearance-debiased MSE against a
   random anchor frame; steps the temporal LoRAs only.
 """
 
@@ -24,40 +24,40 @@ from comfy_extras.nodes_custom_sampler import Guider_Basic
 from ..kernels.lora import LoRASet, debiased_temporal_loss, linear_targets, noise_prior, spatial_targets
 from .model_helpers import PatcherKeys, require_sd1_unet, require_video_latent
 from .motion_lora_files import SPATIAL_PREFIX, save_motion_lora
-from .socket_types import ClipSet, InversionType, MotionLoRA
+from .socket_types import InversionType, MotionLoRA, VideoSet
 from .training import TrainingSampler, predict_eps, train_in_guider
 from .video_unet import bypass_temporal, require_inflated
 
 
 @dataclass(frozen=True)
-class MotionClip:
-    """One training clip: latents ``[F, 4, h, w]`` and the conditioning of its own prompt."""
+class TrainingVideo:
+    """One training video: latents ``[F, 4, h, w]`` and the conditioning of its own prompt."""
 
     samples: torch.Tensor
     conditioning: list
 
 
-def add_clip(clip_set: tuple[MotionClip, ...] | None, latent: dict, conditioning) -> tuple[MotionClip, ...]:
-    """A new clip set: ``clip_set`` plus this clip (all clips must share the latent size)."""
+def add_video(clip_set: tuple[TrainingVideo, ...] | None, latent: dict, conditioning) -> tuple[TrainingVideo, ...]:
+    """A new video set: ``clip_set`` plus this video (all videos must share the latent size)."""
     samples = require_video_latent(latent)
-    clips = tuple(clip_set or ())
-    if clips and clips[0].samples.shape[1:] != samples.shape[1:]:
+    videos = tuple(clip_set or ())
+    if videos and videos[0].samples.shape[1:] != samples.shape[1:]:
         size = tuple(d * 8 for d in samples.shape[2:])
-        first = tuple(d * 8 for d in clips[0].samples.shape[2:])
-        raise ValueError(f"latent: this clip is {size[1]}x{size[0]} pixels, the clips already in clip_set are "
-                         f"{first[1]}x{first[0]}. Load every clip at the same size (VE Load Video width/height).")
-    return clips + (MotionClip(samples, conditioning),)
+        first = tuple(d * 8 for d in videos[0].samples.shape[2:])
+        raise ValueError(f"latent: this video is {size[1]}x{size[0]} pixels, the videos already in clip_set are "
+                         f"{first[1]}x{first[0]}. Load every video at the same size (VE Load Video width/height).")
+    return videos + (TrainingVideo(samples, conditioning),)
 
 
-class ClipGuider(Guider_Basic):
-    """Conditions each training clip on its own prompt; ``active`` picks the clip."""
+class VideoGuider(Guider_Basic):
+    """Conditions each training video on its own prompt; ``active`` picks the video."""
 
-    def set_clip_conds(self, conditionings: list):
-        self.inner_set_conds({f"clip{i}": c for i, c in enumerate(conditionings)})
+    def set_video_conds(self, conditionings: list):
+        self.inner_set_conds({f"video{i}": c for i, c in enumerate(conditionings)})
         self.active = 0
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
-        return comfy.samplers.sampling_function(self.inner_model, x, timestep, None, self.conds[f"clip{self.active}"],
+        return comfy.samplers.sampling_function(self.inner_model, x, timestep, None, self.conds[f"video{self.active}"],
                                                 1.0, model_options=model_options, seed=seed)
 
 
@@ -66,11 +66,11 @@ class MotionDirectorSampler(TrainingSampler):
 
     title = "MotionDirector"
 
-    def __init__(self, clips: list[torch.Tensor], spatial: LoRASet, temporal: LoRASet, steps: int, learning_rate: float,
+    def __init__(self, videos: list[torch.Tensor], spatial: LoRASet, temporal: LoRASet, steps: int, learning_rate: float,
                  weight_decay: float, seed: int, gradient_checkpointing: bool, spatial_mask_probability: float,
                  checkpoint=None, checkpoint_every: int = 0):
         super().__init__(steps, seed, gradient_checkpointing)
-        self.clips = clips
+        self.videos = videos
         self.spatial, self.temporal = spatial, temporal
         self.mask_probability = spatial_mask_probability
         self.checkpoint, self.checkpoint_every = checkpoint, checkpoint_every
@@ -81,11 +81,11 @@ class MotionDirectorSampler(TrainingSampler):
         return [*self.spatial.parameters(), *self.temporal.parameters()]
 
     def train_step(self, model_wrap, latent, step, generator, extra_args):
-        index = int(torch.randint(len(self.clips), (1,), generator=generator))
-        clip = model_wrap.inner_model.process_latent_in(self.clips[index].to(latent))
-        frames = clip.shape[0]
+        index = int(torch.randint(len(self.videos), (1,), generator=generator))
+        video = model_wrap.inner_model.process_latent_in(self.videos[index].to(latent))
+        frames = video.shape[0]
         timestep = torch.randint(0, 1000, (1,), generator=generator)
-        eps = torch.randn(clip.shape, generator=generator).to(clip)
+        eps = torch.randn(video.shape, generator=generator).to(video)
         masked = bool(torch.rand((), generator=generator) < self.mask_probability)
         j, k = (int(i) for i in torch.randint(frames, (2,), generator=generator))
         model_wrap.active = index
@@ -95,7 +95,7 @@ class MotionDirectorSampler(TrainingSampler):
         self.spatial.scale = 0.0 if masked else 1.0
         if not masked:
             with bypass_temporal():
-                pred = predict_eps(model_wrap, clip[j:j + 1], timestep, eps[j:j + 1], extra_args)
+                pred = predict_eps(model_wrap, video[j:j + 1], timestep, eps[j:j + 1], extra_args)
             loss = F.mse_loss(pred.float(), eps[j:j + 1].float())
             self.check_finite(loss, step, "spatial loss")
             spatial_opt.zero_grad(set_to_none=True)
@@ -106,7 +106,7 @@ class MotionDirectorSampler(TrainingSampler):
         # The spatial LoRAs stay active (at the scale above) but are not optimised: no gradient is computed for them.
         self.spatial.requires_grad_(False)
         try:
-            pred = predict_eps(model_wrap, clip, timestep, eps, extra_args)
+            pred = predict_eps(model_wrap, video, timestep, eps, extra_args)
             loss = debiased_temporal_loss(pred.float(), eps.float(), k)
             self.check_finite(loss, step, "temporal loss")
             temporal_opt.zero_grad(set_to_none=True)
@@ -134,18 +134,18 @@ def _hook_injection(spatial: LoRASet, temporal: LoRASet, temporal_layers) -> Pat
     return PatcherInjection(inject=inject, eject=eject)
 
 
-def train_motion_director(model, clips: tuple[MotionClip, ...], steps: int, rank: int = 32, learning_rate: float = 5e-4,
+def train_motion_director(model, videos: tuple[TrainingVideo, ...], steps: int, rank: int = 32, learning_rate: float = 5e-4,
                           weight_decay: float = 1e-2, seed: int = 0, gradient_checkpointing: bool = True,
                           spatial_mask_probability: float = 0.2, lora_dropout: float = 0.1,
                           checkpoint_every: int = 0, checkpoint_name: str = ""):
-    """Train spatial and temporal LoRAs on ``clips``; return (spatial LoRA, temporal LoRA, losses by name).
+    """Train spatial and temporal LoRAs on ``videos``; return (spatial LoRA, temporal LoRA, losses by name).
 
     Losses: ``temporal`` (also ``loss``, for core's loss graph) and ``spatial`` per step, NaN where masked.
     """
     unet = require_sd1_unet(model)
     inflation = require_inflated(model, needs="MotionDirector trains LoRAs on the temporal layers")
-    if not clips:
-        raise ValueError("clip_set: it holds no clips; build it with VE Motion Clip Set.")
+    if not videos:
+        raise ValueError("clip_set: it holds no videos; build it with VE Motion Clip Set.")
     with torch.inference_mode(False), torch.enable_grad():
         device = model.load_device
         spatial = LoRASet({SPATIAL_PREFIX + p: m for p, m in spatial_targets(unet).items()}, rank, lora_dropout, seed)
@@ -159,12 +159,12 @@ def train_motion_director(model, clips: tuple[MotionClip, ...], steps: int, rank
 
         trainer = model.clone()
         trainer.set_injections(PatcherKeys.MOTION_LORA_TRAINING, [_hook_injection(spatial, temporal, inflation.layers)])
-        sampler = MotionDirectorSampler([c.samples.clone() for c in clips], spatial, temporal, steps, learning_rate,
+        sampler = MotionDirectorSampler([c.samples.clone() for c in videos], spatial, temporal, steps, learning_rate,
                                         weight_decay, seed, gradient_checkpointing, spatial_mask_probability,
                                         checkpoint if checkpoint_name.strip() else None, checkpoint_every)
-        guider = ClipGuider(trainer)
-        guider.set_clip_conds([c.conditioning for c in clips])
-        longest = max((c.samples for c in clips), key=len)
+        guider = VideoGuider(trainer)
+        guider.set_video_conds([c.conditioning for c in videos])
+        longest = max((c.samples for c in videos), key=len)
         try:
             train_in_guider(guider, longest.clone(), sampler, seed)
         finally:
@@ -178,23 +178,23 @@ class MotionClipSet(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="VE_MotionClipSet",
+            node_id="VE_MotionClipSet",  # "clip" as in video clip: the id saved workflows use
             display_name="Motion Clip Set (MotionDirector)",
             category="video_edit/motiondirector",
-            description=("Collects the training clips of one motion, each with its own prompt: chain one node per "
-                         "clip through clip_set. Clips may differ in length (at least 2 frames) but not in size. "
-                         "One clip is MotionDirector's single-video case."),
+            description=("Collects the training videos of one motion, each with its own prompt: chain one node per "
+                         "video through clip_set. Videos may differ in length (at least 2 frames) but not in size. "
+                         "One video is MotionDirector's single-video case."),
             inputs=[
-                io.Latent.Input("latent", tooltip="One clip, VAE-encoded (frames as batch)."),
-                io.Conditioning.Input("conditioning", tooltip="The prompt describing this clip."),
-                ClipSet.Input("clip_set", optional=True, tooltip="Clips collected so far."),
+                io.Latent.Input("latent", tooltip="One video, VAE-encoded (frames as batch)."),
+                io.Conditioning.Input("conditioning", tooltip="The prompt describing this video."),
+                VideoSet.Input("clip_set", optional=True, tooltip="Videos collected so far."),
             ],
-            outputs=[ClipSet.Output(display_name="clip_set")],
+            outputs=[VideoSet.Output(display_name="clip_set")],
         )
 
     @classmethod
     def execute(cls, latent, conditioning, clip_set=None) -> io.NodeOutput:
-        return io.NodeOutput(add_clip(clip_set, latent, conditioning))
+        return io.NodeOutput(add_video(clip_set, latent, conditioning))
 
 
 class TrainMotionDirector(io.ComfyNode):
@@ -205,20 +205,20 @@ class TrainMotionDirector(io.ComfyNode):
             display_name="Train MotionDirector",
             category="video_edit/motiondirector",
             description=(
-                "Learns a motion from the clips as two LoRAs, MotionDirector's dual-path recipe: spatial LoRAs on the "
-                "self-attention and feed-forward of every spatial transformer block learn the clips' appearance from "
-                "single frames; temporal LoRAs on the temporal layers learn the motion from whole clips with the "
+                "Learns a motion from the videos as two LoRAs, MotionDirector's dual-path recipe: spatial LoRAs on the "
+                "self-attention and feed-forward of every spatial transformer block learn the videos' appearance from "
+                "single frames; temporal LoRAs on the temporal layers learn the motion from whole videos with the "
                 "appearance-debiased loss. Generate with the temporal LoRA only (VE Load/Apply Motion LoRA, spatial "
                 "strength 0) to move a new subject the same way. The input MODEL is unchanged."),
             inputs=[
                 io.Model.Input("model", tooltip="An inflated SD1.x model (VE_InflateUNet)."),
-                ClipSet.Input("clip_set"),
+                VideoSet.Input("clip_set"),
                 io.Int.Input("steps", default=300, min=1, max=100000,
-                             tooltip="Official: 150 for one clip, 300-500 for several."),
+                             tooltip="Official: 150 for one video, 300-500 for several."),
                 io.Int.Input("rank", default=32, min=1, max=1024),
                 io.Float.Input("learning_rate", default=5e-4, min=1e-7, max=1.0, step=1e-5),
                 io.Float.Input("weight_decay", default=1e-2, min=0.0, max=1.0, step=1e-4,
-                               tooltip="AdamW weight decay of the LoRAs (official: 1e-2 one clip, 1e-4 several)."),
+                               tooltip="AdamW weight decay of the LoRAs (official: 1e-2 one video, 1e-4 several)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF),
                 io.Boolean.Input("gradient_checkpointing", default=True,
                                  tooltip="Recompute transformer blocks in the backward pass: much less memory, a bit slower."),
@@ -246,7 +246,7 @@ class TrainMotionDirector(io.ComfyNode):
 
 
 class InversionNoise:
-    """A NOISE for SamplerCustomAdvanced: MotionDirector's noise prior from a DDIM-inverted source clip."""
+    """A NOISE for SamplerCustomAdvanced: MotionDirector's noise prior from a DDIM-inverted source video."""
 
     def __init__(self, inverted: torch.Tensor, p: float, seed: int):
         self.inverted = inverted
@@ -261,8 +261,8 @@ class InversionNoise:
         if self.p == 0:
             return noise
         if samples.shape[0] != self.inverted.shape[0]:
-            raise ValueError(f"latent_image: {samples.shape[0]} frames, the inverted clip has {self.inverted.shape[0]}; "
-                             "generate as many frames as the source clip has when noise_prior > 0.")
+            raise ValueError(f"latent_image: {samples.shape[0]} frames, the inverted video has {self.inverted.shape[0]}; "
+                             "generate as many frames as the source video has when noise_prior > 0.")
         inverted = self.inverted
         if inverted.shape[-2:] != samples.shape[-2:]:  # official: bilinear resize to the generated size
             inverted = F.interpolate(inverted, size=samples.shape[-2:], mode="bilinear", align_corners=False)
@@ -270,7 +270,7 @@ class InversionNoise:
 
 
 def inversion_noise(model, inversion, noise_prior_strength: float, seed: int) -> InversionNoise:
-    """The inverted clip in unit-variance (DDPM) units: ComfyUI's x = x0 + σ·ε scaled by 1/√(1+σ²)."""
+    """The inverted video in unit-variance (DDPM) units: ComfyUI's x = x0 + σ·ε scaled by 1/√(1+σ²)."""
     sigma = float(inversion.sigmas[-1])
     inverted = model.model.process_latent_in(inversion.latents[-1].float()) / math.sqrt(1.0 + sigma ** 2)
     return InversionNoise(inverted, noise_prior_strength, seed)
@@ -284,13 +284,13 @@ class MotionNoisePrior(io.ComfyNode):
             display_name="Motion Noise Prior (MotionDirector)",
             category="video_edit/motiondirector",
             description=("MotionDirector's optional noise prior, a NOISE for SamplerCustomAdvanced: initial noise "
-                         "√p · inverted + √(1−p) · random, where 'inverted' is a source clip's DDIM inversion "
+                         "√p · inverted + √(1−p) · random, where 'inverted' is a source video's DDIM inversion "
                          "(VE DDIM Invert with the empty prompt, 50 steps, on the base model). p = 0 is plain random "
-                         "noise; official: 0.1-0.5 for a model trained on one clip, 0 for several. The latent must "
-                         "have the source clip's frame count; a different size is resized bilinearly."),
+                         "noise; official: 0.1-0.5 for a model trained on one video, 0 for several. The latent must "
+                         "have the source video's frame count; a different size is resized bilinearly."),
             inputs=[
                 io.Model.Input("model"),
-                InversionType.Input("inversion", tooltip="VE DDIM Invert's inversion of a training clip."),
+                InversionType.Input("inversion", tooltip="VE DDIM Invert's inversion of a training video."),
                 io.Float.Input("noise_prior", default=0.0, min=0.0, max=1.0, step=0.01),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
             ],

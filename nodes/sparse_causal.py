@@ -6,7 +6,7 @@ from comfy_api.latest import io
 
 from ..kernels.attention import CROSS_FRAME_MODES, cross_frame_attention
 from ..kernels.unet_layout import iter_transformer_blocks
-from .model_helpers import (CrossFramePatch, check_clip_inputs_when_sampling, require_sd1_unet, slot_attention,
+from .model_helpers import (CrossFramePatch, check_video_inputs_when_sampling, require_sd1_unet, slot_attention,
                             slot_patch)
 
 
@@ -51,7 +51,7 @@ def with_cross_frame_attention(model, mode: str, start_percent: float = 0.0, end
     for key, *_ in iter_transformer_blocks(unet):
         inner = slot_patch(model, "attn1", key, replaces=CrossFramePatch)
         clone.set_model_attn1_replace(CrossFrameAttentionPatch(mode, *window, inner), *key)
-    check_clip_inputs_when_sampling(clone)
+    check_video_inputs_when_sampling(clone)
     return clone
 
 

@@ -22,7 +22,7 @@ from ..kernels.schedule import in_window, matching, nearest
 from ..kernels.tokenflow import (copy_source_branch, keyframe_attention, keyframe_schedule, pnp_output_block,
                                  pnp_resnet, propagate, same_token_count, start_latent, with_source_branch)
 from ..kernels.unet_layout import iter_transformer_blocks
-from .model_helpers import (CrossFramePatch, PatcherKeys, check_clip_inputs_when_sampling, require_sd1_unet,
+from .model_helpers import (CrossFramePatch, PatcherKeys, check_video_inputs_when_sampling, require_sd1_unet,
                             set_wrapper, slot_attention, slot_patch)
 from .socket_types import InversionType
 
@@ -129,7 +129,7 @@ class TokenFlowSampling:
                 "(KSampler Advanced: add_noise disable, sampler ddim), or invert with the sampler's step count.")
         return nearest(schedule, sigma), len(schedule)
 
-    def check_clip(self, x: torch.Tensor, frames: int):
+    def check_video(self, x: torch.Tensor, frames: int):
         have = (self.inversion.frames, *self.inversion.latents.shape[-2:])
         want = (frames, *x.shape[-2:])
         if have != want:
@@ -141,7 +141,7 @@ class TokenFlowSampling:
     def __call__(self, executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
         flags = list(transformer_options.get("cond_or_uncond") or [0])
         branches, frames = len(flags), x.shape[0] // len(flags)
-        self.check_clip(x, frames)
+        self.check_video(x, frames)
         sigma = float(t.max())
         step, steps = self.schedule_position(sigma, transformer_options.get("sample_sigmas"))
         keyframes = keyframe_schedule(frames, self.chunk_size, steps, self.seed)[step]
@@ -206,7 +206,7 @@ def tokenflow(model, inversion: Inversion, conditioning, keyframe_chunk_size: in
     set_wrapper(clone, WrappersMP.APPLY_MODEL, PatcherKeys.TOKENFLOW, TokenFlowSampling(
         inversion, conditioning[0][0][:1].detach().cpu(), keyframe_chunk_size, pnp_attention_window,
         pnp_feature_window, seed))
-    check_clip_inputs_when_sampling(clone)
+    check_video_inputs_when_sampling(clone)
     noisiest = float(inversion.sigmas[-1])  # also the first sampling sigma: sampling must use the inversion's schedule
     start = start_latent(inversion.latents[0], inversion.latents[-1], noisiest, noisiest)
     return clone, {"samples": start}

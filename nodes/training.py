@@ -112,11 +112,11 @@ class TrainingSampler(comfy.samplers.Sampler):
         return latent_image
 
 
-def predict_eps(model_wrap, clip: torch.Tensor, timestep: torch.Tensor, eps: torch.Tensor, extra_args) -> torch.Tensor:
-    """The model's ε-prediction for ``clip`` noised with ``eps`` to DDPM ``timestep`` (shared by all frames)."""
+def predict_eps(model_wrap, video: torch.Tensor, timestep: torch.Tensor, eps: torch.Tensor, extra_args) -> torch.Tensor:
+    """The model's ε-prediction for ``video`` noised with ``eps`` to DDPM ``timestep`` (shared by all frames)."""
     sampling = model_wrap.inner_model.model_sampling
-    sigma = sampling.sigma(timestep.to(clip.device)).to(clip).expand(clip.shape[0]).view(-1, 1, 1, 1)
-    noisy = clip + sigma * eps
+    sigma = sampling.sigma(timestep.to(video.device)).to(video).expand(video.shape[0]).view(-1, 1, 1, 1)
+    noisy = video + sigma * eps
     denoised = model_wrap(noisy, sigma.flatten(), **extra_args)
     return (noisy - denoised) / sigma
 

@@ -1,4 +1,4 @@
-"""VE_OneShotTune: Tune-A-Video's one-shot tuning of an inflated SD1.x UNet on one clip.
+"""VE_OneShotTune: Tune-A-Video's one-shot tuning of an inflated SD1.x UNet on one video.
 
 The loop runs inside ComfyUI's own sampling stack (a Guider and a custom Sampler, as core's Train LoRA does),
 so model loading/offloading, our attention patches, injections and ControlNet conditioning behave exactly as
@@ -33,7 +33,7 @@ class QueryDelta(nn.Module):
 
 
 class OneShotTuningSampler(TrainingSampler):
-    """Tune-A-Video's step: ε-MSE at one shared random timestep per clip."""
+    """Tune-A-Video's step: ε-MSE at one shared random timestep per video."""
 
     title = "one-shot tuning"
 
@@ -58,10 +58,10 @@ class OneShotTuningSampler(TrainingSampler):
         for d in self.deltas:
             decay_delta_(d.delta, d.base, self.learning_rate, self.weight_decay)
 
-    def train_step(self, model_wrap, clip, step, generator, extra_args):
+    def train_step(self, model_wrap, video, step, generator, extra_args):
         timestep = torch.randint(0, 1000, (1,), generator=generator)
-        eps = torch.randn(clip.shape, generator=generator).to(clip)
-        loss = F.mse_loss(predict_eps(model_wrap, clip, timestep, eps, extra_args).float(), eps.float())
+        eps = torch.randn(video.shape, generator=generator).to(video)
+        loss = F.mse_loss(predict_eps(model_wrap, video, timestep, eps, extra_args).float(), eps.float())
         self.check_finite(loss, step)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -73,7 +73,7 @@ class OneShotTuningSampler(TrainingSampler):
 
 def one_shot_tune(model, latent: dict, positive, steps: int, learning_rate: float, seed: int,
                   gradient_checkpointing: bool = True, weight_decay: float = 1e-2) -> tuple[object, list[float]]:
-    """Tune ``model`` (inflated) on one clip; return the tuned clone and the loss per step."""
+    """Tune ``model`` (inflated) on one video; return the tuned clone and the loss per step."""
     unet = require_sd1_unet(model)
     samples = require_video_latent(latent)
     inflation = require_inflated(model, needs="one-shot tuning trains the temporal layers")
@@ -114,15 +114,15 @@ class OneShotTune(io.ComfyNode):
             display_name="One-Shot Tune (Tune-A-Video)",
             category="video_edit/tune_a_video",
             description=(
-                "Tunes an inflated model on the source clip, exactly Tune-A-Video's recipe: the query projections of "
+                "Tunes an inflated model on the source video, exactly Tune-A-Video's recipe: the query projections of "
                 "self- and cross-attention and the temporal attention layers (not their LayerNorm) are trained with "
-                "AdamW (weight decay 0.01, grad-norm clip 1.0) on the ε-MSE at one random timestep shared by all "
+                "AdamW (weight decay 0.01, grad-norm video 1.0) on the ε-MSE at one random timestep shared by all "
                 "frames. Returns a tuned copy; the input MODEL is unchanged. Changing only the edit prompt downstream "
                 "does not retrain."),
             inputs=[
                 io.Model.Input("model", tooltip="An inflated SD1.x model (VE_InflateUNet), optionally with sparse-causal attention."),
-                io.Latent.Input("latent", tooltip="The source clip, VAE-encoded."),
-                io.Conditioning.Input("conditioning", tooltip="The source prompt describing the clip."),
+                io.Latent.Input("latent", tooltip="The source video, VAE-encoded."),
+                io.Conditioning.Input("conditioning", tooltip="The source prompt describing the video."),
                 io.Int.Input("steps", default=500, min=1, max=100000),
                 io.Float.Input("learning_rate", default=3e-5, min=1e-7, max=1.0, step=1e-6),
                 io.Int.Input("seed", default=33, min=0, max=0xFFFFFFFFFFFFFFFF),

@@ -20,12 +20,12 @@ from torch import nn
 
 from ..kernels.temporal import TemporalLayers, frame_spanning_group_norm
 from ..kernels.unet_layout import iter_resnet_norms, iter_transformer_blocks
-from .model_helpers import (PatcherKeys, add_weight_patches, check_clip_inputs_when_sampling, require_sd1_unet,
+from .model_helpers import (PatcherKeys, add_weight_patches, check_video_inputs_when_sampling, require_sd1_unet,
                             set_wrapper)
 from .training import GRADIENT_CHECKPOINTING
 
-# Set around every UNet call by the DIFFUSION_MODEL wrapper: how many clips (cond/uncond chunks) share the batch.
-CLIP_CHUNKS = contextvars.ContextVar("video_edit_clip_chunks", default=1)
+# Set around every UNet call by the DIFFUSION_MODEL wrapper: how many videos (cond/uncond chunks) share the batch.
+VIDEO_CHUNKS = contextvars.ContextVar("video_edit_video_chunks", default=1)
 # Set by MotionDirector's spatial path: the image model's path, temporal layers skipped and norms per frame.
 TEMPORAL_BYPASS = contextvars.ContextVar("video_edit_temporal_bypass", default=False)
 # Set around a UNet call that trains with ControlNet residuals (see _copy_skip_input).
@@ -60,7 +60,7 @@ class InflatedTransformerBlock(nn.Module):
     def forward(self, x, context=None, transformer_options={}):
         # The context is read here, not inside _forward: a checkpointed recompute runs in the backward pass,
         # outside the caller's context.
-        args = (x, context, transformer_options, CLIP_CHUNKS.get(), TEMPORAL_BYPASS.get())
+        args = (x, context, transformer_options, VIDEO_CHUNKS.get(), TEMPORAL_BYPASS.get())
         if GRADIENT_CHECKPOINTING.get() and torch.is_grad_enabled():
             return torch.utils.checkpoint.checkpoint(self._forward, *args, use_reentrant=False)
         return self._forward(*args)
@@ -75,7 +75,7 @@ class FrameSpanningGroupNorm(nn.Module):
 
     def forward(self, x):
         weight, bias = (None if p is None else p.to(x) for p in (self.norm.weight, self.norm.bias))
-        chunks = x.shape[0] if TEMPORAL_BYPASS.get() else CLIP_CHUNKS.get()
+        chunks = x.shape[0] if TEMPORAL_BYPASS.get() else VIDEO_CHUNKS.get()
         return frame_spanning_group_norm(x, self.norm.num_groups, weight, bias, self.norm.eps, chunks)
 
 
@@ -136,15 +136,15 @@ def _eject(patcher: ModelPatcher):
                     blocks[index] = block.block
 
 
-def _clip_layout_wrapper(executor, x, timesteps, context, y, control, transformer_options, **kwargs):
-    """Publish how many clips share the batch (one per cond/uncond chunk) to the injected layers, and whether
+def _video_layout_wrapper(executor, x, timesteps, context, y, control, transformer_options, **kwargs):
+    """Publish how many videos share the batch (one per cond/uncond chunk) to the injected layers, and whether
     ControlNet residuals meet a training pass."""
-    tokens = (CLIP_CHUNKS.set(len(transformer_options.get("cond_or_uncond") or [0])),
+    tokens = (VIDEO_CHUNKS.set(len(transformer_options.get("cond_or_uncond") or [0])),
               COPY_SKIPS.set(bool(control) and torch.is_grad_enabled()))
     try:
         return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
     finally:
-        CLIP_CHUNKS.reset(tokens[0])
+        VIDEO_CHUNKS.reset(tokens[0])
         COPY_SKIPS.reset(tokens[1])
 
 
@@ -188,8 +188,8 @@ def inflate(model, temporal_state: dict | None = None, frame_groupnorm: bool = T
     clone = model.clone()
     clone.set_additional_models(PatcherKeys.INFLATION, [ModelPatcher(layers, load_device=model.load_device, offload_device=model.offload_device)])
     clone.set_injections(PatcherKeys.INFLATION, [PatcherInjection(inject=lambda patcher: _inject(layers, frame_groupnorm, patcher), eject=_eject)])
-    set_wrapper(clone, WrappersMP.DIFFUSION_MODEL, PatcherKeys.INFLATION, _clip_layout_wrapper)
-    check_clip_inputs_when_sampling(clone)
+    set_wrapper(clone, WrappersMP.DIFFUSION_MODEL, PatcherKeys.INFLATION, _video_layout_wrapper)
+    check_video_inputs_when_sampling(clone)
     clone.set_attachments(PatcherKeys.INFLATION, Inflation(layers, frame_groupnorm))
     return clone
 

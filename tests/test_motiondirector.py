@@ -28,10 +28,10 @@ def md(sd15):
     ns.model, ns.video_unet, ns.inversion, ns.io, ns.md = model, video_unet, inversion, motion_lora_io, motiondirector
     ns.conds = [clip.encode_from_tokens_scheduled(clip.tokenize(p)) for p in ("a man is skiing", "a skier on a slope")]
     g = torch.Generator().manual_seed(0)
-    ns.clip_a = torch.randn(FRAMES, 4, H, W, generator=g)
-    ns.clip_b = torch.randn(FRAMES - 1, 4, H, W, generator=g)
-    ns.clips = motiondirector.add_clip(motiondirector.add_clip(None, {"samples": ns.clip_a}, ns.conds[0]),
-                                       {"samples": ns.clip_b}, ns.conds[1])
+    ns.video_a = torch.randn(FRAMES, 4, H, W, generator=g)
+    ns.video_b = torch.randn(FRAMES - 1, 4, H, W, generator=g)
+    ns.videos = motiondirector.add_video(motiondirector.add_video(None, {"samples": ns.video_a}, ns.conds[0]),
+                                       {"samples": ns.video_b}, ns.conds[1])
     ns.base = video_unet.inflate(model, frame_groupnorm=False)
     ns.blocks = [path for _, path, _, _ in video_unet.iter_transformer_blocks(model.model.diffusion_model)]
 
@@ -48,7 +48,7 @@ def md(sd15):
 def train(md, model=None, **kwargs):
     settings = dict(steps=2, rank=8, learning_rate=1e-3, seed=0, spatial_mask_probability=0.0, gradient_checkpointing=False)
     settings.update(kwargs)
-    return md.md.train_motion_director(md.base if model is None else model, md.clips, **settings)
+    return md.md.train_motion_director(md.base if model is None else model, md.videos, **settings)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_spatial_path_is_the_image_model(md):
     state = {k: torch.randn(v.shape, generator=g) * 0.2
              for k, v in md.video_unet.get_inflation(md.base).layers.state_dict().items()}
     inflated = md.video_unet.inflate(md.model, state, frame_groupnorm=True)
-    frame = md.clip_a[2:3]
+    frame = md.video_a[2:3]
     plain = md.denoise(md.model, frame)
     with md.video_unet.bypass_temporal():
         torch.testing.assert_close(md.denoise(inflated, frame), plain, rtol=1e-5, atol=1e-5)
@@ -116,9 +116,9 @@ def test_the_temporal_step_never_changes_spatial_weights(md):
 
 
 def test_several_clips_of_different_lengths_and_a_single_clip(md):
-    single = md.md.add_clip(None, {"samples": md.clip_b}, md.conds[1])
+    single = md.md.add_video(None, {"samples": md.video_b}, md.conds[1])
     spatial, temporal, losses = md.md.train_motion_director(md.base, single, steps=1, rank=4, seed=1)
-    assert len(losses["temporal"]) == 1 and len(md.clips) == 2 and md.clips[1].samples.shape[0] == FRAMES - 1
+    assert len(losses["temporal"]) == 1 and len(md.videos) == 2 and md.videos[1].samples.shape[0] == FRAMES - 1
 
 
 def patched_weight(patcher, key, base):
@@ -132,10 +132,10 @@ def test_strengths_are_independent_linear_and_zero_is_the_base(md, trained):
     from video_edit.nodes.video_unet import temporal_patcher
 
     spatial, temporal, _ = trained
-    base_out = md.denoise(md.base, md.clip_a)
+    base_out = md.denoise(md.base, md.video_a)
     zero = md.io.apply_motion_lora(md.base, spatial, 0.0, temporal, 0.0)
     assert not zero.patches and not temporal_patcher(zero).patches
-    assert torch.equal(md.denoise(zero, md.clip_a), base_out)
+    assert torch.equal(md.denoise(zero, md.video_a), base_out)
 
     only_temporal = md.io.apply_motion_lora(md.base, spatial, 0.0, temporal, 1.0)
     assert not only_temporal.patches
@@ -156,8 +156,8 @@ def test_strengths_are_independent_linear_and_zero_is_the_base(md, trained):
         torch.testing.assert_close(patched_weight(both, key, w0), w0.float() + s * delta, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(patched_weight(temporal_patcher(both), tkey, t0), t0.float() + 3 * s * tdelta,
                                    rtol=1e-5, atol=1e-6)
-    assert (md.denoise(only_temporal, md.clip_a) - base_out).abs().max() > 1e-5
-    assert torch.equal(md.denoise(md.base, md.clip_a), base_out)  # the input MODEL still gives the base output
+    assert (md.denoise(only_temporal, md.video_a) - base_out).abs().max() > 1e-5
+    assert torch.equal(md.denoise(md.base, md.video_a), base_out)  # the input MODEL still gives the base output
 
 
 def test_save_then_load_is_bit_identical(md, trained, folders):
@@ -172,7 +172,7 @@ def test_save_then_load_is_bit_identical(md, trained, folders):
     loaded = md.io.LoadMotionLoRA.execute(md.base, "skiing_00001_spatial.safetensors", 0.5,
                                           "skiing_00001_temporal.safetensors", 1.0).args[0]
     applied = md.io.apply_motion_lora(md.base, spatial, 0.5, temporal, 1.0)
-    assert torch.equal(md.denoise(loaded, md.clip_a), md.denoise(applied, md.clip_a))
+    assert torch.equal(md.denoise(loaded, md.video_a), md.denoise(applied, md.video_a))
 
 
 def test_core_lora_loader_applies_the_spatial_file_identically(md, trained, folders):
@@ -186,7 +186,7 @@ def test_core_lora_loader_applies_the_spatial_file_identically(md, trained, fold
     core, _ = comfy.sd.load_lora_for_models(md.model, None, comfy.utils.load_torch_file(spatial_path), 0.7, 0)
     ours = md.io.LoadMotionLoRA.execute(md.model, "core_00001_spatial.safetensors", 0.7, "none", 1.0).args[0]
     assert set(core.patches) == set(ours.patches)
-    frame = md.clip_a[:1]
+    frame = md.video_a[:1]
     core_out, our_out = md.denoise(core, frame), md.denoise(ours, frame)
     assert torch.equal(core_out, our_out)
     assert (our_out - md.denoise(md.model, frame)).abs().max() > 1e-5
@@ -225,12 +225,12 @@ class _Marker:
 
 def test_bad_inputs_fail_with_clear_messages(md, trained, folders, tmp_path):
     spatial, temporal, _ = trained
-    with pytest.raises(ValueError, match="latent: this clip is 128x64 pixels, the clips already in clip_set are 64x64"):
-        md.md.add_clip(md.clips, {"samples": torch.zeros(4, 4, 8, 16)}, md.conds[0])
+    with pytest.raises(ValueError, match="latent: this video is 128x64 pixels, the videos already in clip_set are 64x64"):
+        md.md.add_video(md.videos, {"samples": torch.zeros(4, 4, 8, 16)}, md.conds[0])
     with pytest.raises(ValueError, match="latent: a clip of at least 2 frames is needed, got 1"):
-        md.md.add_clip(None, {"samples": md.clip_a[:1]}, md.conds[0])
+        md.md.add_video(None, {"samples": md.video_a[:1]}, md.conds[0])
     with pytest.raises(ValueError, match="model: MotionDirector trains LoRAs on the temporal layers"):
-        md.md.train_motion_director(md.model, md.clips, steps=1)
+        md.md.train_motion_director(md.model, md.videos, steps=1)
     with pytest.raises(ValueError, match="model: temporal motion LoRAs live on the temporal layers"):
         md.io.apply_motion_lora(md.model, None, 0, temporal, 1.0)
     # The other kind of file, and a file made for another UNet (renamed module, other width): refused, not assigned.
@@ -255,7 +255,7 @@ def test_bad_inputs_fail_with_clear_messages(md, trained, folders, tmp_path):
 def test_noise_prior_from_an_inversion(md):
     import comfy.sample
 
-    inversion = md.inversion.ddim_invert(md.base, {"samples": md.clip_a}, md.conds[0], steps=2)
+    inversion = md.inversion.ddim_invert(md.base, {"samples": md.video_a}, md.conds[0], steps=2)
     latent = {"samples": torch.zeros(FRAMES, 4, H, W)}
     plain = comfy.sample.prepare_noise(latent["samples"], 5)
     assert torch.equal(md.md.inversion_noise(md.base, inversion, 0.0, 5).generate_noise(latent), plain)
@@ -266,7 +266,7 @@ def test_noise_prior_from_an_inversion(md):
                                0.5 * inverted + math.sqrt(0.75) * plain)
     bigger = md.md.inversion_noise(md.base, inversion, 0.5, 5).generate_noise({"samples": torch.zeros(FRAMES, 4, 16, 16)})
     assert bigger.shape == (FRAMES, 4, 16, 16)
-    with pytest.raises(ValueError, match="latent_image: 3 frames, the inverted clip has 4"):
+    with pytest.raises(ValueError, match="latent_image: 3 frames, the inverted video has 4"):
         md.md.inversion_noise(md.base, inversion, 0.5, 5).generate_noise({"samples": torch.zeros(3, 4, H, W)})
 
 

@@ -25,8 +25,8 @@ def tf(sd15):
     ns = NS()
     ns.model, ns.tokenflow, ns.inversion = model, tokenflow, inversion
     ns.source, ns.edit, ns.negative = encode("a man is skiing"), encode("a marble statue skiing"), encode("blurry")
-    ns.clip = torch.randn(FRAMES, 4, H, W, generator=torch.Generator().manual_seed(0))
-    ns.inverted = inversion.ddim_invert(model, {"samples": ns.clip}, ns.source, STEPS)
+    ns.video = torch.randn(FRAMES, 4, H, W, generator=torch.Generator().manual_seed(0))
+    ns.inverted = inversion.ddim_invert(model, {"samples": ns.video}, ns.source, STEPS)
 
     def denoise(m, x, sigma=4.0):
         """One Euler step to 0 (the x0 prediction), for checks that need no TokenFlow schedule."""
@@ -55,13 +55,13 @@ def model_state(model):
 def test_input_model_is_unchanged_and_the_injection_leaves(tf):
     import comfy.model_management
 
-    before, plain = model_state(tf.model), tf.denoise(tf.model, tf.clip)
+    before, plain = model_state(tf.model), tf.denoise(tf.model, tf.video)
     model, start = tf.edit_model()
     tf.sample(model, start["samples"])
     assert model_state(tf.model) == before
     comfy.model_management.unload_all_models()
     assert not any(type(m).__name__ == "SourceFeatureInjection" for m in tf.model.model.diffusion_model.modules())
-    torch.testing.assert_close(tf.denoise(tf.model, tf.clip), plain, rtol=0, atol=0)
+    torch.testing.assert_close(tf.denoise(tf.model, tf.video), plain, rtol=0, atol=0)
 
 
 def test_start_latent_is_the_inverted_latent_at_the_first_step(tf):
@@ -71,8 +71,8 @@ def test_start_latent_is_the_inverted_latent_at_the_first_step(tf):
 
 def test_identical_frames_give_the_image_model_output(tf):
     """Extended attention over identical keyframes and propagation from them are plain self-attention."""
-    clip = tf.clip[:1].repeat(FRAMES, 1, 1, 1)
-    inverted = tf.inversion.ddim_invert(tf.model, {"samples": clip}, tf.source, 2)
+    still = tf.video[:1].repeat(FRAMES, 1, 1, 1)
+    inverted = tf.inversion.ddim_invert(tf.model, {"samples": still}, tf.source, 2)
     model, start = tf.edit_model(inverted, pnp_attention_window=0.0, pnp_feature_window=0.0)
     plain = tf.sample(tf.model, start["samples"], steps=2)
     # Rounding only: cfg 7.5 amplifies float32 differences of the reordered sums to ~1e-4.

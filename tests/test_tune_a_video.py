@@ -29,7 +29,7 @@ def tav(sd15):
     ns = NS()
     ns.model, ns.cond, ns.denoise = model, cond, denoise
     ns.video_unet, ns.inversion, ns.sparse_causal, ns.tuning, ns.tuned_io = video_unet, inversion, sparse_causal, tuning, tuned_io
-    ns.clip = torch.randn(FRAMES, 4, H, W, generator=torch.Generator().manual_seed(0))
+    ns.video = torch.randn(FRAMES, 4, H, W, generator=torch.Generator().manual_seed(0))
     return ns
 
 
@@ -48,20 +48,20 @@ def model_state(model):
 
 
 def test_sparse_causal_frame0_equals_the_image_model(tav):
-    plain = tav.denoise(tav.model, tav.clip)
-    patched = tav.denoise(tav.sparse_causal.with_cross_frame_attention(tav.model, "sparse_causal"), tav.clip)
+    plain = tav.denoise(tav.model, tav.video)
+    patched = tav.denoise(tav.sparse_causal.with_cross_frame_attention(tav.model, "sparse_causal"), tav.video)
     torch.testing.assert_close(patched[0], plain[0], rtol=1e-4, atol=1e-4)
     assert (patched[1:] - plain[1:]).abs().max() > 1e-3  # the other frames do look across frames
 
 
 def test_identical_frames_give_the_image_model_output(tav):
-    clip = tav.clip[:1].repeat(FRAMES, 1, 1, 1)
-    plain = tav.denoise(tav.model, clip)
+    video = tav.video[:1].repeat(FRAMES, 1, 1, 1)
+    plain = tav.denoise(tav.model, video)
     for mode in ("sparse_causal", "first_frame", "middle_frame", "full"):
-        patched = tav.denoise(tav.sparse_causal.with_cross_frame_attention(tav.model, mode), clip)
+        patched = tav.denoise(tav.sparse_causal.with_cross_frame_attention(tav.model, mode), video)
         torch.testing.assert_close(patched, plain, rtol=1e-4, atol=1e-4)
     inflated = tav.sparse_causal.with_cross_frame_attention(tav.video_unet.inflate(tav.model, frame_groupnorm=True), "sparse_causal")
-    torch.testing.assert_close(tav.denoise(inflated, clip), plain, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(tav.denoise(inflated, video), plain, rtol=1e-4, atol=1e-4)
 
 
 def test_frame_i_never_sees_its_own_keys_in_the_real_patch(tav):
@@ -83,18 +83,18 @@ def test_frame_i_never_sees_its_own_keys_in_the_real_patch(tav):
 
 
 def test_untuned_inflated_model_equals_the_image_model(tav):
-    plain = tav.denoise(tav.model, tav.clip)
-    torch.testing.assert_close(tav.denoise(tav.video_unet.inflate(tav.model, frame_groupnorm=False), tav.clip), plain,
+    plain = tav.denoise(tav.model, tav.video)
+    torch.testing.assert_close(tav.denoise(tav.video_unet.inflate(tav.model, frame_groupnorm=False), tav.video), plain,
                                rtol=1e-5, atol=1e-5)
     # The official frame-spanning GroupNorm is a real change on a clip whose frames differ.
-    assert (tav.denoise(tav.video_unet.inflate(tav.model, frame_groupnorm=True), tav.clip) - plain).abs().max() > 1e-3
+    assert (tav.denoise(tav.video_unet.inflate(tav.model, frame_groupnorm=True), tav.video) - plain).abs().max() > 1e-3
 
 
 def test_injection_is_gone_after_unload(tav):
     import comfy.model_management
 
     inflated = tav.video_unet.inflate(tav.model)
-    tav.denoise(inflated, tav.clip)
+    tav.denoise(inflated, tav.video)
     comfy.model_management.unload_all_models()
     unet = tav.model.model.diffusion_model
     names = {type(m).__name__ for m in unet.modules()}
@@ -105,7 +105,7 @@ def test_injection_is_gone_after_unload(tav):
 def tuned(tav):
     base = tav.sparse_causal.with_cross_frame_attention(tav.video_unet.inflate(tav.model, frame_groupnorm=True), "sparse_causal")
     before = model_state(base)
-    model, losses = tav.tuning.one_shot_tune(base, {"samples": tav.clip}, tav.cond, steps=3, learning_rate=1e-3, seed=0)
+    model, losses = tav.tuning.one_shot_tune(base, {"samples": tav.video}, tav.cond, steps=3, learning_rate=1e-3, seed=0)
     assert model_state(base) == before
     return base, model, losses
 
@@ -126,7 +126,7 @@ def test_trainable_set_is_exactly_the_official_one(tav, tuned):
 def test_tuning_leaves_the_input_model_and_changes_the_output(tav, tuned):
     base, model, losses = tuned
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
-    assert (tav.denoise(model, tav.clip) - tav.denoise(base, tav.clip)).abs().max() > 1e-4
+    assert (tav.denoise(model, tav.video) - tav.denoise(base, tav.video)).abs().max() > 1e-4
 
 
 def test_save_then_load_is_bit_identical(tav, tuned, tmp_path):
@@ -136,14 +136,14 @@ def test_save_then_load_is_bit_identical(tav, tuned, tmp_path):
     reloaded = tav.tuned_io.load_tuned(path)
     assert reloaded.metadata["frames"] == FRAMES and reloaded.frame_groupnorm is True
     again = tav.video_unet.apply_tuned(base, reloaded)
-    assert torch.equal(tav.denoise(again, tav.clip), tav.denoise(model, tav.clip))
+    assert torch.equal(tav.denoise(again, tav.video), tav.denoise(model, tav.video))
     assert [p.name for p in tmp_path.iterdir()] == ["clip.safetensors"]
 
 
 def test_tuning_lowers_the_loss(tav):
     """Evaluate the ε-MSE at the same fixed timesteps and noise before and after tuning (lr 0 = evaluation)."""
     base = tav.video_unet.inflate(tav.model)
-    latent = {"samples": tav.clip}
+    latent = {"samples": tav.video}
 
     def loss(m):
         return sum(tav.tuning.one_shot_tune(m, latent, tav.cond, steps=3, learning_rate=1e-12, seed=7)[1]) / 3
@@ -155,11 +155,11 @@ def test_tuning_lowers_the_loss(tav):
 
 def test_bad_inputs_fail_with_clear_messages(tav):
     with pytest.raises(ValueError, match="model: one-shot tuning trains the temporal layers"):
-        tav.tuning.one_shot_tune(tav.model, {"samples": tav.clip}, tav.cond, 1, 1e-5, 0)
+        tav.tuning.one_shot_tune(tav.model, {"samples": tav.video}, tav.cond, 1, 1e-5, 0)
     with pytest.raises(ValueError, match="latent: a clip of at least 2 frames"):
-        tav.tuning.one_shot_tune(tav.video_unet.inflate(tav.model), {"samples": tav.clip[:1]}, tav.cond, 1, 1e-5, 0)
+        tav.tuning.one_shot_tune(tav.video_unet.inflate(tav.model), {"samples": tav.video[:1]}, tav.cond, 1, 1e-5, 0)
     with pytest.raises(FloatingPointError, match="loss became nan at step 0"):
-        bad = tav.clip.clone()
+        bad = tav.video.clone()
         bad[0, 0, 0, 0] = float("nan")
         tav.tuning.one_shot_tune(tav.video_unet.inflate(tav.model), {"samples": bad}, tav.cond, 1, 1e-5, 0)
 
@@ -167,7 +167,7 @@ def test_bad_inputs_fail_with_clear_messages(tav):
 def test_no_node_alters_its_input_model(tav, tuned, tmp_path):
     """Every Tune-A-Video node returns a clone; the MODEL it was given keeps its patches, options and outputs."""
     base, model, _ = tuned
-    plain_before, plain_out = model_state(tav.model), tav.denoise(tav.model, tav.clip)
+    plain_before, plain_out = model_state(tav.model), tav.denoise(tav.model, tav.video)
     from video_edit.nodes.inflate import InflateUNet
 
     inflated = InflateUNet.execute(tav.model, True)[0]
@@ -177,10 +177,10 @@ def test_no_node_alters_its_input_model(tav, tuned, tmp_path):
     path = tmp_path / "t.safetensors"
     tav.tuned_io.save_tuned(tuning_of(model), str(path))
     tav.video_unet.apply_tuned(tav.model, tav.tuned_io.load_tuned(str(path)))
-    tav.inversion.ddim_invert(inflated, {"samples": tav.clip}, tav.cond, 2)
+    tav.inversion.ddim_invert(inflated, {"samples": tav.video}, tav.cond, 2)
     assert model_state(inflated) == inflated_before
     assert model_state(tav.model) == plain_before
-    assert torch.equal(tav.denoise(tav.model, tav.clip), plain_out)
+    assert torch.equal(tav.denoise(tav.model, tav.video), plain_out)
 
 
 def test_only_the_trainable_weights_get_gradients(tav, tiny_models):
@@ -195,7 +195,7 @@ def test_only_the_trainable_weights_get_gradients(tav, tiny_models):
                                                                         0.0, 1.0)
     unet = tav.model.model.diffusion_model
     before = {name: p.detach().clone() for name, p in unet.named_parameters()}
-    tuned, _ = tav.tuning.one_shot_tune(tav.video_unet.inflate(tav.model), {"samples": tav.clip}, positive, steps=2,
+    tuned, _ = tav.tuning.one_shot_tune(tav.video_unet.inflate(tav.model), {"samples": tav.video}, positive, steps=2,
                                         learning_rate=1e-3, seed=0)
     weights = {"UNet": unet.parameters(), "ControlNet": controlnet.control_model.parameters(),
                "temporal layers": tav.video_unet.get_inflation(tuned).layers.parameters()}

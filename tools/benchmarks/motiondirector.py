@@ -79,17 +79,17 @@ def worker(config: str, full: bool, frames: int, size: int, steps: int) -> dict:
 
     model = load_model(full)
     cond = [[torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(1)), {}]]
-    clip = torch.randn(frames, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(2))
+    video = torch.randn(frames, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(2))
     base = video_unet.inflate(model, frame_groupnorm=False)
     if config == "full":
         full_rank_deltas()
 
     def run(n):
         if config == "tav":
-            tuning.one_shot_tune(base, {"samples": clip}, cond, n, 3e-5, 0, gradient_checkpointing=True)
+            tuning.one_shot_tune(base, {"samples": video}, cond, n, 3e-5, 0, gradient_checkpointing=True)
         else:
-            clips = motiondirector.add_clip(None, {"samples": clip}, cond)
-            motiondirector.train_motion_director(base, clips, n, rank=32, seed=0, gradient_checkpointing=True)
+            videos = motiondirector.add_video(None, {"samples": video}, cond)
+            motiondirector.train_motion_director(base, videos, n, rank=32, seed=0, gradient_checkpointing=True)
 
     cuda = torch.cuda.is_available()
     run(1)  # loads the model; also the first-step warm-up
