@@ -1,8 +1,8 @@
 """The demo: a complete edit of a sample clip in a headless ComfyUI; prints the edited video's path.
 
-Runs workflows/<workflow>.json exactly as an artist would queue it, with the inputs shrunk for a CPU: the
-generated tiny SD1.5 model and ControlNet (or --checkpoint PATH for real weights), a generated clip of a skier (or
---video PATH), fewer frames and steps. A workflow that loads what another saves (a tuned model, motion LoRAs) runs
+Runs workflows/<workflow>.json (its API graph, from tools/workflow_graphs) as an artist would queue it, with the
+inputs shrunk for a CPU: the generated tiny SD1.5 model and ControlNet (or --checkpoint PATH for real weights), a
+generated clip of a skier (or --video PATH), fewer frames and steps. A workflow that loads what another saves (a tuned model, motion LoRAs) runs
 that one first when its file is missing. The executor's progress (node, step, loss) is shown as it runs.
 With random weights the "edit" is noise; the point is the real pipeline.
 
@@ -150,12 +150,11 @@ def describe_failure(error, prompt: dict) -> str:
 
 # ----- running ------------------------------------------------------------------------------------------------------
 
-def demo_prompt(name: str, server, args, inputs: dict) -> dict:
-    from workflow_format import ui_to_api
-    from workflow_graphs import set_inputs
+def demo_prompt(name: str, inputs: dict) -> dict:
+    """The workflow's API graph (tools/workflow_graphs: the source of workflows/<name>.json), shrunk by ``inputs``."""
+    from workflow_graphs import all_workflows, set_inputs
 
-    workflow = json.loads((REPO_ROOT / "workflows" / f"{name}.json").read_text())
-    return set_inputs(ui_to_api(workflow, server.object_info()), **inputs)
+    return set_inputs(all_workflows()[name](), **inputs)
 
 
 def missing_files(prompt: dict, server) -> list[str]:
@@ -169,11 +168,11 @@ def missing_files(prompt: dict, server) -> list[str]:
     return missing
 
 
-def run_workflow(name: str, server, args, inputs: dict) -> list[Path]:
+def run_workflow(name: str, server, inputs: dict) -> list[Path]:
     """Queue one workflow, show its progress, return the videos it saved (SystemExit with ComfyUI's error)."""
     from comfy_server import ExecutionError
 
-    prompt = demo_prompt(name, server, args, inputs)
+    prompt = demo_prompt(name, inputs)
     client_id = uuid.uuid4().hex
     connected, done = threading.Event(), threading.Event()
     watcher = threading.Thread(target=show_progress, args=(server, client_id, prompt, connected, done), daemon=True)
@@ -220,10 +219,10 @@ def main(argv=None) -> int:
     with server:
         print(f"ComfyUI {server.comfyui_path} at {server.url} (log: {server.log_path})", flush=True)
         producer = PRODUCERS.get(args.workflow)
-        if producer and missing_files(demo_prompt(args.workflow, server, args, inputs), server):
+        if producer and missing_files(demo_prompt(args.workflow, inputs), server):
             print(f"{args.workflow} loads what {producer} saves, which is not there yet: running {producer} first")
-            run_workflow(producer, server, args, inputs)
-        videos = run_workflow(args.workflow, server, args, inputs)
+            run_workflow(producer, server, inputs)
+        videos = run_workflow(args.workflow, server, inputs)
     for video in videos:
         print(f"edited video: {video}")
     return 0 if videos else 1

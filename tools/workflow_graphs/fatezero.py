@@ -23,7 +23,7 @@ def _fatezero(g: GraphBuilder, ckpt, model, video_file: str, frame_stride: int, 
               blend_words: str, blend: str, replace: float, prefix: str):
     """Invert the clip with the source prompt storing attention, fuse, sample the edit, save it and show the mask."""
     video = g.node("VE_LoadVideo", file=video_file, n_frames=8, start_frame=0, frame_stride=frame_stride,
-                   width=512, height=512, path="")
+                   width=512, height=512, path="", memory_limit_gb=0.0)
     latent = g.node("VAEEncode", pixels=video.out(0), vae=ckpt.out(2))
     source = g.node("CLIPTextEncode", clip=ckpt.out(1), text=source_prompt)
     capture = g.node("VE_AttentionCaptureConfig", max_query_tokens=1024, memory_limit_gb=0.0)

@@ -36,7 +36,7 @@ def motiondirector_train():
     clip_set = None
     for start_frame, n_frames, prompt in CLIPS:
         video = g.node("VE_LoadVideo", file=SOURCE_VIDEO, n_frames=n_frames, start_frame=start_frame, frame_stride=2,
-                       width=384, height=384, path="")
+                       width=384, height=384, path="", memory_limit_gb=0.0)
         latent = g.node("VAEEncode", pixels=video.out(0), vae=ckpt.out(2))
         text = g.node("CLIPTextEncode", clip=ckpt.out(1), text=prompt)
         inputs = {"clip_set": clip_set.out(0)} if clip_set is not None else {}

@@ -17,7 +17,7 @@ NEGATIVE_PROMPT = "ugly, blurry, low res, unrealistic, unaesthetic"
 def _edit(g: GraphBuilder, ckpt, model, n_frames: int, frame_stride: int, prefix: str):
     """Load and invert the clip with the inversion prompt, TokenFlow, sample from its latent, save the video."""
     video = g.node("VE_LoadVideo", file=SOURCE_VIDEO, n_frames=n_frames, start_frame=0, frame_stride=frame_stride,
-                   width=512, height=512, path="")
+                   width=512, height=512, path="", memory_limit_gb=0.0)
     latent = g.node("VAEEncode", pixels=video.out(0), vae=ckpt.out(2))
     source = g.node("CLIPTextEncode", clip=ckpt.out(1), text=SOURCE_PROMPT)
     inversion = g.node("VE_DDIMInvert", model=model, latent=latent.out(0), steps=50, conditioning=source.out(0))

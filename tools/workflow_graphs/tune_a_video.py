@@ -16,7 +16,8 @@ TUNED_FILE = f"{TUNED_NAME}_00001_.safetensors"  # what VE_SaveTuned writes firs
 def _source(g: GraphBuilder):
     """Checkpoint, the clip (24 frames, stride 2, 512x512) and its latents."""
     ckpt = g.node("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
-    video = g.node("VE_LoadVideo", file=SOURCE_VIDEO, n_frames=24, start_frame=0, frame_stride=2, width=512, height=512, path="")
+    video = g.node("VE_LoadVideo", file=SOURCE_VIDEO, n_frames=24, start_frame=0, frame_stride=2, width=512, height=512,
+                   path="", memory_limit_gb=0.0)
     latent = g.node("VAEEncode", pixels=video.out(0), vae=ckpt.out(2))
     return ckpt, video, latent
 
