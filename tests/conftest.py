@@ -1,47 +1,44 @@
-"""Shared fixtures: the pack as an importable package, tiny models, a real ComfyUI (server and in-process)."""
+"""Shared fixtures: tiny models, a real ComfyUI (server and in-process), and the helpers the model tests share.
+
+The pack is importable as ``video_edit`` through its packaging (``pip install -e .``, done by
+tools/setup/setup_env.sh --test); ``tools/`` and ``tests/`` are on the path through pytest's ``pythonpath``.
+Every test that uses a ComfyUI fixture is marked ``comfy`` here, so ``-m "not comfy"`` runs the rest alone.
+"""
 
 from __future__ import annotations
 
-import importlib.util
+import copy
 import os
-import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from comfy_server import ComfyServer, default_comfyui_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "tools"))
-
-from comfy_server import ComfyServer, default_comfyui_path  # noqa: E402
-
-
-def _register_pack_as(name: str):
-    """Import this repository as package ``name`` (ComfyUI imports it from custom_nodes the same way)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(REPO_ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_register_pack_as("video_edit")
-
 CACHE_DIR = Path(os.environ.get("VE_CACHE_DIR", REPO_ROOT / ".cache"))
+COMFY_FIXTURES = {"comfy", "comfy_lib", "sd15"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if COMFY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.comfy)
 
 
 @pytest.fixture(scope="session")
 def comfy_lib():
     """ComfyUI's own modules in this process (``import comfy.sd`` etc.), on the CPU."""
+    import sys
+
     path = str(default_comfyui_path())
     if path not in sys.path:
         sys.path.insert(0, path)
     from comfy.cli_args import args
 
     args.cpu = True
-    import comfy.model_management  # noqa: F401  (selects the CPU device)
+    import comfy.model_management  # noqa: F401 (importing it selects the CPU device)
 
     return path
 
@@ -77,6 +74,39 @@ def sd15(comfy_lib, tiny_models):
 
 
 @pytest.fixture(scope="session")
+def encode(sd15):
+    """Text -> CONDITIONING with the tiny model's CLIP."""
+    clip = sd15[1]
+    return lambda text: clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+
+@pytest.fixture(scope="session")
+def denoise(comfy_lib):
+    """``denoise(model, video, positive, negative=None, sigma=4.0, cfg=1.0)``: the model's x0 prediction at
+    ``sigma`` (one Euler step to 0) through ComfyUI's own sampler stack."""
+    import comfy.sample
+    import comfy.samplers
+
+    def run(model, video, positive, negative=None, sigma=4.0, cfg=1.0):
+        return comfy.sample.sample_custom(model, torch.zeros_like(video), cfg, comfy.samplers.sampler_object("euler"),
+                                          torch.tensor([sigma, 0.0]), positive, negative or positive, video,
+                                          disable_pbar=True)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def model_state():
+    """What a node could alter on a MODEL: patches, options, wrappers, injections, attachments, extra models."""
+    def state(model):
+        return (copy.deepcopy({k: [id(p) for p in v] for k, v in model.patches.items()}), repr(model.model_options),
+                repr(model.wrappers), repr(model.injections), repr(model.attachments), repr(model.additional_models),
+                model.patches_uuid)
+
+    return state
+
+
+@pytest.fixture(scope="session")
 def object_info(comfy):
     return comfy.object_info()
 
@@ -89,3 +119,4 @@ def tiny_workflow_inputs(comfy):
     write_sample_clip(comfy.input_dir / "skier.mp4", frames=20, size=96)
     return dict(ckpt_name=comfy.checkpoint_name, control_net_name=comfy.controlnet_name, file="skier.mp4",
                 n_frames=4, width=64, height=64, steps=2, batch_size=4, keyframe_chunk_size=2)
+

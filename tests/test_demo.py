@@ -26,7 +26,6 @@ def test_bad_arguments_are_named_before_any_setup(args, message):
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.comfy
 def test_a_dependent_workflow_runs_its_producer_first(tmp_path, tiny_models):
     result = demo("--workflow", "tune_a_video_reuse", "--frames", "2", "--size", "64", "--steps", "1",
                   "--workdir", str(tmp_path))

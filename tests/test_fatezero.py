@@ -1,9 +1,9 @@
 """FateZero through ComfyUI's real model objects (tiny SD1.5, 4 frames, 8x8 latents): docs/design.md §6."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
-
-from test_tune_a_video import model_state
 
 FRAMES, H, W, STEPS = 4, 8, 8, 3
 SOURCE, EDIT = "a silver jeep", "a red jeep"
@@ -12,31 +12,22 @@ ALL_BLOCKS = SMALL_BLOCKS | {("input", 1, 0), ("output", 2, 0), ("output", 3, 0)
 
 
 @pytest.fixture(scope="module")
-def fz(sd15):
+def fz(sd15, encode):
     import comfy.sample
-    import comfy.samplers
     from video_edit.nodes import fatezero, fatezero_capture, inversion, sparse_causal
 
     model, clip, _ = sd15
-
-    def encode(text):
-        return clip.encode_from_tokens_scheduled(clip.tokenize(text))
 
     def edit(m, start, prompt=EDIT, steps=STEPS):
         """KSampler Advanced as the workflows use it: ddim, ddim_uniform, no added noise, CFG 7.5."""
         return comfy.sample.sample(m, torch.zeros_like(start), steps, 7.5, "ddim", "ddim_uniform", encode(prompt),
                                    encode(""), start, disable_noise=True, disable_pbar=True, seed=0)
 
-    class NS:
-        pass
-
-    ns = NS()
-    ns.model, ns.clip, ns.encode, ns.edit = model, clip, encode, edit
-    ns.fatezero, ns.inversion, ns.sparse_causal = fatezero, inversion, sparse_causal
-    ns.capture = fatezero_capture.AttentionCapture
-    ns.latent = {"samples": torch.randn(FRAMES, 4, H, W, generator=torch.Generator().manual_seed(0))}
-    ns.captured = inversion.ddim_invert(model, ns.latent, encode(SOURCE), STEPS, ns.capture())
-    return ns
+    latent = {"samples": torch.randn(FRAMES, 4, H, W, generator=torch.Generator().manual_seed(0))}
+    return SimpleNamespace(
+        model=model, clip=clip, encode=encode, edit=edit, fatezero=fatezero, inversion=inversion,
+        sparse_causal=sparse_causal, capture=fatezero_capture.AttentionCapture, latent=latent,
+        captured=inversion.ddim_invert(model, latent, encode(SOURCE), STEPS, fatezero_capture.AttentionCapture()))
 
 
 def test_capture_stores_the_blocks_under_the_token_threshold_and_changes_nothing(fz):
@@ -144,7 +135,7 @@ def test_prompt_to_prompt_alignment_on_real_tokenizations(fz):
     assert refine.mapper[:5].tolist() == [0, 1, 0, 2, 3] and refine.alphas[:5].tolist() == [1, 1, 0, 1, 1]
 
 
-def test_threshold_2_keeps_the_source_and_the_mask_has_f_frames(fz):
+def test_threshold_2_keeps_the_source_and_the_mask_has_f_frames(fz, model_state):
     before = model_state(fz.model)
     fused, plan = fz.fatezero.attention_fusion(fz.model, fz.captured, fz.clip, SOURCE, EDIT, "jeep",
                                                mask_threshold=2.0, blend_start=0.0, blend_end=1.0)

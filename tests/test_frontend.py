@@ -209,7 +209,6 @@ def test_workflows_exist():
     assert WORKFLOWS, "workflows/ has no *.json workflows"
 
 
-@pytest.mark.comfy
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
 def test_workflow_loads_in_frontend(frontend, workflow):
     entry = _entry(frontend, str(workflow))
@@ -218,7 +217,6 @@ def test_workflow_loads_in_frontend(frontend, workflow):
     assert entry["prompt"], f"{workflow.name}: the frontend built an empty prompt"
 
 
-@pytest.mark.comfy
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
 def test_workflow_loads_in_the_newest_frontend(frontend, newest_frontend, workflow):
     entry = _entry(newest_frontend, str(workflow))
@@ -228,7 +226,6 @@ def test_workflow_loads_in_the_newest_frontend(frontend, newest_frontend, workfl
     assert strip_meta(entry["prompt"]) == strip_meta(_entry(frontend, str(workflow))["prompt"]), where
 
 
-@pytest.mark.comfy
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
 def test_shipped_workflow_is_its_api_graph(frontend, comfy_lib, workflow):
     """What the frontend queues from workflows/<name>.json is exactly the API graph tests and the demo run."""
@@ -238,7 +235,6 @@ def test_shipped_workflow_is_its_api_graph(frontend, comfy_lib, workflow):
     assert strip_meta(entry["prompt"]) == strip_meta(all_workflows()[workflow.stem]())
 
 
-@pytest.mark.comfy
 def test_broken_workflow_is_reported(frontend):
     entry = _entry(frontend, frontend["paths"]["broken"])
     assert BROKEN_TYPE in entry["missing"]
@@ -246,21 +242,18 @@ def test_broken_workflow_is_reported(frontend):
     assert any(BROKEN_TYPE in e and e.startswith(("dialog:", "overlay:")) for e in entry["errors"]), _describe(entry)
 
 
-@pytest.mark.comfy
 def test_broken_workflow_is_reported_by_the_newest_frontend(frontend, newest_frontend):
     entry = _entry(newest_frontend, frontend["paths"]["broken"])
     assert BROKEN_TYPE in entry["missing"]
     assert any(BROKEN_TYPE in e or e.startswith("overlay:") for e in entry["errors"]), _describe(entry)
 
 
-@pytest.mark.comfy
 @pytest.mark.parametrize("name", ["core", "layout", "edge_cases"])
 def test_synthetic_workflow_loads(frontend, name):
     entry = _entry(frontend, frontend["paths"][name])
     assert not entry["missing"] and not entry["errors"], _describe(entry)
 
 
-@pytest.mark.comfy
 def test_core_graph_round_trips_through_frontend(frontend, comfy):
     entry = _entry(frontend, frontend["paths"]["core"])
     assert strip_meta(entry["prompt"]) == strip_meta(core_prompt(comfy.checkpoint_name))
@@ -268,7 +261,6 @@ def test_core_graph_round_trips_through_frontend(frontend, comfy):
     assert strip_meta(layout["prompt"]) == strip_meta(layout_prompt(frontend["object_info"]))
 
 
-@pytest.mark.comfy
 def test_edge_cases_resolved_like_frontend(frontend):
     prompt = _entry(frontend, frontend["paths"]["edge_cases"])["prompt"]
     assert "11" not in prompt and "12" not in prompt                          # bypassed, muted
@@ -281,7 +273,6 @@ def test_edge_cases_resolved_like_frontend(frontend):
 
 # ----- converter tests without the browser (object_info from the server) ---------------------------------------------------------------------------
 
-@pytest.mark.comfy
 def test_api_to_ui_round_trip(comfy):
     object_info = comfy.object_info()
     prompt = core_prompt(comfy.checkpoint_name)
@@ -300,7 +291,6 @@ def test_api_to_ui_round_trip(comfy):
         assert nodes[src]["outputs"][src_slot]["type"] == type_
 
 
-@pytest.mark.comfy
 def test_api_to_ui_pack_nodes(comfy):
     object_info = comfy.object_info()
     ours = [t for t, i in object_info.items() if (i.get("python_module") or "").endswith(PACK_ID)]
@@ -357,7 +347,6 @@ def test_node_layout_rules():
     assert [i["name"] for i in node["inputs"]] == ["model", "text"]
 
 
-@pytest.mark.comfy
 def test_saved_videos_play_in_chromium(comfy, comfy_lib, tmp_path):
     """What VE_SaveVideo writes plays in a <video> element, served by ComfyUI's /view as the preview is; an
     MPEG-4 Part 2 file (what OpenCV writes) does not, so the check can tell."""
@@ -406,7 +395,6 @@ def _run_preview(server, workflow: dict, work: Path) -> dict:
     return json.loads(out.read_text())
 
 
-@pytest.mark.comfy
 def test_save_video_previews_in_the_node_after_run(comfy, tiny_models, tmp_path):
     """Queue EmptyImage -> VE Save Video (mp4) from the frontend: the node shows a video that decodes, in the
     bundled frontend and in the newest one."""

@@ -13,8 +13,6 @@ from safetensors.torch import load_file, save_file
 
 from comfy_server import ExecutionError
 
-pytestmark = pytest.mark.comfy
-
 OUTSIDE_MESSAGE = "does not name a file inside ComfyUI's input, output or temp folder"
 
 

@@ -3,8 +3,6 @@
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.comfy
-
 
 @pytest.fixture(scope="module")
 def loss_plot(comfy_lib):

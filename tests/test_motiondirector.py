@@ -1,11 +1,12 @@
-"""MotionDirector through ComfyUI's real model objects (tiny SD1.5): the invariants of docs/design.md §4, LoRA files, core parity."""
+"""MotionDirector through ComfyUI's real model objects (tiny SD1.5): the invariants of docs/design.md §4, LoRA
+files, core parity."""
 
 import math
 import pickle
+from types import SimpleNamespace
 
 import pytest
 import torch
-from test_tune_a_video import model_state
 
 FRAMES, H, W = 4, 8, 8
 SPATIAL = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "ff.net.0.proj", "ff.net.2")
@@ -14,35 +15,20 @@ SUFFIXES = (".lora_up.weight", ".lora_down.weight", ".alpha")
 
 
 @pytest.fixture(scope="module")
-def md(sd15):
-    import comfy.sample
-    import comfy.samplers
+def md(sd15, encode, denoise):
     from video_edit.nodes import inversion, motion_lora_io, motiondirector, video_unet
 
-    model, clip, _ = sd15
-
-    class NS:
-        pass
-
-    ns = NS()
-    ns.model, ns.video_unet, ns.inversion, ns.io, ns.md = model, video_unet, inversion, motion_lora_io, motiondirector
-    ns.conds = [clip.encode_from_tokens_scheduled(clip.tokenize(p)) for p in ("a man is skiing", "a skier on a slope")]
+    model = sd15[0]
+    conds = [encode(p) for p in ("a man is skiing", "a skier on a slope")]
     g = torch.Generator().manual_seed(0)
-    ns.video_a = torch.randn(FRAMES, 4, H, W, generator=g)
-    ns.video_b = torch.randn(FRAMES - 1, 4, H, W, generator=g)
-    ns.videos = motiondirector.add_video(motiondirector.add_video(None, {"samples": ns.video_a}, ns.conds[0]),
-                                       {"samples": ns.video_b}, ns.conds[1])
-    ns.base = video_unet.inflate(model, frame_groupnorm=False)
-    ns.blocks = [path for _, path, _, _ in video_unet.iter_transformer_blocks(model.model.diffusion_model)]
-
-    def denoise(m, x, sigma=4.0):
-        """The model's x0 prediction at ``sigma`` (one Euler step to 0), through ComfyUI's sampler stack."""
-        sigmas = torch.tensor([sigma, 0.0])
-        return comfy.sample.sample_custom(m, torch.zeros_like(x), 1.0, comfy.samplers.sampler_object("euler"), sigmas,
-                                          ns.conds[0], ns.conds[0], x, disable_pbar=True)
-
-    ns.denoise = denoise
-    return ns
+    video_a, video_b = torch.randn(FRAMES, 4, H, W, generator=g), torch.randn(FRAMES - 1, 4, H, W, generator=g)
+    videos = motiondirector.add_video(motiondirector.add_video(None, {"samples": video_a}, conds[0]),
+                                      {"samples": video_b}, conds[1])
+    return SimpleNamespace(
+        model=model, video_unet=video_unet, inversion=inversion, io=motion_lora_io, md=motiondirector, conds=conds,
+        video_a=video_a, video_b=video_b, videos=videos, base=video_unet.inflate(model, frame_groupnorm=False),
+        blocks=[path for _, path, _, _ in video_unet.iter_transformer_blocks(model.model.diffusion_model)],
+        denoise=lambda m, x: denoise(m, x, conds[0]))
 
 
 def train(md, model=None, **kwargs):
@@ -52,7 +38,7 @@ def train(md, model=None, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def trained(md):
+def trained(md, model_state):
     before = model_state(md.base)
     result = train(md)
     assert model_state(md.base) == before

@@ -8,8 +8,6 @@ from collections import Counter
 import pytest
 import torch
 
-pytestmark = pytest.mark.comfy
-
 FRAMES, H, W, STEPS = 4, 8, 8, 2
 
 

@@ -4,30 +4,24 @@ docs/design.md §3, on a tiny random-weight UNet on the CPU."""
 from __future__ import annotations
 
 import re
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "tools"))
-sys.path.insert(0, str(REPO_ROOT / "tests"))
-
-from reference import tav_diffusers as tav  # noqa: E402
-from reference.tav_diffusers import (  # noqa: E402
+from reference import tav_diffusers as tav
+from reference.tav_diffusers import (
     ReferenceTAV,
     build_reference_unet,
     cross_frame_key_indices,
     diffusers_to_ldm_unet_state_dict,
     ldm_to_diffusers_block_paths,
 )
-from tiny_models import tiny_unet_diffusers_config  # noqa: E402
+from tiny_models import tiny_unet_diffusers_config
 
 diffusers = pytest.importorskip("diffusers")
-from diffusers import UNet2DConditionModel  # noqa: E402
-from diffusers.models.attention_processor import Attention, AttnProcessor2_0  # noqa: E402
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 FRAMES = 6
 LATENT = 4
@@ -241,12 +235,11 @@ def test_build_reference_unet_is_strict(ldm_weights, config):
         build_reference_unet(extra, config)
 
 
-def test_loads_the_comfyui_tiny_checkpoint(config):
+def test_loads_the_comfyui_tiny_checkpoint(config, tiny_models):
     """The pack's tiny SD1.5 checkpoint (ComfyUI's own UNetModel keys) loads strictly, fp16 -> fp32."""
-    tiny_models = pytest.importorskip("tiny_models")
     from safetensors import safe_open
 
-    path = tiny_models.tiny_sd15_checkpoint(REPO_ROOT / ".cache" / "tiny_models")
+    path = tiny_models["checkpoint"]
     with safe_open(str(path), "pt") as f:
         sd = {k[len(tav.LDM_UNET_PREFIX):]: f.get_tensor(k) for k in f.keys() if k.startswith(tav.LDM_UNET_PREFIX)}
     unet = build_reference_unet(sd, config)

@@ -1,15 +1,10 @@
 """Parity: our inflated UNet inside ComfyUI vs an independent Tune-A-Video formulation on diffusers (fp32)."""
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from reference.tav_diffusers import ReferenceTAV
 from safetensors.torch import load_file
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference.tav_diffusers import ReferenceTAV  # noqa: E402
-from tiny_models import tiny_unet_diffusers_config  # noqa: E402
+from tiny_models import tiny_unet_diffusers_config
 
 FRAMES, TIMESTEP = 4, 500
 

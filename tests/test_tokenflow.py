@@ -1,6 +1,6 @@
 """VE_TokenFlow through ComfyUI's real sampler stack on the tiny SD1.5: docs/design.md §5."""
 
-import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -9,50 +9,31 @@ FRAMES, CHUNK, H, W, STEPS = 4, 2, 8, 8, 3
 
 
 @pytest.fixture(scope="module")
-def tf(sd15):
+def tf(sd15, encode, denoise):
     import comfy.sample
-    import comfy.samplers
     from video_edit.nodes import inversion, tokenflow
 
-    model, clip, _ = sd15
-
-    def encode(text):
-        return clip.encode_from_tokens_scheduled(clip.tokenize(text))
-
-    class NS:
-        pass
-
-    ns = NS()
-    ns.model, ns.tokenflow, ns.inversion = model, tokenflow, inversion
-    ns.source, ns.edit, ns.negative = encode("a man is skiing"), encode("a marble statue skiing"), encode("blurry")
-    ns.video = torch.randn(FRAMES, 4, H, W, generator=torch.Generator().manual_seed(0))
-    ns.inverted = inversion.ddim_invert(model, {"samples": ns.video}, ns.source, STEPS)
-
-    def denoise(m, x, sigma=4.0):
-        """One Euler step to 0 (the x0 prediction), for checks that need no TokenFlow schedule."""
-        return comfy.sample.sample_custom(m, torch.zeros_like(x), 7.5, comfy.samplers.sampler_object("euler"),
-                                          torch.tensor([sigma, 0.0]), ns.edit, ns.negative, x, disable_pbar=True)
+    model = sd15[0]
+    source, edit, negative = encode("a man is skiing"), encode("a marble statue skiing"), encode("blurry")
+    video = torch.randn(FRAMES, 4, H, W, generator=torch.Generator().manual_seed(0))
+    inverted = inversion.ddim_invert(model, {"samples": video}, source, STEPS)
 
     def sample(m, latent, steps=STEPS):
         """KSampler Advanced with add_noise disable, ddim, ddim_uniform, cfg 7.5."""
-        return comfy.sample.sample(m, torch.zeros_like(latent), steps, 7.5, "ddim", "ddim_uniform", ns.edit,
-                                   ns.negative, latent, disable_noise=True, seed=0, disable_pbar=True)
+        return comfy.sample.sample(m, torch.zeros_like(latent), steps, 7.5, "ddim", "ddim_uniform", edit, negative,
+                                   latent, disable_noise=True, seed=0, disable_pbar=True)
 
-    def edit(inverted=None, **options):
+    def edit_model(inverted_video=None, **options):
         options = {"keyframe_chunk_size": CHUNK, **options}
-        return tokenflow.tokenflow(model, inverted or ns.inverted, ns.source, **options)
+        return tokenflow.tokenflow(model, inverted_video or inverted, source, **options)
 
-    ns.denoise, ns.sample, ns.edit_model = denoise, sample, edit
-    return ns
-
-
-def model_state(model):
-    return (copy.deepcopy({k: [id(p) for p in v] for k, v in model.patches.items()}), repr(model.model_options),
-            repr(model.wrappers), repr(model.injections), repr(model.attachments), repr(model.additional_models),
-            model.patches_uuid)
+    return SimpleNamespace(
+        model=model, tokenflow=tokenflow, inversion=inversion, source=source, edit=edit, negative=negative,
+        video=video, inverted=inverted, sample=sample, edit_model=edit_model,
+        denoise=lambda m, x: denoise(m, x, edit, negative, cfg=7.5))
 
 
-def test_input_model_is_unchanged_and_the_injection_leaves(tf):
+def test_input_model_is_unchanged_and_the_injection_leaves(tf, model_state):
     import comfy.model_management
 
     before, plain = model_state(tf.model), tf.denoise(tf.model, tf.video)

@@ -1,6 +1,7 @@
-"""Tune-A-Video through ComfyUI's real model objects (tiny SD1.5): the invariants of docs/design.md §3, clone isolation, save/load."""
+"""Tune-A-Video through ComfyUI's real model objects (tiny SD1.5): the invariants of docs/design.md §3, clone
+isolation, save/load."""
 
-import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -9,28 +10,14 @@ FRAMES, H, W = 4, 8, 8
 
 
 @pytest.fixture(scope="module")
-def tav(sd15):
-    import comfy.sample
-    import comfy.samplers
+def tav(sd15, encode, denoise):
     from video_edit.nodes import inversion, sparse_causal, tuned_io, tuning, video_unet
 
-    model, clip, _ = sd15
-    cond = clip.encode_from_tokens_scheduled(clip.tokenize("a man is skiing"))
-
-    def denoise(m, x, sigma=4.0):
-        """The model's x0 prediction at ``sigma`` (one Euler step to 0), through ComfyUI's sampler stack."""
-        sigmas = torch.tensor([sigma, 0.0])
-        return comfy.sample.sample_custom(m, torch.zeros_like(x), 1.0, comfy.samplers.sampler_object("euler"), sigmas,
-                                          cond, cond, x, disable_pbar=True)
-
-    class NS:
-        pass
-
-    ns = NS()
-    ns.model, ns.cond, ns.denoise = model, cond, denoise
-    ns.video_unet, ns.inversion, ns.sparse_causal, ns.tuning, ns.tuned_io = video_unet, inversion, sparse_causal, tuning, tuned_io
-    ns.video = torch.randn(FRAMES, 4, H, W, generator=torch.Generator().manual_seed(0))
-    return ns
+    cond = encode("a man is skiing")
+    return SimpleNamespace(
+        model=sd15[0], cond=cond, denoise=lambda m, x: denoise(m, x, cond),
+        video_unet=video_unet, inversion=inversion, sparse_causal=sparse_causal, tuning=tuning, tuned_io=tuned_io,
+        video=torch.randn(FRAMES, 4, H, W, generator=torch.Generator().manual_seed(0)))
 
 
 def tuning_of(model):
@@ -38,13 +25,6 @@ def tuning_of(model):
     from video_edit.nodes.model_helpers import PatcherKeys
 
     return model.get_attachment(PatcherKeys.TUNING)
-
-
-def model_state(model):
-    """What a node could alter on a MODEL: patches, options, wrappers, injections, attachments, extra models."""
-    return (copy.deepcopy({k: [id(p) for p in v] for k, v in model.patches.items()}), repr(model.model_options),
-            repr(model.wrappers), repr(model.injections), repr(model.attachments), repr(model.additional_models),
-            model.patches_uuid)
 
 
 def test_sparse_causal_frame0_equals_the_image_model(tav):
@@ -102,8 +82,9 @@ def test_injection_is_gone_after_unload(tav):
 
 
 @pytest.fixture(scope="module")
-def tuned(tav):
-    base = tav.sparse_causal.with_cross_frame_attention(tav.video_unet.inflate(tav.model, frame_groupnorm=True), "sparse_causal")
+def tuned(tav, model_state):
+    base = tav.sparse_causal.with_cross_frame_attention(tav.video_unet.inflate(tav.model, frame_groupnorm=True),
+                                                        "sparse_causal")
     before = model_state(base)
     model, losses = tav.tuning.one_shot_tune(base, {"samples": tav.video}, tav.cond, steps=3, learning_rate=1e-3, seed=0)
     assert model_state(base) == before
@@ -164,7 +145,7 @@ def test_bad_inputs_fail_with_clear_messages(tav):
         tav.tuning.one_shot_tune(tav.video_unet.inflate(tav.model), {"samples": bad}, tav.cond, 1, 1e-5, 0)
 
 
-def test_no_node_alters_its_input_model(tav, tuned, tmp_path):
+def test_no_node_alters_its_input_model(tav, tuned, tmp_path, model_state):
     """Every Tune-A-Video node returns a clone; the MODEL it was given keeps its patches, options and outputs."""
     base, model, _ = tuned
     plain_before, plain_out = model_state(tav.model), tav.denoise(tav.model, tav.video)

@@ -17,8 +17,6 @@ from PIL import Image, ImageSequence
 
 from comfy_server import ExecutionError
 
-pytestmark = pytest.mark.comfy
-
 W, H, N_FRAMES, SRC_FPS = 96, 80, 20, 10.0
 CLIP = "ve_clip.mp4"
 LOSSLESS_TOL = 0.5   # mean |diff| of frames that went through float [0,1] and back (no codec)

@@ -51,6 +51,7 @@ grep -vE '^(torch|torchvision|torchaudio)([<>=~ ].*)?$' "$COMFYUI_PATH/requireme
 "${PIP[@]}" -r "$ROOT/requirements.txt"
 if [ "$WITH_TEST" = 1 ]; then
   "${PIP[@]}" "pytest>=8" "diffusers>=0.30"
+  "${PIP[@]}" --no-deps -e "$ROOT"  # the pack importable as video_edit (tests, benchmarks)
 fi
 
 # PyPI's torchvision and torchaudio are CUDA-linked; make them import on the CPU torch.
