@@ -26,14 +26,12 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "tools"))
-sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 STEPS, CONTEXT, LATENT = 50, 77, 64
 CONFIGS = ("none", "ours", "official")
 
 
 def setup_comfy():
-    import conftest  # noqa: F401  (registers the pack as ``video_edit``)
     from comfy_server import default_comfyui_path
 
     sys.path.insert(0, str(default_comfyui_path()))

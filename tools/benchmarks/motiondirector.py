@@ -25,7 +25,6 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "tools"))
-sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 CONFIGS = ("lora", "full", "tav")
 
@@ -66,7 +65,6 @@ def full_rank_deltas():
 
 
 def worker(config: str, full: bool, frames: int, size: int, steps: int) -> dict:
-    import conftest  # noqa: F401  (registers the pack as ``video_edit``)
     from comfy_server import default_comfyui_path
 
     sys.path.insert(0, str(default_comfyui_path()))

@@ -19,10 +19,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
-import conftest  # noqa: E402,F401  (registers the pack as ``video_edit``)
-
-from video_edit.kernels.tokenflow import blend_weights, propagate  # noqa: E402
+from video_edit.kernels.tokenflow import blend_weights, propagate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import peak_bytes, seconds  # noqa: E402

@@ -25,7 +25,6 @@ TOOLS = Path(__file__).resolve().parents[1]
 REPO_ROOT = TOOLS.parent
 sys.path[:0] = [str(TOOLS), str(TOOLS / "benchmarks"), str(REPO_ROOT / "tests")]
 
-import conftest  # noqa: E402,F401  (registers the pack as ``video_edit``)
 from measure import peak_bytes, seconds  # noqa: E402
 from reference.tav_diffusers import ReferenceTAV  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
