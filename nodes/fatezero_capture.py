@@ -16,35 +16,38 @@ from .model_helpers import SharedPatch, call_attention, cond_chunks, replace_pat
 from .socket_types import ATTENTION_CAPTURE, CaptureType
 
 
-class SelfAttentionCapture(SharedPatch):
-    """attn1 replace patch during inversion: records the conditional queries and keys, attention unchanged."""
+class CapturePatch(SharedPatch):
+    """A replace patch used during inversion: records what ``record`` keeps of the conditional pass, then computes
+    the block's attention with the patch that was in the slot (or ComfyUI's kernel), so capturing changes no bit
+    of the inversion."""
 
     def __init__(self, store: AttentionStore, key: tuple, inner=None):
         self.store, self.key, self.inner = store, key, inner
+
+    def record(self, level: int, q, k, heads: int):
+        raise NotImplementedError
 
     def __call__(self, q, k, v, extra_options):
         chunks, frames = cond_chunks(extra_options, q.shape[0])
         if chunks:
             level = self.store.level(float(extra_options["sigmas"].max()), capturing=True)
             part = chunk_slice(chunks[0], frames)
-            self.store.put_self(self.key, level, q[part], k[part])
+            self.record(level, q[part], k[part], extra_options["n_heads"])
         return call_attention(self.inner, q, k, v, extra_options)
 
 
-class CrossAttentionCapture(SharedPatch):
-    """attn2 replace patch during inversion: records the conditional post-softmax maps; the block's output comes
-    from the patch that was in the slot (or ComfyUI's kernel), so capturing changes no bit of the inversion."""
+class SelfAttentionCapture(CapturePatch):
+    """attn1: the conditional queries and keys (the map is rebuilt from them when editing)."""
 
-    def __init__(self, store: AttentionStore, key: tuple, inner=None):
-        self.store, self.key, self.inner = store, key, inner
+    def record(self, level, q, k, heads):
+        self.store.put_self(self.key, level, q, k)
 
-    def __call__(self, q, k, v, extra_options):
-        chunks, frames = cond_chunks(extra_options, q.shape[0])
-        if chunks:
-            level = self.store.level(float(extra_options["sigmas"].max()), capturing=True)
-            part = chunk_slice(chunks[0], frames)
-            self.store.put_cross(self.key, level, attention_probs(q[part], k[part], extra_options["n_heads"]))
-        return call_attention(self.inner, q, k, v, extra_options)
+
+class CrossAttentionCapture(CapturePatch):
+    """attn2: the conditional post-softmax maps."""
+
+    def record(self, level, q, k, heads):
+        self.store.put_cross(self.key, level, attention_probs(q, k, heads))
 
 
 def with_attention_capture(model, store: AttentionStore):

@@ -477,7 +477,7 @@ def write_video(frames: np.ndarray, fps: float, fmt: str, target: str) -> str:
 
 
 class VESaveVideo(io.ComfyNode):
-    """Save an IMAGE batch as an mp4, gif or webp video in ComfyUI's output folder."""
+    """Save an IMAGE batch as an mp4, webm, gif or webp video in ComfyUI's output folder."""
 
     @classmethod
     def define_schema(cls):
