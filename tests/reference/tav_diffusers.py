@@ -352,7 +352,7 @@ class ReferenceTAV(nn.Module):
 
     ``temporal_state_dict``: ``{ldm_block_path}.{norm_temp.weight|bias, attn_temp.to_q|to_k|to_v.weight,
     attn_temp.to_out.0.weight|bias}`` for every transformer block (all or none); ``None`` = no temporal
-    layers. ``mode`` and ``frame_groupnorm`` can be changed between calls.
+    layers.
     """
 
     def __init__(self, unet, temporal_state_dict: dict | None = None, *, mode: str = "sparse_causal",
@@ -360,15 +360,11 @@ class ReferenceTAV(nn.Module):
         super().__init__()
         if mode not in CROSS_FRAME_MODES:
             raise ValueError(f"unknown cross-frame mode {mode!r}; expected one of {CROSS_FRAME_MODES}")
-        if getattr(unet, "_reference_tav_installed", False):
-            raise RuntimeError("this UNet is already wrapped by a ReferenceTAV; call restore() on it first")
         self.unet = unet
         self._state = _VideoState(mode, bool(frame_groupnorm))
         self.block_paths = ldm_to_diffusers_block_paths(unet)
         modules = dict(unet.named_modules())
         self._blocks = {ldm: modules[diff] for ldm, diff in self.block_paths.items()}
-        self._hook_handles = []
-        self._patched_norms = []
 
         # temporal weights are validated before the UNet is touched
         self.temporal = nn.ModuleDict()
@@ -378,49 +374,20 @@ class ReferenceTAV(nn.Module):
         processor = SparseCausalAttnProcessor(self._state)
         for block in self._blocks.values():
             block.attn1.set_processor(processor)
-        if self.has_temporal:
+        if len(self.temporal):
             for ldm, block in self._blocks.items():
-                self._hook_handles.append(block.register_forward_hook(self._make_temporal_hook(ldm)))
+                block.register_forward_hook(self._make_temporal_hook(ldm))
         for name, module in unet.named_modules():
             if type(module).__name__ == "ResnetBlock2D":
                 self._patch_groupnorm(module.norm1, f"{name}.norm1")
                 self._patch_groupnorm(module.norm2, f"{name}.norm2")
         self._patch_groupnorm(unet.conv_norm_out, "conv_norm_out")
-        unet._reference_tav_installed = True
 
     @classmethod
     def from_ldm(cls, ldm_unet_state_dict: dict, diffusers_config: dict, temporal_state_dict: dict | None = None,
                  **kwargs) -> "ReferenceTAV":
         """``ReferenceTAV(build_reference_unet(ldm_unet_state_dict, diffusers_config), temporal_state_dict, ...)``."""
         return cls(build_reference_unet(ldm_unet_state_dict, diffusers_config), temporal_state_dict, **kwargs)
-
-    # -- configuration -------------------------------------------------------------------------
-    @property
-    def mode(self) -> str:
-        return self._state.mode
-
-    @mode.setter
-    def mode(self, value: str) -> None:
-        if value not in CROSS_FRAME_MODES:
-            raise ValueError(f"unknown cross-frame mode {value!r}; expected one of {CROSS_FRAME_MODES}")
-        self._state.mode = value
-
-    @property
-    def frame_groupnorm(self) -> bool:
-        return self._state.frame_groupnorm
-
-    @frame_groupnorm.setter
-    def frame_groupnorm(self, value: bool) -> None:
-        self._state.frame_groupnorm = bool(value)
-
-    @property
-    def has_temporal(self) -> bool:
-        return len(self.temporal) > 0
-
-    @property
-    def patched_groupnorms(self) -> list[str]:
-        """Diffusers paths of the GroupNorms that span frames when ``frame_groupnorm`` is on."""
-        return [name for name, _ in self._patched_norms]
 
     def temporal_module(self, ldm_block_path: str) -> TemporalAttention:
         return self.temporal[ldm_block_path.replace(".", "__")]
@@ -472,22 +439,6 @@ class ReferenceTAV(nn.Module):
             return y5.transpose(1, 2).reshape(x.shape)
 
         norm.forward = forward
-        self._patched_norms.append((name, norm))
-
-    # -- undo --------------------------------------------------------------------------------
-    def restore(self) -> None:
-        """Give the wrapped UNet back in its plain diffusers form (processors, hooks, norms)."""
-        from diffusers.models.attention_processor import AttnProcessor2_0
-
-        for handle in self._hook_handles:
-            handle.remove()
-        self._hook_handles.clear()
-        for _, norm in self._patched_norms:
-            del norm.forward
-        self._patched_norms.clear()
-        for block in self._blocks.values():
-            block.attn1.set_processor(AttnProcessor2_0())
-        self.unet._reference_tav_installed = False
 
     # -- call --------------------------------------------------------------------------------
     def forward(self, latents: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
