@@ -260,7 +260,8 @@ def test_core_video_input_picks_the_same_frames(comfy, source, GraphBuilder):
     fps_text = g.node("PreviewAny", source=loader.out(1))
     outputs = comfy.run(g.finalize())
 
-    assert_frames_match(saved_pngs(comfy, outputs, pngs), source, [3, 6, 9, 12], LOSSLESS_TOL)
+    # core decodes with PyAV, VE_LoadVideo's file path with OpenCV: the same frames, decoded a little differently
+    assert_frames_match(saved_pngs(comfy, outputs, pngs), source, [3, 6, 9, 12], CODEC_TOL)
     assert float(outputs[fps_text.id]["text"][0]) == pytest.approx(SRC_FPS / 3)
     g = GraphBuilder()
     core = g.node("LoadVideo", file=CLIP)
