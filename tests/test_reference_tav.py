@@ -13,7 +13,6 @@ from reference.tav_diffusers import (
     ReferenceTAV,
     build_reference_unet,
     cross_frame_key_indices,
-    diffusers_to_ldm_unet_state_dict,
     ldm_to_diffusers_block_paths,
 )
 from tiny_models import tiny_unet_diffusers_config
@@ -41,9 +40,10 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
 
 
-def random_ldm_unet(config: dict, seed: int = 0) -> dict:
+def random_unet(config: dict, seed: int = 0):
+    """A random diffusers UNet of ``config`` (the same weights for the same seed)."""
     torch.manual_seed(seed)
-    return diffusers_to_ldm_unet_state_dict(UNet2DConditionModel.from_config(dict(config)))
+    return UNet2DConditionModel.from_config(dict(config)).eval()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -61,20 +61,15 @@ def config():
 
 
 @pytest.fixture(scope="module")
-def ldm_weights(config):
-    return random_ldm_unet(config, seed=0)
+def plain(config):
+    """The plain, per-frame diffusers UNet."""
+    return random_unet(config)
 
 
 @pytest.fixture(scope="module")
-def plain(ldm_weights, config):
-    """The same weights as a plain, per-frame diffusers UNet."""
-    return build_reference_unet(ldm_weights, config)
-
-
-@pytest.fixture(scope="module")
-def make_ref(ldm_weights, config):
+def make_ref(config):
     def make(temporal=None, **kwargs):
-        return ReferenceTAV.from_ldm(ldm_weights, config, temporal, **kwargs)
+        return ReferenceTAV(random_unet(config), temporal, **kwargs)
 
     return make
 

@@ -40,7 +40,6 @@ __all__ = [
     "TemporalAttention",
     "build_reference_unet",
     "cross_frame_key_indices",
-    "diffusers_to_ldm_unet_state_dict",
     "ldm_to_diffusers_block_paths",
 ]
 
@@ -177,37 +176,6 @@ _TOP_LEVEL_TO_LDM = {
     "conv_norm_out.": "out.0.",
     "conv_out.": "out.2.",
 }
-
-
-def diffusers_to_ldm_unet_state_dict(diffusers_unet) -> dict[str, torch.Tensor]:
-    """Inverse of diffusers' converter for SD1/2-style UNets (no prefix). For building test weights.
-
-    Raises if a diffusers parameter has no LDM name, so a round trip through ``build_reference_unet``
-    checks this mapping and diffusers' converter against each other.
-    """
-    rules = [(d + ".", l + ".", kind) for kind, l, d in _ldm_diffusers_module_pairs(diffusers_unet)]
-    out = {}
-    for name, tensor in diffusers_unet.state_dict().items():
-        ldm = None
-        for d_prefix, l_prefix in _TOP_LEVEL_TO_LDM.items():
-            if name.startswith(d_prefix):
-                ldm = l_prefix + name[len(d_prefix):]
-        for d_prefix, l_prefix, kind in rules:
-            if name.startswith(d_prefix):
-                rest = name[len(d_prefix):]
-                if kind == "resnet":
-                    for old, new in _RESNET_TO_LDM:
-                        if rest.startswith(old):
-                            rest = new + rest[len(old):]
-                            break
-                    else:
-                        raise KeyError(f"unknown resnet parameter {name}")
-                ldm = l_prefix + rest
-                break
-        if ldm is None:
-            raise KeyError(f"no LDM name for diffusers parameter {name}")
-        out[ldm] = tensor.detach().clone()
-    return out
 
 
 # --------------------------------------------------------------------------------------------------
