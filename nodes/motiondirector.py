@@ -7,6 +7,8 @@ draws a video, a timestep and noise, then (showlab/MotionDirector; docs/design.m
   the image model's path (temporal layers bypassed, per-frame GroupNorm); ε-MSE; steps the spatial LoRAs only;
 - temporal path: the whole video, spatial LoRAs active but frozen; ε-MSE + appearance-debiased MSE against a
   random anchor frame; steps the temporal LoRAs only.
+Both forward passes run before either step, as in the official loop, so the temporal pass sees the spatial LoRAs
+from before this step's update.
 """
 
 from __future__ import annotations
@@ -92,29 +94,33 @@ class MotionDirectorSampler(TrainingSampler):
         spatial_opt, temporal_opt = self.optimizers
         losses = {"spatial": float("nan")}  # NaN marks a masked step in the loss curve
 
+        # As the official loop: both forward passes first, so the temporal pass sees the spatial LoRAs from
+        # before this step's update; then the spatial backward and step, then the temporal ones.
         self.spatial.scale = 0.0 if masked else 1.0
+        spatial_loss = None
         if not masked:
             with bypass_temporal():
                 pred = predict_eps(model_wrap, video[j:j + 1], timestep, eps[j:j + 1], extra_args)
-            loss = F.mse_loss(pred.float(), eps[j:j + 1].float())
-            self.check_finite(loss, step, "spatial loss")
-            spatial_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            spatial_opt.step()
-            losses["spatial"] = loss.item()
-
-        # The spatial LoRAs stay active (at the scale above) but are not optimised: no gradient is computed for them.
+            spatial_loss = F.mse_loss(pred.float(), eps[j:j + 1].float())
+            self.check_finite(spatial_loss, step, "spatial loss")
+        # The spatial LoRAs stay active (at the scale above) in the temporal pass but get no gradient from it. They
+        # stay frozen until its backward, which (with gradient checkpointing) recomputes that pass.
         self.spatial.requires_grad_(False)
         try:
             pred = predict_eps(model_wrap, video, timestep, eps, extra_args)
-            loss = debiased_temporal_loss(pred.float(), eps.float(), k)
-            self.check_finite(loss, step, "temporal loss")
+            temporal_loss = debiased_temporal_loss(pred.float(), eps.float(), k)
+            self.check_finite(temporal_loss, step, "temporal loss")
             temporal_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            temporal_opt.step()
+            temporal_loss.backward()
         finally:
             self.spatial.requires_grad_(True)
-        losses["temporal"] = loss.item()
+        if spatial_loss is not None:
+            spatial_opt.zero_grad(set_to_none=True)
+            spatial_loss.backward()
+            spatial_opt.step()
+            losses["spatial"] = spatial_loss.item()
+        temporal_opt.step()
+        losses["temporal"] = temporal_loss.item()
         return losses
 
     def after_step(self, step):

@@ -260,3 +260,29 @@ def test_training_leaves_no_gradient_on_the_base_weights(md, trained):
     """Only the LoRAs are trained: no weight of the UNet or of the temporal layers requires or holds a gradient."""
     weights = [*md.model.model.diffusion_model.parameters(), *md.video_unet.get_inflation(md.base).layers.parameters()]
     assert weights and not any(p.requires_grad or p.grad is not None for p in weights)
+
+
+def test_both_passes_run_before_either_step(md, monkeypatch):
+    """Official order (MotionDirector_train.py): the spatial and temporal forward passes of a step both see the
+    LoRAs as they were before that step's updates."""
+    sets, seen = [], []
+
+    class RecordedLoRASet(md.md.LoRASet):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            sets.append(self)
+
+    def predict(model_wrap, video, *args):
+        spatial = sets[0]
+        seen.append((video.shape[0], [p.detach().clone() for p in spatial.parameters()]))
+        return original(model_wrap, video, *args)
+
+    original = md.md.predict_eps
+    monkeypatch.setattr(md.md, "LoRASet", RecordedLoRASet)
+    monkeypatch.setattr(md.md, "predict_eps", predict)
+    train(md, steps=2, learning_rate=1e-2, spatial_mask_probability=0.0)
+    assert [frames > 1 for frames, _ in seen] == [False, True, False, True]  # spatial, temporal; twice
+    for step in (0, 2):
+        (_, spatial_pass), (_, temporal_pass) = seen[step], seen[step + 1]
+        assert all(torch.equal(a, b) for a, b in zip(spatial_pass, temporal_pass))
+    assert not all(torch.equal(a, b) for a, b in zip(seen[1][1], seen[2][1]))  # the spatial step did happen
