@@ -326,8 +326,10 @@ def blend_by_mask(edited: torch.Tensor, source: torch.Tensor, keep_edit: torch.T
 
 
 def latent_blend_active(step: int, steps: int, start: float, end: float) -> bool:
-    """Latents are blended after editing steps ``int(N * start) <= k < int(N * end)``."""
-    return int(steps * start) <= step < int(steps * end)
+    """The official window (FateZero's SpatialBlender counts steps from 1): latents are blended after editing steps
+    ``int(N * start) < k + 1 < int(N * end)``, steps 10..38 of 50 at 0.2 / 0.8; an ``end`` above 1 (official
+    configs use 2) keeps blending through the last step."""
+    return int(steps * start) < step + 1 < int(steps * end)
 
 
 # ---------------------------------------------------------------------------------------------- blend mask

@@ -308,7 +308,9 @@ class AttentionFusion(io.ComfyNode):
                 io.Float.Input("mask_threshold", default=0.3, min=0.0, max=2.0, step=0.05),
                 io.String.Input("reweight", default="", tooltip="Edit-prompt words to emphasise, e.g. 'watercolor:10'."),
                 io.Float.Input("blend_start", default=0.2, min=0.0, max=1.0, step=0.05),
-                io.Float.Input("blend_end", default=0.8, min=0.0, max=1.0, step=0.05),
+                io.Float.Input("blend_end", default=0.8, min=0.0, max=2.0, step=0.05,
+                               tooltip="Latents are blended after editing steps k with int(N*start) < k+1 < "
+                                       "int(N*end) (official); above 1 blends through the last step."),
                 io.Combo.Input("blend", options=BLEND_MODES, default="latents",
                                tooltip="What the blend words' mask blends: the latents (attribute and style edits), "
                                        "the replaced self-attention, or both (shape edits)."),

@@ -138,7 +138,7 @@ def test_prompt_to_prompt_alignment_on_real_tokenizations(fz):
 def test_threshold_2_keeps_the_source_and_the_mask_has_f_frames(fz, model_state):
     before = model_state(fz.model)
     fused, plan = fz.fatezero.attention_fusion(fz.model, fz.captured, fz.clip, SOURCE, EDIT, "jeep",
-                                               mask_threshold=2.0, blend_start=0.0, blend_end=1.0)
+                                               mask_threshold=2.0, blend_start=0.0, blend_end=2.0)
     out = fz.edit(fused, fz.captured.latents[-1])
     torch.testing.assert_close(out, fz.captured.latents[0], rtol=1e-4, atol=1e-4)  # the plain inversion round trip
     assert (fz.edit(fz.model, fz.captured.latents[-1]) - out).abs().max() > 1e-3
@@ -209,7 +209,7 @@ def test_latent_mask_is_the_source_mask_or_the_edit_words_mask_summed_over_steps
     tiny model's maps are nearly flat, so a high threshold gives masks that are not all ones."""
     store = fz.captured.captures["attention"]
     fused, plan = fz.fatezero.attention_fusion(fz.model, fz.captured, fz.clip, SOURCE, "a red car", "jeep car",
-                                               cross_replace=0.5, mask_threshold=0.95, blend_start=0.0, blend_end=1.0)
+                                               cross_replace=0.5, mask_threshold=0.95, blend_start=0.0, blend_end=2.0)
     assert plan.source_positions == [3] and plan.edit_positions == [3]
     keys = [b.key for b in plan.mask_blocks]
     assert set(keys) == {("input", 1, 0), ("output", 2, 0), ("output", 3, 0)}  # 8x8 here: nearest to 16x16

@@ -24,8 +24,10 @@ def test_replace_windows_follow_the_official_counts():
     assert [cross_alpha(k, 50, 0.8) for k in range(50)] == [1.0] * 40 + [0.0] * 10  # int(51 * 0.8) = 40
     assert [cross_alpha(k, 10, 0.5) for k in range(10)] == [1.0] * 5 + [0.0] * 5  # int(11 * 0.5) = 5
     assert not any(in_window(k, 3, 0.0) or cross_alpha(k, 3, 0.0) for k in range(3))
-    assert [latent_blend_active(k, 50, 0.2, 0.8) for k in range(50)] == [False] * 10 + [True] * 30 + [False] * 10
-    assert all(latent_blend_active(k, 2, 0.0, 1.0) for k in range(2))
+    # SpatialBlender: counter = k + 1, blended while int(N * start) < counter < int(N * end)
+    assert [latent_blend_active(k, 50, 0.2, 0.8) for k in range(50)] == [False] * 10 + [True] * 29 + [False] * 11
+    assert [latent_blend_active(k, 3, 0.0, 1.0) for k in range(3)] == [True, True, False]
+    assert all(latent_blend_active(k, 3, 0.0, 2.0) for k in range(3))
 
 
 def test_global_alignment_marks_new_tokens_and_keeps_order():
