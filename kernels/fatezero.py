@@ -291,15 +291,17 @@ class CrossAttentionEdit:
     equalizer: torch.Tensor = field(default_factory=lambda: torch.ones(77))
 
     @classmethod
-    def for_prompts(cls, source: PromptTokens, edit: PromptTokens, reweight: dict[str, float]) -> "CrossAttentionEdit":
-        """Replace when both prompts have the same word count, refine otherwise (FateZero's default)."""
+    def for_prompts(cls, source: PromptTokens, edit: PromptTokens, reweight: dict[str, float],
+                    replace: bool = True) -> "CrossAttentionEdit":
+        """Prompt-to-prompt *replace* when ``replace`` (FateZero's ``is_replace_controller``, default true) and both
+        prompts have the same word count, *refine* otherwise."""
         equalizer = torch.ones(edit.length)
         for word, value in reweight.items():
             positions = edit.positions_of(word)
             if not positions:
                 raise ValueError(f"reweight: the word {word!r} is not in the edit prompt {' '.join(edit.words)!r}.")
             equalizer[positions] = value
-        if len(source.words) == len(edit.words):
+        if replace and len(source.words) == len(edit.words):
             return cls(replace=replacement_mapper(source, edit), equalizer=equalizer)
         mapper, alphas = refinement_mapper(source, edit)
         return cls(mapper=mapper, alphas=alphas, equalizer=equalizer)

@@ -18,6 +18,7 @@ from .socket_types import ATTENTION_CAPTURE, InversionType
 
 LATENT_TO_PIXELS = 8
 BLEND_MODES = ["latents", "self-attention", "both"]  # what the blend words' mask blends
+WORD_SWAPS = ("replace", "refine")  # prompt-to-prompt on word-aligned prompts (official is_replace_controller)
 
 
 def prompt_tokens(clip, text: str, input_name: str) -> PromptTokens:
@@ -250,7 +251,8 @@ def blend_word_positions(blend_words: str, source: PromptTokens, edit: PromptTok
 
 def attention_fusion(model, inversion: Inversion, clip, source_prompt: str, edit_prompt: str, blend_words: str = "",
                      self_replace: float = 0.8, cross_replace: float = 0.8, mask_threshold: float = 0.3,
-                     reweight: str = "", blend_start: float = 0.2, blend_end: float = 0.8, blend: str = "latents"):
+                     reweight: str = "", blend_start: float = 0.2, blend_end: float = 0.8, blend: str = "latents",
+                     word_swap: str = "replace"):
     """A clone of ``model`` that fuses the inversion's attention into editing; returns it with its FusionPlan."""
     require_sd1_unet(model)
     store = require_attention(inversion)
@@ -259,13 +261,16 @@ def attention_fusion(model, inversion: Inversion, clip, source_prompt: str, edit
                          "77-token prompt.")
     if blend not in BLEND_MODES:
         raise ValueError(f"blend: {blend!r} is not one of {', '.join(BLEND_MODES)}.")
+    if word_swap not in WORD_SWAPS:
+        raise ValueError(f"word_swap: {word_swap!r} is not one of {', '.join(WORD_SWAPS)}.")
     source = prompt_tokens(clip, source_prompt, "source_prompt")
     edit = prompt_tokens(clip, edit_prompt, "edit_prompt")
     source_positions, edit_positions = blend_word_positions(blend_words, source, edit)
     if blend != "latents" and edit_positions and not source_positions:
         raise ValueError(f"blend_words: self-attention blending uses the source prompt's words, and none of "
                          f"{blend_words!r} is in {source_prompt!r}; add the source word of the edited object.")
-    plan = FusionPlan(inversion, CrossAttentionEdit.for_prompts(source, edit, parse_reweight(reweight)),
+    edit_maps = CrossAttentionEdit.for_prompts(source, edit, parse_reweight(reweight), word_swap == "replace")
+    plan = FusionPlan(inversion, edit_maps,
                       source_positions, edit_positions, blend, self_replace, cross_replace, mask_threshold,
                       blend_start, blend_end)
     clone = model.clone()
@@ -290,7 +295,8 @@ class AttentionFusion(io.ComfyNode):
                 "FateZero editing: sample the edit from the inverted latent with any standard sampler (same steps, "
                 "ddim_uniform, no added noise) and this MODEL. On the conditional pass it uses the source "
                 "self-attention for the first self_replace of the steps, prompt-to-prompt cross-attention for the "
-                "first cross_replace (replace when both prompts have the same word count, refine otherwise). With "
+                "first cross_replace ('word_swap': replace when both prompts have the same word count, else refine; "
+                "or always refine, as the official attribute and style configs do). With "
                 "blend words, 'blend' keeps the source outside their mask: in the latents between blend_start and "
                 "blend_end, and/or in the self-attention while it is replaced (shape edits). mask_threshold 2 "
                 "keeps the whole source. The input MODEL is not changed."),
@@ -314,17 +320,22 @@ class AttentionFusion(io.ComfyNode):
                 io.Combo.Input("blend", options=BLEND_MODES, default="latents",
                                tooltip="What the blend words' mask blends: the latents (attribute and style edits), "
                                        "the replaced self-attention, or both (shape edits)."),
+                io.Combo.Input("word_swap", options=list(WORD_SWAPS), default="replace", optional=True,
+                               tooltip="Official is_replace_controller: 'replace' (default) swaps the edited words' "
+                                       "attention when both prompts have as many words, else refines; 'refine' "
+                                       "always refines (the official attribute and style configs)."),
             ],
             outputs=[io.Model.Output(), io.Mask.Output(display_name="blend_mask")],
         )
 
     @classmethod
     def execute(cls, model, inversion, clip, source_prompt, edit_prompt, blend_words, self_replace, cross_replace,
-                mask_threshold, reweight, blend_start, blend_end, blend) -> io.NodeOutput:
+                mask_threshold, reweight, blend_start, blend_end, blend, word_swap="replace") -> io.NodeOutput:
         if blend_start > blend_end:
             raise ValueError(f"blend_start ({blend_start}) must not exceed blend_end ({blend_end}).")
         fused, plan = attention_fusion(model, inversion, clip, source_prompt, edit_prompt, blend_words, self_replace,
-                                       cross_replace, mask_threshold, reweight, blend_start, blend_end, blend)
+                                       cross_replace, mask_threshold, reweight, blend_start, blend_end, blend,
+                                       word_swap)
         return io.NodeOutput(fused, plan.preview_mask())
 
 

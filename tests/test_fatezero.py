@@ -272,3 +272,17 @@ def test_self_attention_blend_thresholds_2_and_0_are_pure_source_and_pure_edit(f
     assert all(plan.source_mask(level, (b.height, b.width)).eq(1).all()
                for level in (1, 2, 3) for b in plan.store.blocks.values())
     torch.testing.assert_close(all_edit, unreplaced, rtol=1e-5, atol=1e-5)
+
+
+def test_word_swap_replace_is_the_default_and_refine_is_a_choice(fz):
+    """Official: replace when is_replace_controller (default true) and the prompts have as many words; the
+    attribute and style configs set it false and refine."""
+    _, replace = fz.fatezero.attention_fusion(fz.model, fz.captured, fz.clip, SOURCE, EDIT, "")
+    _, refine = fz.fatezero.attention_fusion(fz.model, fz.captured, fz.clip, SOURCE, EDIT, "", word_swap="refine")
+    assert replace.edit.replace is not None and refine.edit.replace is None
+    edited = [fz.edit(fz.fatezero.attention_fusion(fz.model, fz.captured, fz.clip, SOURCE, EDIT, "",
+                                                   word_swap=swap)[0], fz.captured.latents[-1])
+              for swap in ("replace", "refine")]
+    assert (edited[0] - edited[1]).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="word_swap: 'swap' is not one of replace, refine"):
+        fz.fatezero.attention_fusion(fz.model, fz.captured, fz.clip, SOURCE, EDIT, "", word_swap="swap")

@@ -74,6 +74,12 @@ def test_cross_attention_edit_replace_refine_reweight_and_alpha():
     expected[..., 2] *= 3.0
     torch.testing.assert_close(same(source, edited, 1.0), expected)
     torch.testing.assert_close(same(source, edited, 0.0), edited)
+    # official: replace only when is_replace_controller AND equal lengths; the attribute configs set it false
+    refined = CrossAttentionEdit.for_prompts(prompt(("a", [1]), ("silver", [4])), prompt(("a", [1]), ("red", [7])),
+                                             {}, replace=False)
+    assert refined.replace is None
+    torch.testing.assert_close(refined(source, edited, 1.0)[..., 2], edited[..., 2])  # "red" keeps the edit's map
+    torch.testing.assert_close(refined(source, edited, 1.0)[..., 1], source[..., 1])  # "a" reads the source's
     refine = CrossAttentionEdit.for_prompts(prompt(("a", [1]), ("jeep", [2])),
                                             prompt(("a", [1]), ("red", [7]), ("jeep", [2])), {})
     out = refine(source, edited, 1.0)

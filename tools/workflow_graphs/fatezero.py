@@ -20,7 +20,7 @@ PANDA_PROMPT = "a panda is skiing"
 
 
 def _fatezero(g: GraphBuilder, ckpt, model, video_file: str, frame_stride: int, source_prompt: str, edit_prompt: str,
-              blend_words: str, blend: str, replace: float, prefix: str):
+              blend_words: str, blend: str, replace: float, word_swap: str, prefix: str):
     """Invert the clip with the source prompt storing attention, fuse, sample the edit, save it and show the mask."""
     video = g.node("VE_LoadVideo", file=video_file, n_frames=8, start_frame=0, frame_stride=frame_stride,
                    width=512, height=512, path="", memory_limit_gb=0.0)
@@ -32,7 +32,7 @@ def _fatezero(g: GraphBuilder, ckpt, model, video_file: str, frame_stride: int, 
     fusion = g.node("VE_AttentionFusion", model=model, inversion=inversion.out(1), clip=ckpt.out(1),
                     source_prompt=source_prompt, edit_prompt=edit_prompt, blend_words=blend_words,
                     self_replace=replace, cross_replace=replace, mask_threshold=0.3, reweight="", blend_start=0.2,
-                    blend_end=0.8, blend=blend)
+                    blend_end=0.8, blend=blend, word_swap=word_swap)
     positive = g.node("CLIPTextEncode", clip=ckpt.out(1), text=edit_prompt)
     negative = g.node("CLIPTextEncode", clip=ckpt.out(1), text="")
     ddim_edit_and_save(g, ckpt, fusion.out(0), positive.out(0), negative.out(0), inversion.out(0), video,
@@ -46,7 +46,8 @@ def fatezero_edit():
     ckpt = g.node("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
     middle = g.node("VE_SparseCausalAttention", model=ckpt.out(0), mode="middle_frame", start_percent=0.0,
                     end_percent=1.0)
-    _fatezero(g, ckpt, middle.out(0), JEEP_VIDEO, 1, JEEP_PROMPT, RED_JEEP_PROMPT, "jeep", "latents", 0.8,
+    # an attribute edit: the official attribute and style configs refine (is_replace_controller false)
+    _fatezero(g, ckpt, middle.out(0), JEEP_VIDEO, 1, JEEP_PROMPT, RED_JEEP_PROMPT, "jeep", "latents", 0.8, "refine",
               "video_edit/fatezero")
     return g.finalize()
 
@@ -58,7 +59,7 @@ def fatezero_shape_edit():
     sparse = g.node("VE_SparseCausalAttention", model=tuned.out(0), mode="sparse_causal", start_percent=0.0,
                     end_percent=1.0)
     _fatezero(g, ckpt, sparse.out(0), SKIING_VIDEO, 6, SKIING_PROMPT, PANDA_PROMPT, "man panda", "both", 0.5,
-              "video_edit/fatezero_shape")
+              "replace", "video_edit/fatezero_shape")
     return g.finalize()
 
 
