@@ -79,18 +79,21 @@ def prepare_folder(folder: str, what: str) -> None:
         raise not_writable(folder, what)
 
 
-def numbered_names(folder: str, stem: str, suffixes: list[str]) -> list[str]:
-    """``stem_NNNNN_<suffix>`` for each suffix, with the first counter at which none of them exists in ``folder``."""
+def numbered_paths(stem: str, places: list[tuple[str, str]]) -> list[str]:
+    """``folder/stem_NNNNN_suffix`` for each ``(folder, suffix)``, all under one number: the first past every
+    numbered ``stem`` file in those folders at which none of the paths exists (core SaveImage's numbering)."""
     pattern = re.compile(re.escape(stem) + r"_(\d{5})_")
-    try:
-        taken = [int(m.group(1)) for name in os.listdir(folder) if (m := pattern.match(name))]
-    except OSError:
-        taken = []
+    taken = []
+    for folder in {folder for folder, _ in places}:
+        try:
+            taken += [int(m.group(1)) for name in os.listdir(folder) if (m := pattern.match(name))]
+        except OSError:  # a folder that does not exist yet holds no numbers
+            pass
     counter = max(taken, default=0) + 1
     while True:
-        names = [f"{stem}_{counter:05}_{suffix}" for suffix in suffixes]
-        if not any(os.path.exists(os.path.join(folder, name)) for name in names):
-            return names
+        paths = [os.path.join(folder, f"{stem}_{counter:05}_{suffix}") for folder, suffix in places]
+        if not any(os.path.exists(path) for path in paths):
+            return paths
         counter += 1
 
 

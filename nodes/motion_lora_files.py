@@ -13,7 +13,7 @@ import os
 
 import folder_paths
 
-from .files import model_folder, numbered_names, read_safetensors, register_model_folder, save_safetensors_group
+from .files import model_folder, numbered_paths, read_safetensors, register_model_folder, save_safetensors_group
 
 SPATIAL_FOLDER = "loras"
 TEMPORAL_FOLDER = "video_edit_motion_lora"
@@ -29,16 +29,14 @@ def save_motion_lora(spatial: dict, temporal: dict, name: str, metadata: dict | 
     models/video_edit_motion_lora under the first number free in both: both files appear, or neither. Returns both
     paths."""
     stem = os.path.basename(name.strip()).removesuffix(".safetensors") or "motion"
-    folders = {"spatial": model_folder(SPATIAL_FOLDER), "temporal": model_folder(TEMPORAL_FOLDER)}
-    taken = [numbered_names(folder, stem, [f"{kind}.safetensors"])[0] for kind, folder in folders.items()]
-    counter = max(int(n[len(stem) + 1:len(stem) + 6]) for n in taken)  # a number free in both folders
+    kinds = {"spatial": (spatial, SPATIAL_FOLDER), "temporal": (temporal, TEMPORAL_FOLDER)}
+    paths = numbered_paths(stem, [(model_folder(folder), f"{kind}.safetensors") for kind, (_, folder) in kinds.items()])
     files = []
-    for kind, tensors in (("spatial", spatial), ("temporal", temporal)):
+    for (kind, (tensors, _)), path in zip(kinds.items(), paths):
         rank = next(v.shape[0] for k, v in tensors.items() if k.endswith(".lora_down.weight"))
-        path = os.path.join(folders[kind], f"{stem}_{counter:05}_{kind}.safetensors")
         files.append((tensors, {**(metadata or {}), "video_edit_format": FORMATS[kind], "rank": str(rank)}, path))
     save_safetensors_group(files, "VE_SaveMotionLoRA")
-    return files[0][2], files[1][2]
+    return paths[0], paths[1]
 
 
 def read_lora_file(folder: str, name: str, input_name: str) -> dict:

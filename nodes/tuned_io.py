@@ -18,7 +18,7 @@ import os
 import folder_paths
 from comfy_api.latest import io
 
-from .files import model_folder, numbered_names, read_safetensors, register_model_folder, save_safetensors_group
+from .files import model_folder, numbered_paths, read_safetensors, register_model_folder, save_safetensors_group
 from .model_helpers import PatcherKeys
 from .video_unet import TunedWeights, apply_tuned
 
@@ -83,8 +83,7 @@ class SaveTuned(io.ComfyNode):
         if tuned is None:
             raise ValueError("model: it carries no tuning; connect the MODEL output of VE One-Shot Tune.")
         stem = os.path.basename(filename.strip()).removesuffix(".safetensors") or "tuned_clip"
-        folder = model_folder(FOLDER)
-        path = os.path.join(folder, numbered_names(folder, stem, [".safetensors"])[0])
+        (path,) = numbered_paths(stem, [(model_folder(FOLDER), ".safetensors")])
         tuned = TunedWeights(tuned.query_deltas, tuned.temporal, tuned.frame_groupnorm, {**tuned.metadata, "prompt": prompt})
         save_tuned(tuned, path)
         return io.NodeOutput(path, ui={"text": [path]})
