@@ -220,10 +220,10 @@ def read_video(video_path: str, n_frames: int = 24, start_frame: int = 0, frame_
     limit = memory_limit_bytes(memory_limit_gb)
     count_hint, src_w, src_h = probe_video(video_path)
     if src_w and src_h:  # the estimate before decoding; the loop below checks as it goes, too
-        wanted = [n for n in (n_frames, max(0, (count_hint - start_frame - 1) // frame_stride + 1) if count_hint
-                              else 0) if n]
+        available = max(0, (count_hint - start_frame - 1) // frame_stride + 1) if count_hint else 0
+        wanted = min(n_frames, available) if n_frames and available else n_frames or available
         if wanted:
-            check_decoded_size(min(wanted), *target_size(src_w, src_h, width, height), limit, name)
+            check_decoded_size(wanted, *target_size(src_w, src_h, width, height), limit, name)
 
     def want(index: int) -> bool:
         return index >= start_frame and (index - start_frame) % frame_stride == 0
@@ -284,9 +284,8 @@ def select_frames(images: torch.Tensor, fps: float, n_frames: int, start_frame: 
                          f"{len(picked)}, or set n_frames to 0 to take all available frames.")
     size = target_size(images.shape[2], images.shape[1], width, height)
     check_decoded_size(len(picked), *size, memory_limit_bytes(memory_limit_gb), "video")
-    frames = [fit_cover(images_to_uint8(images[i:i + 1], "VE_LoadVideo", "video")[0], *size,
-                        resize=bool(width or height)) for i in picked]
-    return np.stack(frames), fps
+    frames = images_to_uint8(images[picked], "VE_LoadVideo", "video")
+    return np.stack([fit_cover(frame, *size, resize=bool(width or height)) for frame in frames]), fps
 
 
 class VELoadVideo(io.ComfyNode):
