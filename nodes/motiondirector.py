@@ -95,7 +95,8 @@ class MotionDirectorSampler(TrainingSampler):
         losses = {"spatial": float("nan")}  # NaN marks a masked step in the loss curve
 
         # As the official loop: both forward passes first, so the temporal pass sees the spatial LoRAs from
-        # before this step's update; then the spatial backward and step, then the temporal ones.
+        # before this step's update. The backward passes follow (the temporal one first, while the spatial LoRAs
+        # are still frozen), and only then do the optimisers step, so the gradients are the official ones.
         self.spatial.scale = 0.0 if masked else 1.0
         spatial_loss = None
         if not masked:

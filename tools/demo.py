@@ -2,8 +2,9 @@
 
 Runs workflows/<workflow>.json (its API graph, from tools/workflow_graphs) as an artist would queue it, with the
 inputs shrunk for a CPU: the generated tiny SD1.5 model and ControlNet (or --checkpoint PATH for real weights), a
-generated clip of a skier (or --video PATH), fewer frames and steps. A workflow that loads what another saves (a tuned model, motion LoRAs) runs
-that one first when its file is missing. The executor's progress (node, step, loss) is shown as it runs.
+generated clip of a skier (or --video PATH), fewer frames and steps. A workflow that loads what another saves (a
+tuned model, motion LoRAs) runs that one first when its file is missing. The executor's progress (node, step,
+loss) is shown as it runs.
 With random weights the "edit" is noise; the point is the real pipeline.
 
     tools/demo.sh [--workflow NAME] [--checkpoint model.safetensors] [--video clip.mp4] [--frames 8] ...
