@@ -123,17 +123,20 @@ class AttentionStore:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for d in (self.queries, self.keys, self.cross) for t in d.values())
 
-    def level(self, sigma: float, capturing: bool) -> int:
-        """The level (1..N) a model call at ``sigma`` reads or writes.
-
-        Inversion evaluates at ``sigmas[j-1]`` to produce ``sigmas[j]`` (level j); editing evaluates at ``sigmas[j]``.
-        """
-        index = matching(self.sigmas[:-1] if capturing else self.sigmas[1:], sigma)
+    def level(self, sigma: float) -> int:
+        """The level (1..N) a model call at ``sigma`` reads: editing evaluates at ``sigmas[j]`` for step N - j."""
+        index = self.stored_level(sigma)
         if index is None:
             raise ValueError(
                 f"sigma {sigma:.5g} is not a step of the inversion ({self.steps} steps, ddim_uniform): sample the "
                 "edit with the same step count as VE DDIM Invert and the ddim_uniform scheduler, no added noise.")
-        return index + 1
+        return index
+
+    def stored_level(self, sigma: float) -> int | None:
+        """The level (1..N) a model call at ``sigma`` writes, None if it is not kept. The official inversion
+        predicts the noise for level j at ``sigmas[j]``, the sigma at which editing reads level j."""
+        index = matching(self.sigmas[1:], sigma)
+        return None if index is None else index + 1
 
     def step_of(self, level: int) -> int:
         """The 0-based editing step that evaluates at level ``level``."""

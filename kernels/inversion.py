@@ -1,40 +1,69 @@
-"""Deterministic DDIM inversion, as ComfyUI sees it, and the record it leaves.
+"""Deterministic DDIM inversion as the official code does it, written in ComfyUI's sigma space, and the record it
+leaves.
 
-In ComfyUI's k-diffusion space the noisy latent is ``x = x0 + sigma * eps``. A deterministic DDIM step
-(eta = 0) is then one Euler step: ``x' = x0_hat + sigma' * eps_hat``. Inversion is the same step on
-*ascending* sigmas, so ComfyUI's own ``euler`` sampler inverts when given the flipped schedule.
+The official loop (Tune-A-Video ``ddim_loop``/``next_step``, and the same formula in FateZero, TokenFlow and
+MotionDirector) starts from the clean latent taken as the sample at ``alphas_cumprod[0]`` (``final_alpha_cumprod``
+of SD's scheduler) and, to go from level t to level t', predicts the noise on the current latent *with the target
+timestep t'*. In ComfyUI's space (``x = x_vp / sqrt(alpha)``, ``sigma = sqrt((1 - alpha) / alpha)``) that step is
+``x' = x + (sigma' - sigma) * eps`` with ``eps`` the model's noise prediction for the unchanged VP input at sigma'.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
 from .schedule import nearest
 
-# ComfyUI's FlipSigmas uses this in place of a leading 0 (a sigma of exactly 0 has no timestep).
-CLEAN_SIGMA = 1e-4
+
+def inversion_sigmas(sampling_sigmas: torch.Tensor, clean_sigma: float) -> list[float]:
+    """The ascending levels that invert a descending sampling schedule ending at 0: the clean clip stands at
+    ``clean_sigma`` (SD's ``alphas_cumprod[0]``, as the official scheduler's ``final_alpha_cumprod``)."""
+    levels = [float(s) for s in sampling_sigmas.flip(0)]
+    if levels[0] != 0:
+        raise ValueError("the sampling schedule must end at sigma 0")
+    return [float(clean_sigma)] + levels[1:]
 
 
-def inversion_sigmas(sampling_sigmas: torch.Tensor) -> torch.Tensor:
-    """The ascending schedule that inverts a descending sampling schedule ending at 0."""
-    sigmas = sampling_sigmas.flip(0).clone()
-    if sigmas[0] == 0:
-        sigmas[0] = CLEAN_SIGMA
-    return sigmas
+def vp_scale(sigma: float) -> float:
+    """``sqrt(alpha)`` at ``sigma``: ComfyUI's ``x`` times this is the diffusers (VP) sample."""
+    return (1.0 + float(sigma) ** 2) ** -0.5
+
+
+def invert(denoise: Callable[[torch.Tensor, float], torch.Tensor], clean: torch.Tensor, sigmas: list[float],
+           record: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """The official DDIM inversion of ``clean`` along ascending ``sigmas`` (``sigmas[0]``: the level the clean
+    latent is taken at, SD's ``alphas_cumprod[0]``). ``denoise(x, sigma)`` is ComfyUI's x0 prediction.
+
+    ``record(k, x)`` sees the latent at ``sigmas[k]`` before each step; returns the latent at ``sigmas[-1]``.
+    """
+    x = clean / vp_scale(sigmas[0])
+    for k, (sigma, target) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+        if record is not None:
+            record(k, x)
+        model_input = x * (vp_scale(sigma) / vp_scale(target))  # the same VP sample, presented at the target level
+        eps = (model_input - denoise(model_input, target)) / target
+        x = x + (target - sigma) * eps
+    return x
 
 
 @dataclass
 class Inversion:
     """A source clip's DDIM inversion: what later editing nodes need from it.
 
-    ``sigmas`` ascend (``sigmas[0]`` ~ clean, ``sigmas[-1]`` the largest); ``latents[k]`` is the clip at
-    ``sigmas[k]``, in LATENT units, on the CPU. ``captures`` holds per-method extras (features, attention maps).
+    ``sigmas`` ascend: ``sigmas[0]`` is the level the clean clip stands at, then the levels a sampler with
+    ``steps`` DDIM steps visits. ``latents[k]`` is the clip at ``sigmas[k]`` in ComfyUI's space and LATENT units,
+    on the CPU. ``noisiest`` is the clip at the inversion's last level ``noisiest_sigma``: ``latents[-1]`` when
+    the inversion ran the sampler's step count, noisier when it ran more (TokenFlow's 500 for 50). ``captures``
+    holds per-method extras (attention maps).
     """
 
     sigmas: torch.Tensor
     latents: torch.Tensor
+    noisiest: torch.Tensor
+    noisiest_sigma: float
     captures: dict = field(default_factory=dict)
 
     @property
@@ -45,9 +74,19 @@ class Inversion:
     def frames(self) -> int:
         return self.latents.shape[1]
 
+    @property
+    def source(self) -> torch.Tensor:
+        """The clean clip, as it was encoded (LATENT units)."""
+        return self.latents[0] * vp_scale(self.sigmas[0])
+
     def index_of(self, sigma: float) -> int:
         """Index of the stored level closest to ``sigma``."""
         return nearest(self.sigmas, sigma)
 
-    def latent_at(self, sigma: float) -> torch.Tensor:
-        return self.latents[self.index_of(sigma)]
+    def latent_at(self, sigma: float, presented_at: float | None = None) -> torch.Tensor:
+        """The clip at the stored level nearest ``sigma``; with ``presented_at``, its DDPM (VP) sample written as a
+        latent at that sigma, as the official code mixes VP latents of different levels."""
+        index = self.index_of(sigma)
+        if presented_at is None:
+            return self.latents[index]
+        return self.latents[index] * (vp_scale(self.sigmas[index]) / vp_scale(presented_at))

@@ -19,6 +19,9 @@ from .socket_types import ATTENTION_CAPTURE, InversionType
 LATENT_TO_PIXELS = 8
 BLEND_MODES = ["latents", "self-attention", "both"]  # what the blend words' mask blends
 WORD_SWAPS = ("replace", "refine")  # prompt-to-prompt on word-aligned prompts (official is_replace_controller)
+# Which inversion latent the latent blend keeps outside the mask: official LatentBlend's one a level noisier than
+# the step's result, or the same level (with mask_threshold 2 the edit then gives back the source clip exactly).
+BLEND_SOURCES = ("noisier level", "same level")
 
 
 def prompt_tokens(clip, text: str, input_name: str) -> PromptTokens:
@@ -77,11 +80,12 @@ class FusionPlan(SharedPatch):
 
     def __init__(self, inversion: Inversion, edit: CrossAttentionEdit, source_positions: list[int],
                  edit_positions: list[int], blend: str, self_replace: float, cross_replace: float, threshold: float,
-                 blend_start: float, blend_end: float):
+                 blend_start: float, blend_end: float, blend_source: str = BLEND_SOURCES[0]):
         self.inversion, self.store = inversion, require_attention(inversion)
         self.edit, self.source_positions, self.edit_positions = edit, source_positions, edit_positions
         self.self_replace, self.cross_replace = self_replace, cross_replace
         self.threshold, self.blend_start, self.blend_end = threshold, blend_start, blend_end
+        self.blend_source = blend_source
         has_words = bool(source_positions or edit_positions)
         self.blends_latents = has_words and blend in ("latents", "both")
         self.blends_self_attention = has_words and blend in ("self-attention", "both")
@@ -94,7 +98,7 @@ class FusionPlan(SharedPatch):
 
     def step(self, extra_options) -> tuple[int, int]:
         """(level, editing step) of a model call at the sampler's current sigma."""
-        level = self.store.level(float(extra_options["sigmas"].max()), capturing=False)
+        level = self.store.level(float(extra_options["sigmas"].max()))
         return level, self.store.step_of(level)
 
     def frames_of(self, batch: int, extra_options) -> tuple[list[int], int]:
@@ -227,12 +231,13 @@ class LatentBlend(SharedPatch):
         self.plan.accumulate_edit_attention(first_step=at == 0)
         sigma_next = float(schedule[at + 1])
         store = self.plan.store
-        level = store.level(sigma, capturing=False)
+        level = store.level(sigma)
         if not latent_blend_active(store.step_of(level), store.steps, self.plan.blend_start, self.plan.blend_end):
             return denoised
         mask = self.plan.latent_mask(level, tuple(x.shape[-2:])).to(x)[:, None]
-        source_next = args["model"].process_latent_in(self.plan.inversion.latent_at(sigma_next)).to(x)
-        return blended_denoised(x, denoised, source_next, sigma, sigma_next, mask)
+        source_level = sigma if self.plan.blend_source == "noisier level" else sigma_next
+        source = self.plan.inversion.latent_at(source_level, presented_at=sigma_next)
+        return blended_denoised(x, denoised, args["model"].process_latent_in(source).to(x), sigma, sigma_next, mask)
 
 
 def blend_word_positions(blend_words: str, source: PromptTokens, edit: PromptTokens) -> tuple[list[int], list[int]]:
@@ -252,7 +257,7 @@ def blend_word_positions(blend_words: str, source: PromptTokens, edit: PromptTok
 def attention_fusion(model, inversion: Inversion, clip, source_prompt: str, edit_prompt: str, blend_words: str = "",
                      self_replace: float = 0.8, cross_replace: float = 0.8, mask_threshold: float = 0.3,
                      reweight: str = "", blend_start: float = 0.2, blend_end: float = 0.8, blend: str = "latents",
-                     word_swap: str = "replace"):
+                     word_swap: str = "replace", blend_source: str = BLEND_SOURCES[0]):
     """A clone of ``model`` that fuses the inversion's attention into editing; returns it with its FusionPlan."""
     require_sd1_unet(model)
     store = require_attention(inversion)
@@ -263,6 +268,8 @@ def attention_fusion(model, inversion: Inversion, clip, source_prompt: str, edit
         raise ValueError(f"blend: {blend!r} is not one of {', '.join(BLEND_MODES)}.")
     if word_swap not in WORD_SWAPS:
         raise ValueError(f"word_swap: {word_swap!r} is not one of {', '.join(WORD_SWAPS)}.")
+    if blend_source not in BLEND_SOURCES:
+        raise ValueError(f"blend_source: {blend_source!r} is not one of {', '.join(BLEND_SOURCES)}.")
     source = prompt_tokens(clip, source_prompt, "source_prompt")
     edit = prompt_tokens(clip, edit_prompt, "edit_prompt")
     source_positions, edit_positions = blend_word_positions(blend_words, source, edit)
@@ -272,7 +279,7 @@ def attention_fusion(model, inversion: Inversion, clip, source_prompt: str, edit
     edit_maps = CrossAttentionEdit.for_prompts(source, edit, parse_reweight(reweight), word_swap == "replace")
     plan = FusionPlan(inversion, edit_maps,
                       source_positions, edit_positions, blend, self_replace, cross_replace, mask_threshold,
-                      blend_start, blend_end)
+                      blend_start, blend_end, blend_source)
     clone = model.clone()
     for key in store.blocks:
         if replace_patch(model, "attn2", key) is not None:
@@ -324,18 +331,23 @@ class AttentionFusion(io.ComfyNode):
                                tooltip="Official is_replace_controller: 'replace' (default) swaps the edited words' "
                                        "attention when both prompts have as many words, else refines; 'refine' "
                                        "always refines (the official attribute and style configs)."),
+                io.Combo.Input("blend_source", options=list(BLEND_SOURCES), default=BLEND_SOURCES[0], optional=True,
+                               tooltip="The inversion latent kept outside the mask: a level noisier than the step's "
+                                       "result (official), or the same level (mask_threshold 2 then returns the "
+                                       "source clip exactly)."),
             ],
             outputs=[io.Model.Output(), io.Mask.Output(display_name="blend_mask")],
         )
 
     @classmethod
     def execute(cls, model, inversion, clip, source_prompt, edit_prompt, blend_words, self_replace, cross_replace,
-                mask_threshold, reweight, blend_start, blend_end, blend, word_swap="replace") -> io.NodeOutput:
+                mask_threshold, reweight, blend_start, blend_end, blend, word_swap="replace",
+                blend_source=BLEND_SOURCES[0]) -> io.NodeOutput:
         if blend_start > blend_end:
             raise ValueError(f"blend_start ({blend_start}) must not exceed blend_end ({blend_end}).")
         fused, plan = attention_fusion(model, inversion, clip, source_prompt, edit_prompt, blend_words, self_replace,
                                        cross_replace, mask_threshold, reweight, blend_start, blend_end, blend,
-                                       word_swap)
+                                       word_swap, blend_source)
         return io.NodeOutput(fused, plan.preview_mask())
 
 

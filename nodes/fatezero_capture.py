@@ -29,8 +29,8 @@ class CapturePatch(SharedPatch):
 
     def __call__(self, q, k, v, extra_options):
         chunks, frames = cond_chunks(extra_options, q.shape[0])
-        if chunks:
-            level = self.store.level(float(extra_options["sigmas"].max()), capturing=True)
+        level = self.store.stored_level(float(extra_options["sigmas"].max()))
+        if chunks and level is not None:
             part = chunk_slice(chunks[0], frames)
             self.record(level, q[part], k[part], extra_options["n_heads"])
         return call_attention(self.inner, q, k, v, extra_options)

@@ -9,36 +9,65 @@ import comfy.utils
 import torch
 from comfy_api.latest import io, ui
 
-from ..kernels.inversion import Inversion, inversion_sigmas
+from ..kernels.inversion import Inversion, inversion_sigmas, invert
 from .model_helpers import require_sd1_unet, require_video_latent
 from .socket_types import CaptureType, InversionType
 
 
-def ddim_invert(model, latent: dict, positive, steps: int, capture=None) -> Inversion:
-    """Invert ``latent`` with ``model`` along SD's DDIM timesteps (981 ... 1 for 50 steps), no CFG.
+def sampling_levels(sampling, steps: int) -> list[float]:
+    """The sigmas a DDIM sampler with ``steps`` ddim_uniform steps visits, ascending, the clean level first."""
+    return inversion_sigmas(comfy.samplers.calculate_sigmas(sampling, "ddim_uniform", steps).cpu(),
+                            float(sampling.sigmas[0]))
 
-    With ``capture``, ``capture.attach(model, samples, positive, sigmas)`` gives the model to invert with and the
-    store it fills, kept as ``captures[capture.key]`` once ``store.require_complete()`` passes.
+
+def kept_levels(levels: list[float], sampling, steps: int, keep_steps: int) -> list[int]:
+    """Indices into ``levels`` of the ones a ``keep_steps``-step sampler visits (all of them for 0)."""
+    if keep_steps in (0, steps):
+        return list(range(len(levels)))
+    wanted = sampling_levels(sampling, keep_steps)
+    index = {sigma: k for k, sigma in enumerate(levels)}
+    if keep_steps > steps or any(sigma not in index for sigma in wanted):
+        raise ValueError(
+            f"keep_steps: a {keep_steps}-step DDIM sampler visits noise levels that a {steps}-step inversion does not "
+            f"reach. Use a keep_steps whose timestep spacing is a multiple of the inversion's (1000/{steps}), e.g. "
+            f"TokenFlow's steps 500 with keep_steps 50, or 0 to keep every level.")
+    return [index[sigma] for sigma in wanted]
+
+
+def ddim_invert(model, latent: dict, positive, steps: int, capture=None, keep_steps: int = 0) -> Inversion:
+    """Invert ``latent`` with ``model`` as the official code does (kernels/inversion.py), no CFG, along the levels
+    ComfyUI's ddim_uniform scheduler visits (SD's DDIM timesteps 1, 21, ..., 981 for 50 steps).
+
+    ``keep_steps`` keeps only the levels a sampler with that many steps visits (0: all). With ``capture``,
+    ``capture.attach(model, samples, positive, sigmas)`` gives the model to invert with and the store it fills, kept
+    as ``captures[capture.key]`` once ``store.require_complete()`` passes.
     """
     samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
     sampling = model.get_model_object("model_sampling")
-    sigmas = inversion_sigmas(comfy.samplers.calculate_sigmas(sampling, "ddim_uniform", steps).cpu())
+    levels = sampling_levels(sampling, steps)
+    kept = kept_levels(levels, sampling, steps, keep_steps)
+    sigmas = torch.tensor([levels[k] for k in kept])
     store = None
     if capture is not None:
         model, store = capture.attach(model, samples, positive, sigmas)
     base_model = model.model
-    levels = []
-    progress = comfy.utils.ProgressBar(steps)
+    stored = {}
+    progress = comfy.utils.ProgressBar(len(levels) - 1)
 
-    def record(step, denoised, x, total_steps):
-        levels.append(base_model.process_latent_out(x).cpu().float())
-        progress.update_absolute(step + 1, total_steps)
+    def record(k, x):
+        if k in kept:
+            stored[k] = base_model.process_latent_out(x).cpu().float()
+        progress.update_absolute(k + 1, len(levels) - 1)
 
-    noise = torch.zeros_like(samples)
-    result = comfy.sample.sample_custom(model, noise, 1.0, comfy.samplers.sampler_object("euler"), sigmas,
-                                        positive, positive, samples, callback=record, disable_pbar=True)
-    levels.append(result.cpu().float())
-    inversion = Inversion(sigmas=sigmas.float(), latents=torch.stack(levels))
+    def run_inversion(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
+        ones = x.new_ones([x.shape[0]])
+        return invert(lambda x_in, sigma: model_k(x_in, sigma * ones, **(extra_args or {})), x, levels, record)
+
+    result = comfy.sample.sample_custom(model, torch.zeros_like(samples), 1.0, comfy.samplers.KSAMPLER(run_inversion),
+                                        torch.tensor(levels), positive, positive, samples, disable_pbar=True)
+    stored[len(levels) - 1] = noisiest = result.cpu().float()
+    inversion = Inversion(sigmas=sigmas, latents=torch.stack([stored[k] for k in kept]), noisiest=noisiest,
+                          noisiest_sigma=levels[-1])
     if store is not None:
         store.require_complete()
         inversion.captures[capture.key] = store
@@ -53,15 +82,19 @@ class DDIMInvert(io.ComfyNode):
             display_name="DDIM Invert (video)",
             category="video_edit/inversion",
             description=(
-                "Runs the clip backwards through the model along SD's DDIM timesteps (981 ... 1 for 50 steps) with "
-                "no CFG, giving the noise that regenerates it. Sample the edit from 'latent' with a standard sampler "
-                "with noise addition off, the same step count and a DDIM-equivalent schedule (KSampler Advanced: "
-                "add_noise disable, sampler ddim, scheduler ddim_uniform). 'inversion' keeps the clip at every step "
-                "for TokenFlow and FateZero."),
+                "Runs the clip backwards through the model as the official DDIM inversion does (noise predicted at "
+                "the next level's timestep, from the clean level of SD's schedule) along SD's DDIM timesteps "
+                "(1 ... 981 for 50 steps), with no CFG, giving the noise that regenerates it. Sample the edit from "
+                "'latent' with a standard sampler with noise addition off, the same step count and a DDIM-equivalent "
+                "schedule (KSampler Advanced: add_noise disable, sampler ddim, scheduler ddim_uniform). 'inversion' "
+                "keeps the clip at every level for TokenFlow and FateZero."),
             inputs=[
                 io.Model.Input("model"),
                 io.Latent.Input("latent", tooltip="The source clip, VAE-encoded (frames as batch)."),
                 io.Int.Input("steps", default=50, min=1, max=1000),
+                io.Int.Input("keep_steps", default=0, min=0, max=1000, optional=True,
+                             tooltip="Keep the clip only at the levels a sampler with this many steps visits "
+                                     "(TokenFlow: invert 500 steps, keep 50, sample 50). 0 keeps every level."),
                 io.Conditioning.Input("conditioning", optional=True,
                                       tooltip="Inversion prompt; the empty prompt (official) when not connected."),
                 io.Clip.Input("clip", optional=True, tooltip="Encodes the empty prompt when no conditioning is connected."),
@@ -70,13 +103,16 @@ class DDIMInvert(io.ComfyNode):
                     tooltip="From VE Attention Capture Config: also store the attention maps FateZero fuses."),
             ],
             outputs=[
-                io.Latent.Output(display_name="latent"),
+                io.Latent.Output(display_name="latent",
+                                 tooltip="The clip at the noisiest level: sample it back with the inversion's step "
+                                         "count. With keep_steps, TokenFlow builds its own start latent."),
                 InversionType.Output(display_name="inversion"),
             ],
         )
 
     @classmethod
-    def execute(cls, model, latent, steps, conditioning=None, clip=None, attention_capture=None) -> io.NodeOutput:
+    def execute(cls, model, latent, steps, keep_steps=0, conditioning=None, clip=None,
+                attention_capture=None) -> io.NodeOutput:
         require_sd1_unet(model)
         require_video_latent(latent)
         if conditioning is None:
@@ -84,9 +120,9 @@ class DDIMInvert(io.ComfyNode):
                 raise ValueError("conditioning: connect the inversion prompt's CONDITIONING, or a CLIP to use the "
                                  "empty prompt (Tune-A-Video's default).")
             conditioning = clip.encode_from_tokens_scheduled(clip.tokenize(""))
-        inversion = ddim_invert(model, latent, conditioning, steps, attention_capture)
+        inversion = ddim_invert(model, latent, conditioning, steps, attention_capture, keep_steps)
         stored = [f"{key}: {store.describe()}" for key, store in inversion.captures.items()]
-        return io.NodeOutput({"samples": inversion.latents[-1].clone()}, inversion,
+        return io.NodeOutput({"samples": inversion.noisiest.clone()}, inversion,
                              ui=ui.PreviewText("\n".join(stored)) if stored else None)
 
 

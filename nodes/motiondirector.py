@@ -278,8 +278,8 @@ class InversionNoise:
 
 def inversion_noise(model, inversion, noise_prior_strength: float, seed: int) -> InversionNoise:
     """The inverted video in unit-variance (DDPM) units: ComfyUI's x = x0 + σ·ε scaled by 1/√(1+σ²)."""
-    sigma = float(inversion.sigmas[-1])
-    inverted = model.model.process_latent_in(inversion.latents[-1].float()) / math.sqrt(1.0 + sigma ** 2)
+    sigma = inversion.noisiest_sigma
+    inverted = model.model.process_latent_in(inversion.noisiest.float()) / math.sqrt(1.0 + sigma ** 2)
     return InversionNoise(inverted, noise_prior_strength, seed)
 
 

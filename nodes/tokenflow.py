@@ -207,8 +207,9 @@ def tokenflow(model, inversion: Inversion, conditioning, keyframe_chunk_size: in
         inversion, conditioning[0][0][:1].detach().cpu(), keyframe_chunk_size, pnp_attention_window,
         pnp_feature_window, seed))
     check_video_inputs_when_sampling(clone)
-    noisiest = float(inversion.sigmas[-1])  # also the first sampling sigma: sampling must use the inversion's schedule
-    start = start_latent(inversion.latents[0], inversion.latents[-1], noisiest, noisiest)
+    # Official: eps from the noisiest inverted latent, re-noised to the first sampling level (the same level when the
+    # inversion ran the sampler's step count; 981 for TokenFlow's 500-step inversion sampled in 50).
+    start = start_latent(inversion.source, inversion.noisiest, inversion.noisiest_sigma, float(inversion.sigmas[-1]))
     return clone, {"samples": start}
 
 

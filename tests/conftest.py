@@ -118,5 +118,5 @@ def tiny_workflow_inputs(comfy):
 
     write_sample_clip(comfy.input_dir / "skier.mp4", frames=20, size=96)
     return dict(ckpt_name=comfy.checkpoint_name, control_net_name=comfy.controlnet_name, file="skier.mp4",
-                n_frames=4, width=64, height=64, steps=2, batch_size=4, keyframe_chunk_size=2)
+                n_frames=4, width=64, height=64, steps=2, keep_steps=0, batch_size=4, keyframe_chunk_size=2)
 

@@ -66,7 +66,7 @@ def test_editing_step_k_reads_the_inversion_level_with_the_same_sigma(fz):
     store = fz.captured.captures["attention"]
     sampling = fz.model.get_model_object("model_sampling")
     sample_sigmas = comfy.samplers.calculate_sigmas(sampling, "ddim_uniform", STEPS)
-    levels = [store.level(float(s), capturing=False) for s in sample_sigmas[:-1]]
+    levels = [store.level(float(s)) for s in sample_sigmas[:-1]]
     assert levels == [3, 2, 1] and [store.step_of(j) for j in levels] == [0, 1, 2]
     torch.testing.assert_close(fz.captured.sigmas[levels], sample_sigmas[:-1].float())
     # The fused model's calls, recorded during a real edit, only ever read those levels in that order.
@@ -136,14 +136,39 @@ def test_prompt_to_prompt_alignment_on_real_tokenizations(fz):
 
 
 def test_threshold_2_keeps_the_source_and_the_mask_has_f_frames(fz, model_state):
+    """Mask all 0, every step blended: each step lands on the inversion latent. Official (LatentBlend): the stored
+    DDPM latent one level noisier than the step's result, so the last step gives level 1's (latents_store[0]);
+    'same level' gives back the source clip itself."""
     before = model_state(fz.model)
     fused, plan = fz.fatezero.attention_fusion(fz.model, fz.captured, fz.clip, SOURCE, EDIT, "jeep",
                                                mask_threshold=2.0, blend_start=0.0, blend_end=2.0)
-    out = fz.edit(fused, fz.captured.latents[-1])
-    torch.testing.assert_close(out, fz.captured.latents[0], rtol=1e-4, atol=1e-4)  # the plain inversion round trip
-    assert (fz.edit(fz.model, fz.captured.latents[-1]) - out).abs().max() > 1e-3
+    out = fz.edit(fused, fz.captured.noisiest)
+    level_1 = fz.captured.latents[1] / (1 + float(fz.captured.sigmas[1]) ** 2) ** 0.5
+    torch.testing.assert_close(out, level_1, rtol=1e-4, atol=1e-4)
+    same, _ = fz.fatezero.attention_fusion(fz.model, fz.captured, fz.clip, SOURCE, EDIT, "jeep", mask_threshold=2.0,
+                                           blend_start=0.0, blend_end=2.0, blend_source="same level")
+    torch.testing.assert_close(fz.edit(same, fz.captured.noisiest), fz.latent["samples"], rtol=1e-4, atol=1e-4)
+    assert (out - fz.latent["samples"]).abs().max() > 1e-2
+    assert (fz.edit(fz.model, fz.captured.noisiest) - out).abs().max() > 1e-3
     assert plan.preview_mask().shape == (FRAMES, 8 * H, 8 * W) and plan.preview_mask().eq(0).all()
     assert model_state(fz.model) == before
+
+
+def test_official_blend_takes_the_noisier_ddpm_latent(fz):
+    """Blending after the first step only, with an all-0 mask, puts the sampler on the noisiest level's DDPM
+    latent written at the second level: x = x_vp(sigma_3) / sqrt(alpha(sigma_2))."""
+    import comfy.sample
+
+    fused, _ = fz.fatezero.attention_fusion(fz.model, fz.captured, fz.clip, SOURCE, EDIT, "jeep", mask_threshold=2.0,
+                                            blend_start=0.0, blend_end=0.7)  # int(3 * 0.7) = 2: step 0 only
+    seen = {}
+    start = fz.captured.noisiest
+    comfy.sample.sample(fused, torch.zeros_like(start), STEPS, 7.5, "ddim", "ddim_uniform", fz.encode(EDIT),
+                        fz.encode(""), start, disable_noise=True, disable_pbar=True, seed=0,
+                        callback=lambda step, x0, x, total: seen.setdefault(step, x.clone()))
+    sigma_3, sigma_2 = (float(fz.captured.sigmas[k]) for k in (3, 2))
+    expected = 0.18215 * fz.captured.latents[3] * ((1 + sigma_2 ** 2) / (1 + sigma_3 ** 2)) ** 0.5
+    torch.testing.assert_close(seen[1], expected, rtol=1e-4, atol=1e-5)
 
 
 def test_the_node_returns_a_model_and_an_f_frame_mask(fz):

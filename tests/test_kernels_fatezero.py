@@ -170,12 +170,12 @@ def test_store_levels_sizes_and_completeness():
     blocks = [spec(("input", 1, 0), 2), spec(("middle", 0, 0), 1)]
     store = AttentionStore(blocks, sigmas, frames=3, context=5)
     assert store.nbytes == AttentionStore.expected_bytes(blocks, 3, 3, 5) == 3 * 2 * 3 * (4 * (16 + 10) + 1 * (16 + 10))
-    # Inversion evaluates at sigmas[j-1] for level j; editing evaluates at sigmas[j] (step N - j).
-    assert [store.level(float(s), capturing=True) for s in sigmas[:-1]] == [1, 2, 3]
-    assert [store.level(float(s), capturing=False) for s in sigmas[1:].flip(0)] == [3, 2, 1]
+    # The official inversion predicts level j's noise at sigmas[j]; editing step N - j evaluates there too.
+    assert [store.stored_level(float(s)) for s in sigmas] == [None, 1, 2, 3]
+    assert [store.level(float(s)) for s in sigmas[1:].flip(0)] == [3, 2, 1]
     assert [store.step_of(level) for level in (3, 2, 1)] == [0, 1, 2]
     with pytest.raises(ValueError, match="same step count as VE DDIM Invert"):
-        store.level(3.0, capturing=False)
+        store.level(3.0)
     for level in (1, 2, 3):
         for block in blocks:
             store.put_self(block.key, level, torch.ones(3, block.tokens, 8), torch.ones(3, block.tokens, 8))

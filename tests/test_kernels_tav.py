@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from video_edit.kernels.attention import cross_frame_attention, gather_reference_tokens, reference_frames
-from video_edit.kernels.inversion import CLEAN_SIGMA, Inversion, inversion_sigmas
+from video_edit.kernels.inversion import Inversion, inversion_sigmas, invert
 from video_edit.kernels.temporal import TemporalAttention, TemporalLayers, frame_spanning_group_norm
 
 HEADS = 4
@@ -114,8 +114,39 @@ def test_frame_spanning_group_norm_equals_5d_group_norm():
 
 def test_inversion_sigmas_and_record():
     sampling = torch.tensor([14.6, 3.0, 0.5, 0.0])
-    sigmas = inversion_sigmas(sampling)
-    assert sigmas.tolist() == pytest.approx([CLEAN_SIGMA, 0.5, 3.0, 14.6])
-    record = Inversion(sigmas=sigmas, latents=torch.arange(4.0).view(4, 1, 1, 1, 1).expand(4, 2, 4, 1, 1))
+    sigmas = inversion_sigmas(sampling, 0.03)
+    assert sigmas == pytest.approx([0.03, 0.5, 3.0, 14.6])
+    with pytest.raises(ValueError, match="must end at sigma 0"):
+        inversion_sigmas(sampling[:-1], 0.03)
+    latents = torch.arange(4.0).view(4, 1, 1, 1, 1).expand(4, 2, 4, 1, 1)
+    record = Inversion(sigmas=torch.tensor(sigmas), latents=latents, noisiest=latents[-1], noisiest_sigma=14.6)
     assert record.steps == 3 and record.frames == 2
     assert record.index_of(2.9) == 2 and float(record.latent_at(14.0).max()) == 3.0
+    torch.testing.assert_close(record.source, latents[0] / (1 + 0.03 ** 2) ** 0.5)
+
+
+def test_inversion_step_is_the_official_next_step():
+    """One step of ``invert`` is diffusers' ``next_step`` (Tune-A-Video util.py) written in VP terms."""
+    alphas = torch.tensor([0.999, 0.9, 0.3], dtype=torch.float64)
+    sigmas = ((1 - alphas) / alphas).sqrt().tolist()
+    clean = torch.randn(2, 4, 3, 3, dtype=torch.float64)
+    weight = torch.randn(4, 4, dtype=torch.float64)
+
+    def eps_model(vp_input, level):  # any noise predictor of the VP input and the level it is told
+        return torch.einsum("oc,bchw->bohw", weight, vp_input).tanh() * (1 + level)
+
+    seen = []
+
+    def denoise(x, sigma):  # ComfyUI's x0 prediction for that predictor
+        level = sigmas.index(sigma)
+        seen.append(level)
+        return x - sigma * eps_model(x * (1 + sigma ** 2) ** -0.5, level)
+
+    ours = invert(denoise, clean, sigmas)
+    vp = clean
+    for t in range(2):  # official: eps at the target timestep t+1 on the current sample, alpha_0 for the clean clip
+        eps = eps_model(vp, t + 1)
+        x0 = (vp - (1 - alphas[t]).sqrt() * eps) / alphas[t].sqrt()
+        vp = alphas[t + 1].sqrt() * x0 + (1 - alphas[t + 1]).sqrt() * eps
+    assert seen == [1, 2]
+    torch.testing.assert_close(ours * alphas[2].sqrt(), vp)

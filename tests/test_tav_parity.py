@@ -53,3 +53,47 @@ def test_inflated_unet_matches_diffusers_reference(setup, frame_groupnorm, mode)
         plain = ReferenceTAV.from_ldm(ldm, tiny_unet_diffusers_config(), None, mode=mode, frame_groupnorm=frame_groupnorm)
         eps_plain = plain(x / (sigma ** 2 + 1) ** 0.5, TIMESTEP, cond[0][0])
     assert (eps_plain - eps_ref).norm() / eps_ref.norm() > 1e-3
+
+
+def official_ddim_loop(eps_model, latent: torch.Tensor, steps: int) -> list[torch.Tensor]:
+    """Tune-A-Video's ``ddim_loop``/``next_step`` (tuneavideo/util.py), re-derived on diffusers' SD scheduler."""
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)
+    scheduler.set_timesteps(steps)
+    levels = [latent]
+    for i in range(steps):
+        t = int(scheduler.timesteps[len(scheduler.timesteps) - i - 1])
+        previous = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+        alpha = scheduler.alphas_cumprod[previous] if previous >= 0 else scheduler.final_alpha_cumprod
+        alpha_next = scheduler.alphas_cumprod[t]
+        eps = eps_model(levels[-1], t)
+        clean = (levels[-1] - (1 - alpha) ** 0.5 * eps) / alpha ** 0.5
+        levels.append(alpha_next ** 0.5 * clean + (1 - alpha_next) ** 0.5 * eps)
+    return levels
+
+
+@pytest.mark.parametrize("steps", [10, 50])
+def test_ddim_inversion_matches_the_official_loop(setup, steps):
+    """VE_DDIMInvert's levels, taken back to diffusers' (VP) units, are the official inversion's (issue 12.1)."""
+    from video_edit.nodes import inversion
+
+    model, cond, ldm, temporal, video_unet, sparse_causal = setup
+    ours_model = sparse_causal.with_cross_frame_attention(video_unet.inflate(model, temporal), "sparse_causal")
+    latent = torch.randn(FRAMES, 4, 8, 8, generator=torch.Generator().manual_seed(6))
+    ours = inversion.ddim_invert(ours_model, {"samples": latent}, cond, steps)
+
+    reference = ReferenceTAV.from_ldm(ldm, tiny_unet_diffusers_config(), temporal, mode="sparse_causal",
+                                      frame_groupnorm=True)
+    with torch.no_grad():
+        official = official_ddim_loop(lambda x, t: reference(x, t, cond[0][0]), 0.18215 * latent, steps)
+
+    assert ours.steps == steps and torch.equal(ours.noisiest, ours.latents[-1])
+    errors = []
+    for level, sigma, expected in zip(ours.latents, ours.sigmas.tolist(), official):
+        vp = model.model.process_latent_in(level) / (1 + sigma ** 2) ** 0.5
+        errors.append(((vp - expected).norm() / expected.norm()).item())
+    print(f"inversion vs official ddim_loop, {steps} steps: worst level relative error {max(errors):.2e}")
+    assert max(errors) < 1e-4
+    torch.testing.assert_close(ours.source, latent)

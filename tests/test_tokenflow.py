@@ -50,6 +50,34 @@ def test_start_latent_is_the_inverted_latent_at_the_first_step(tf):
     torch.testing.assert_close(start["samples"], tf.inverted.latents[-1], rtol=1e-5, atol=1e-5)
 
 
+def test_more_inversion_steps_than_sampling_steps(tf):
+    """The official recipe inverts in more steps than it samples (500 and 50; here 10 and 5, the same spacing
+    rule): the inversion keeps the clip at the sampling levels, and the start latent is the clip re-noised to the
+    first sampling timestep with the noise of the noisiest inverted latent (run_tokenflow_pnp.py), in DDPM terms."""
+    from diffusers import DDIMScheduler
+
+    full = tf.inversion.ddim_invert(tf.model, {"samples": tf.video}, tf.source, 10)
+    kept = tf.inversion.ddim_invert(tf.model, {"samples": tf.video}, tf.source, 10, keep_steps=5)
+    assert kept.steps == 5 and torch.equal(kept.latents, full.latents[[0, 1, 3, 5, 7, 9]])
+    assert torch.equal(kept.noisiest, full.latents[-1]) and kept.noisiest_sigma == float(full.sigmas[-1])
+
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              set_alpha_to_one=False, steps_offset=1)
+    scheduler.set_timesteps(5)
+    alphas = scheduler.alphas_cumprod.double()
+    latent = 0.18215 * tf.video.double()
+    noisy = 0.18215 * kept.noisiest.double() * alphas[901].sqrt()  # the 10-step inversion's last timestep: 901
+    eps = (noisy - alphas[901].sqrt() * latent) / (1 - alphas[901]).sqrt()
+    official = scheduler.add_noise(latent, eps, scheduler.timesteps[:1])
+    model, start = tf.edit_model(kept)
+    start_vp = 0.18215 * start["samples"].double() / (1 + float(kept.sigmas[-1]) ** 2) ** 0.5
+    assert int(scheduler.timesteps[0]) == 801
+    torch.testing.assert_close(start_vp, official, rtol=1e-5, atol=1e-6)
+    assert torch.isfinite(tf.sample(model, start["samples"], steps=5)).all()  # the 5 sampling levels are all kept
+    with pytest.raises(ValueError, match="keep_steps: a 3-step DDIM sampler visits noise levels that a 10-step"):
+        tf.inversion.ddim_invert(tf.model, {"samples": tf.video}, tf.source, 10, keep_steps=3)
+
+
 def test_identical_frames_give_the_image_model_output(tf):
     """Extended attention over identical keyframes and propagation from them are plain self-attention."""
     still = tf.video[:1].repeat(FRAMES, 1, 1, 1)
