@@ -122,6 +122,14 @@ def slot_patch(model, kind: str, key: tuple, replaces: type | None = None):
     return None if replaces is not None and isinstance(patch, replaces) else patch
 
 
+def restore_slot(model, kind: str, key: tuple, patch):
+    """Put ``patch`` (what a slot held before a patch of ours) back in ``model``'s slot; None empties it."""
+    if patch is not None:
+        model.set_model_patch_replace(patch, kind, *key)
+    else:
+        model.model_options.get("transformer_options", {}).get("patches_replace", {}).get(kind, {}).pop(key, None)
+
+
 def slot_attention(inner, extra_options):
     """``attention(q, k, v, heads)`` for the kernels: the patch that was in the slot before ours, called with the
     keys and values ours chose (so IPAdapter-style patches keep working), else ComfyUI's selected fast kernel."""

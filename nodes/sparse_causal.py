@@ -6,8 +6,8 @@ from comfy_api.latest import io
 
 from ..kernels.attention import CROSS_FRAME_MODES, cross_frame_attention
 from ..kernels.unet_layout import iter_transformer_blocks
-from .model_helpers import (CrossFramePatch, check_video_inputs_when_sampling, require_sd1_unet, slot_attention,
-                            slot_patch)
+from .model_helpers import (CrossFramePatch, check_video_inputs_when_sampling, require_sd1_unet, restore_slot,
+                            slot_attention, slot_patch)
 
 
 class CrossFrameAttentionPatch(CrossFramePatch):
@@ -41,16 +41,27 @@ class CrossFrameAttentionPatch(CrossFramePatch):
         return cross_frame_attention(q, k, v, heads, chunks, self.mode, attention=attention)
 
 
-def with_cross_frame_attention(model, mode: str, start_percent: float = 0.0, end_percent: float = 1.0):
-    """A clone of ``model`` whose every self-attention uses ``mode`` (see kernels.attention.reference_frames)."""
+def with_cross_frame_attention(model, mode: str, start_percent: float = 0.0, end_percent: float = 1.0,
+                               min_channels: int = 0):
+    """A clone of ``model`` whose self-attention uses ``mode`` (see kernels.attention.reference_frames) in every
+    block with at least ``min_channels`` channels; smaller blocks keep per-frame self-attention (FateZero's
+    ``least_sc_channel``)."""
     unet = require_sd1_unet(model)
+    blocks = [(key, block.attn1.to_q.in_features) for key, _, _, block in iter_transformer_blocks(unet)]
+    widest = max(channels for _, channels in blocks)
+    if min_channels > widest:
+        raise ValueError(f"min_channels: no block has {min_channels} channels (the widest has {widest}); use at most "
+                         f"{widest}, or 0 for every block.")
     sampling = model.get_model_object("model_sampling")
     # percent_to_sigma(0) is a huge sentinel (999999999.9) and percent_to_sigma(1) is 0: both are inclusive bounds.
     window = sampling.percent_to_sigma(start_percent), sampling.percent_to_sigma(end_percent)
     clone = model.clone()
-    for key, *_ in iter_transformer_blocks(unet):
+    for key, channels in blocks:
         inner = slot_patch(model, "attn1", key, replaces=CrossFramePatch)
-        clone.set_model_attn1_replace(CrossFrameAttentionPatch(mode, *window, inner), *key)
+        if channels >= min_channels:
+            clone.set_model_attn1_replace(CrossFrameAttentionPatch(mode, *window, inner), *key)
+        else:
+            restore_slot(clone, "attn1", key, inner)
     check_video_inputs_when_sampling(clone)
     return clone
 
@@ -66,8 +77,8 @@ class SparseCausalAttention(io.ComfyNode):
                 "Makes every self-attention layer look across frames so a batch of frames is denoised as one clip. "
                 "sparse_causal (Tune-A-Video): frame i attends to frame 0 and frame i-1; first_frame / middle_frame: "
                 "every frame attends to one anchor frame (middle_frame is FateZero's zero-shot setting); full: all "
-                "frames (memory grows with frames squared). Works on any SD1.x model, inflated or not; the input MODEL "
-                "is not changed."),
+                "frames (memory grows with frames squared). min_channels limits it to the wider blocks (FateZero "
+                "zero-shot: 640). Works on any SD1.x model, inflated or not; the input MODEL is not changed."),
             inputs=[
                 io.Model.Input("model"),
                 io.Combo.Input("mode", options=list(CROSS_FRAME_MODES), default="sparse_causal"),
@@ -75,15 +86,19 @@ class SparseCausalAttention(io.ComfyNode):
                                tooltip="Fraction of the schedule where cross-frame attention starts."),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001,
                                tooltip="Fraction of the schedule where it stops (plain per-frame attention after)."),
+                io.Int.Input("min_channels", default=0, min=0, max=4096, step=64, optional=True,
+                             tooltip="Only blocks with at least this many channels look across frames; narrower ones "
+                                     "keep per-frame self-attention. FateZero's zero-shot setting: 640 "
+                                     "(least_sc_channel). 0: every block (Tune-A-Video)."),
             ],
             outputs=[io.Model.Output()],
         )
 
     @classmethod
-    def execute(cls, model, mode, start_percent, end_percent) -> io.NodeOutput:
+    def execute(cls, model, mode, start_percent, end_percent, min_channels=0) -> io.NodeOutput:
         if start_percent > end_percent:
             raise ValueError(f"start_percent ({start_percent}) must not exceed end_percent ({end_percent}).")
-        return io.NodeOutput(with_cross_frame_attention(model, mode, start_percent, end_percent))
+        return io.NodeOutput(with_cross_frame_attention(model, mode, start_percent, end_percent, min_channels))
 
 
 NODES = [SparseCausalAttention]

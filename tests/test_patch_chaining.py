@@ -70,6 +70,24 @@ def test_cross_frame_attention_calls_the_foreign_patch(setup):
                                                                  latents), rtol=0, atol=0)
 
 
+def test_narrow_blocks_keep_the_slot_as_it_was(setup):
+    """With min_channels, the 320-channel blocks keep a foreign patch, and lose an earlier cross-frame patch of ours."""
+    from video_edit.nodes.model_helpers import replace_patch
+    from video_edit.nodes.sparse_causal import CrossFrameAttentionPatch, with_cross_frame_attention
+
+    model, _, _, with_foreign, denoise, latents = setup
+    narrow, wide = ("input", 1, 0), ("input", 3, 0)  # 320 and 640 channels on the tiny UNet
+    foreign_model, _ = with_foreign(model, "attn1")
+    zero_shot = with_cross_frame_attention(foreign_model, "middle_frame", min_channels=640)
+    assert isinstance(replace_patch(zero_shot, "attn1", narrow), ForeignPatch)
+    assert isinstance(replace_patch(zero_shot, "attn1", wide), CrossFrameAttentionPatch)
+    again = with_cross_frame_attention(with_cross_frame_attention(model, "sparse_causal"), "middle_frame",
+                                       min_channels=640)
+    assert replace_patch(again, "attn1", narrow) is None
+    torch.testing.assert_close(denoise(again, latents), denoise(
+        with_cross_frame_attention(model, "middle_frame", min_channels=640), latents), rtol=0, atol=0)
+
+
 def test_tokenflow_calls_the_foreign_patch(setup):
     import comfy.sample
     from video_edit.nodes import inversion, tokenflow

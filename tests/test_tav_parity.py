@@ -23,23 +23,25 @@ def setup(sd15, tiny_models):
     return model, cond, ldm, temporal, video_unet, sparse_causal
 
 
-@pytest.mark.parametrize("frame_groupnorm", [False, True])
-@pytest.mark.parametrize("mode", ["sparse_causal", "middle_frame"])
-def test_inflated_unet_matches_diffusers_reference(setup, frame_groupnorm, mode):
+def our_eps(model, ours, cond, latent, sigma):
+    """ComfyUI's noise prediction for ``ours``: one Euler step to 0 returns the x0 prediction x - sigma * eps."""
     import comfy.sample
     import comfy.samplers
 
-    model, cond, ldm, temporal, video_unet, sparse_causal = setup
-    ours = sparse_causal.with_cross_frame_attention(video_unet.inflate(model, temporal, frame_groupnorm), mode)
-    sampling = model.get_model_object("model_sampling")
-    sigma = float(sampling.sigma(torch.tensor(float(TIMESTEP))))
-    latent = torch.randn(FRAMES, 4, 8, 8, generator=torch.Generator().manual_seed(5))
-
-    # ComfyUI: one Euler step to 0 returns the x0 prediction x - sigma * eps, in LATENT units.
     denoised = comfy.sample.sample_custom(ours, torch.zeros_like(latent), 1.0, comfy.samplers.sampler_object("euler"),
                                           torch.tensor([sigma, 0.0]), cond, cond, latent, disable_pbar=True)
     x = model.model.process_latent_in(latent)
-    eps_ours = (x - model.model.process_latent_in(denoised)) / sigma
+    return x, (x - model.model.process_latent_in(denoised)) / sigma
+
+
+@pytest.mark.parametrize("frame_groupnorm", [False, True])
+@pytest.mark.parametrize("mode", ["sparse_causal", "middle_frame"])
+def test_inflated_unet_matches_diffusers_reference(setup, frame_groupnorm, mode):
+    model, cond, ldm, temporal, video_unet, sparse_causal = setup
+    ours = sparse_causal.with_cross_frame_attention(video_unet.inflate(model, temporal, frame_groupnorm), mode)
+    sigma = float(model.get_model_object("model_sampling").sigma(torch.tensor(float(TIMESTEP))))
+    latent = torch.randn(FRAMES, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    x, eps_ours = our_eps(model, ours, cond, latent, sigma)
 
     reference = ReferenceTAV.from_ldm(ldm, tiny_unet_diffusers_config(), temporal, mode=mode, frame_groupnorm=frame_groupnorm)
     with torch.no_grad():
@@ -53,6 +55,28 @@ def test_inflated_unet_matches_diffusers_reference(setup, frame_groupnorm, mode)
         plain = ReferenceTAV.from_ldm(ldm, tiny_unet_diffusers_config(), None, mode=mode, frame_groupnorm=frame_groupnorm)
         eps_plain = plain(x / (sigma ** 2 + 1) ** 0.5, TIMESTEP, cond[0][0])
     assert (eps_plain - eps_ref).norm() / eps_ref.norm() > 1e-3
+
+
+def test_fatezero_zero_shot_model_matches_the_official_config(setup):
+    """FateZero's zero-shot configs (least_sc_channel 640, SparseCausalAttention_index ['mid']): middle-frame
+    attention in the 640-channel blocks only, per-frame in the 320-channel ones, frame-spanning GroupNorm, and
+    zero-initialised temporal layers: VE Inflate UNet + VE Sparse-Causal Attention (middle_frame, min_channels 640)."""
+    model, cond, ldm, _, video_unet, sparse_causal = setup
+    sigma = float(model.get_model_object("model_sampling").sigma(torch.tensor(float(TIMESTEP))))
+    latent = torch.randn(FRAMES, 4, 8, 8, generator=torch.Generator().manual_seed(7))
+    inflated = video_unet.inflate(model)
+    x, zero_shot = our_eps(model, sparse_causal.with_cross_frame_attention(inflated, "middle_frame", min_channels=640),
+                           cond, latent, sigma)
+    _, everywhere = our_eps(model, sparse_causal.with_cross_frame_attention(inflated, "middle_frame"), cond, latent,
+                            sigma)
+    reference = ReferenceTAV.from_ldm(ldm, tiny_unet_diffusers_config(), None, mode="middle_frame",
+                                      frame_groupnorm=True, least_sc_channel=640)
+    with torch.no_grad():
+        official = reference(x / (sigma ** 2 + 1) ** 0.5, TIMESTEP, cond[0][0])
+    assert (zero_shot - official).norm() / official.norm() < 1e-4
+    assert (everywhere - official).norm() / official.norm() > 1e-2  # the 320-channel blocks do matter
+    with pytest.raises(ValueError, match="min_channels: no block has 1280 channels"):
+        sparse_causal.with_cross_frame_attention(inflated, "middle_frame", min_channels=1280)
 
 
 def official_ddim_loop(eps_model, latent: torch.Tensor, steps: int) -> list[torch.Tensor]:

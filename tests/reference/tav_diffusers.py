@@ -324,7 +324,7 @@ class ReferenceTAV(nn.Module):
     """
 
     def __init__(self, unet, temporal_state_dict: dict | None = None, *, mode: str = "sparse_causal",
-                 frame_groupnorm: bool = False):
+                 frame_groupnorm: bool = False, least_sc_channel: int = 0):
         super().__init__()
         if mode not in CROSS_FRAME_MODES:
             raise ValueError(f"unknown cross-frame mode {mode!r}; expected one of {CROSS_FRAME_MODES}")
@@ -341,7 +341,8 @@ class ReferenceTAV(nn.Module):
 
         processor = SparseCausalAttnProcessor(self._state)
         for block in self._blocks.values():
-            block.attn1.set_processor(processor)
+            if block.attn1.to_q.in_features >= least_sc_channel:  # FateZero: narrower blocks stay per-frame
+                block.attn1.set_processor(processor)
         if len(self.temporal):
             for ldm, block in self._blocks.items():
                 block.register_forward_hook(self._make_temporal_hook(ldm))

@@ -1,7 +1,8 @@
 """FateZero workflows: a zero-shot attribute edit with the image model, and a shape edit on a Tune-A-Video-tuned model.
 
 Official settings (config/teaser/jeep_watercolor.yaml, config/teaser/jeep_posche.yaml): 8 frames at 512x512,
-50 DDIM steps for inversion and editing, cfg 7.5; zero-shot: middle-frame attention, self/cross replace 0.8;
+50 DDIM steps for inversion and editing, cfg 7.5; zero-shot: the pseudo-3D UNet (frame-spanning GroupNorm) with
+middle-frame attention in the blocks of at least 640 channels (least_sc_channel), self/cross replace 0.8;
 shape: the tuned model's sparse-causal attention, replace 0.5, the blend words of both prompts blending the
 self-attention and the latents (jeep_posche_local_latent_blend.yaml). Run workflows/tune_a_video_edit.json first
 for the tuned file. The maps take about 0.21 GiB per step for 8 frames (tools/benchmarks/fatezero.py).
@@ -44,8 +45,11 @@ def _fatezero(g: GraphBuilder, ckpt, model, video_file: str, frame_stride: int, 
 def fatezero_edit():
     g = GraphBuilder(prefix="")
     ckpt = g.node("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
-    middle = g.node("VE_SparseCausalAttention", model=ckpt.out(0), mode="middle_frame", start_percent=0.0,
-                    end_percent=1.0)
+    # the official zero-shot model: frame-spanning GroupNorm (the pseudo-3D UNet, its temporal layers still zero),
+    # middle-frame attention in the blocks of 640 channels and more (least_sc_channel 640)
+    inflated = g.node("VE_InflateUNet", model=ckpt.out(0), frame_groupnorm=True)
+    middle = g.node("VE_SparseCausalAttention", model=inflated.out(0), mode="middle_frame", start_percent=0.0,
+                    end_percent=1.0, min_channels=640)
     # an attribute edit: the official attribute and style configs refine (is_replace_controller false)
     _fatezero(g, ckpt, middle.out(0), JEEP_VIDEO, 1, JEEP_PROMPT, RED_JEEP_PROMPT, "jeep", "latents", 0.8, "refine",
               "video_edit/fatezero")
@@ -57,7 +61,7 @@ def fatezero_shape_edit():
     ckpt = g.node("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
     tuned = g.node("VE_LoadTuned", model=ckpt.out(0), tuned_file=TUNED_FILE)
     sparse = g.node("VE_SparseCausalAttention", model=tuned.out(0), mode="sparse_causal", start_percent=0.0,
-                    end_percent=1.0)
+                    end_percent=1.0, min_channels=0)
     _fatezero(g, ckpt, sparse.out(0), SKIING_VIDEO, 6, SKIING_PROMPT, PANDA_PROMPT, "man panda", "both", 0.5,
               "replace", "video_edit/fatezero_shape")
     return g.finalize()

@@ -32,7 +32,8 @@ def _invert_edit_save(g, ckpt, video, latent, model, positive, negative, prefix)
 
 def _tuned_model(g, ckpt, latent):
     inflated = g.node("VE_InflateUNet", model=ckpt.out(0), frame_groupnorm=True)
-    sparse = g.node("VE_SparseCausalAttention", model=inflated.out(0), mode="sparse_causal", start_percent=0.0, end_percent=1.0)
+    sparse = g.node("VE_SparseCausalAttention", model=inflated.out(0), mode="sparse_causal", start_percent=0.0,
+                    end_percent=1.0, min_channels=0)
     source = g.node("CLIPTextEncode", clip=ckpt.out(1), text=SOURCE_PROMPT)
     tune = g.node("VE_OneShotTune", model=sparse.out(0), latent=latent.out(0), conditioning=source.out(0), steps=500,
                   learning_rate=3e-5, seed=33, gradient_checkpointing=True)
@@ -73,7 +74,8 @@ def tune_a_video_reuse():
     g = GraphBuilder(prefix="")
     ckpt, video, latent = _source(g)
     tuned = g.node("VE_LoadTuned", model=ckpt.out(0), tuned_file=TUNED_FILE)
-    sparse = g.node("VE_SparseCausalAttention", model=tuned.out(0), mode="sparse_causal", start_percent=0.0, end_percent=1.0)
+    sparse = g.node("VE_SparseCausalAttention", model=tuned.out(0), mode="sparse_causal", start_percent=0.0,
+                    end_percent=1.0, min_channels=0)
     positive, negative = _prompts(g, ckpt)
     _invert_edit_save(g, ckpt, video, latent, sparse.out(0), positive, negative, "video_edit/tune_a_video_reuse")
     return g.finalize()
