@@ -6,12 +6,13 @@ both without bias, no alpha/rank division (ΔW = scale · up @ down), rank clamp
 
 File layout (ComfyUI's standard LoRA keys): ``<prefix><module>.lora_up.weight`` ``(out, r)``,
 ``<prefix><module>.lora_down.weight`` ``(r, in)`` and ``<prefix><module>.alpha`` = r, so ComfyUI's alpha/rank
-factor is exactly 1.
+factor is exactly 1. Several spatial sets (one per training video) share a file under ``video<k>.`` prefixes.
 """
 
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 import torch.nn.functional as F
@@ -95,6 +96,34 @@ def lora_file_tensors(pairs: dict[str, tuple[torch.Tensor, torch.Tensor]], prefi
         tensors[f"{prefix}{path}.lora_down.weight"] = down.detach().float().cpu().clone()
         tensors[f"{prefix}{path}.alpha"] = torch.tensor(float(down.shape[0]))
     return tensors
+
+
+SPATIAL_SET_KEY = re.compile(r"video(\d+)\.(.+)")  # a per-video spatial set's keys: video<k>.<LoRA key>
+
+
+def join_spatial_sets(sets: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """One file's tensors for the spatial LoRA sets: a single set as standard LoRA keys, several (official: one per
+    training video) under ``video<k>.`` in training-video order."""
+    if len(sets) == 1:
+        return dict(sets[0])
+    return {f"video{k}.{key}": value for k, tensors in enumerate(sets) for key, value in tensors.items()}
+
+
+def split_spatial_sets(tensors: dict[str, torch.Tensor], what: str) -> list[dict[str, torch.Tensor]]:
+    """The spatial sets in ``tensors``, in training-video order (inverse of ``join_spatial_sets``)."""
+    matches = {key: SPATIAL_SET_KEY.fullmatch(key) for key in tensors}
+    if not any(matches.values()):
+        return [tensors]
+    if not all(matches.values()):
+        raise ValueError(f"{what}: it mixes per-video spatial sets (video<k>. keys) with plain LoRA keys; it was not "
+                         "saved by VE Save Motion LoRA. Save the LoRAs again.")
+    sets: dict[int, dict[str, torch.Tensor]] = {}
+    for key, match in matches.items():
+        sets.setdefault(int(match[1]), {})[match[2]] = tensors[key]
+    if sorted(sets) != list(range(len(sets))):
+        raise ValueError(f"{what}: its per-video sets are numbered {sorted(sets)}, not 0 to {len(sets) - 1}; it was "
+                         "not saved by VE Save Motion LoRA. Save the LoRAs again.")
+    return [sets[k] for k in range(len(sets))]
 
 
 def check_lora_tensors(tensors: dict[str, torch.Tensor], targets: dict[str, tuple[int, int]], what: str) -> int:

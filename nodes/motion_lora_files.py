@@ -4,7 +4,9 @@
   (``diffusion_model.<module>.lora_up.weight`` ``(out, r)``, ``.lora_down.weight`` ``(r, in)``, ``.alpha`` = r);
 - temporal, ``models/video_edit_motion_lora/<name>_NNNNN_temporal.safetensors``: the same keys per Linear of the
   temporal layers, named by their path there.
-Metadata: ``video_edit_format`` = ``motiondirector_spatial/1`` or ``motiondirector_temporal/1``, ``rank``.
+Metadata: ``video_edit_format`` = ``motiondirector_spatial/1`` or ``motiondirector_temporal/1``, ``rank``; the
+spatial file also ``spatial_sets``: 1 for one shared set (standard keys), N for one set per training video (keys
+under ``video<k>.``, which only VE Load/Apply Motion LoRA read).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 
 import folder_paths
 
+from ..kernels.lora import split_spatial_sets
 from .files import model_folder, numbered_paths, read_safetensors, register_model_folder, save_safetensors_group
 
 SPATIAL_FOLDER = "loras"
@@ -34,7 +37,10 @@ def save_motion_lora(spatial: dict, temporal: dict, name: str, metadata: dict | 
     files = []
     for (kind, (tensors, _)), path in zip(kinds.items(), paths):
         rank = next(v.shape[0] for k, v in tensors.items() if k.endswith(".lora_down.weight"))
-        files.append((tensors, {**(metadata or {}), "video_edit_format": FORMATS[kind], "rank": str(rank)}, path))
+        info = {**(metadata or {}), "video_edit_format": FORMATS[kind], "rank": str(rank)}
+        if kind == "spatial":
+            info["spatial_sets"] = str(len(split_spatial_sets(tensors, "spatial_lora")))
+        files.append((tensors, info, path))
     save_safetensors_group(files, "VE_SaveMotionLoRA")
     return paths[0], paths[1]
 

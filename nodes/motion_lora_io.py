@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import comfy.lora
 import folder_paths
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
-from ..kernels.lora import check_lora_tensors, linear_targets, spatial_targets
+from ..kernels.lora import check_lora_tensors, linear_targets, spatial_targets, split_spatial_sets
 from .model_helpers import add_weight_patches, require_sd1_unet
 from .motion_lora_files import SPATIAL_FOLDER, SPATIAL_PREFIX, TEMPORAL_FOLDER, read_lora_file, save_motion_lora
 from .socket_types import MotionLoRA
@@ -43,13 +43,27 @@ def _lora_patches(tensors: dict, shapes: dict, what: str) -> dict:
     return comfy.lora.load_lora(tensors, {module: f"{module}.weight" for module in shapes}, log_missing=False)
 
 
+def spatial_set_of(spatial: dict, spatial_set: int, spatial_name: str) -> tuple[dict, str]:
+    """The spatial LoRA set ``spatial_set`` of a file or LoRA output, and a line saying what it holds."""
+    sets = split_spatial_sets(spatial, spatial_name)
+    if not 0 <= spatial_set < len(sets):
+        held = "one shared set" if len(sets) == 1 else f"{len(sets)} sets, one per training video"
+        raise ValueError(f"spatial_set: {spatial_name} holds {held}; use a spatial_set from 0 to {len(sets) - 1}.")
+    if len(sets) == 1:
+        return sets[0], "spatial: one shared set"
+    return sets[spatial_set], f"spatial: set {spatial_set} of {len(sets)} (one per training video)"
+
+
 def apply_motion_lora(model, spatial: dict | None, spatial_strength: float, temporal: dict | None,
-                      temporal_strength: float, spatial_name: str = "spatial_lora", temporal_name: str = "temporal_lora"):
-    """A clone of ``model`` with the spatial LoRA patched into the UNet and the temporal one into the temporal
-    layers, each at its own strength (ΔW = strength · up @ down). A strength of 0 adds nothing."""
+                      temporal_strength: float, spatial_name: str = "spatial_lora", temporal_name: str = "temporal_lora",
+                      spatial_set: int = 0):
+    """A clone of ``model`` with the spatial LoRA (set ``spatial_set`` of a per-video file) patched into the UNet and
+    the temporal one into the temporal layers, each at its own strength (ΔW = strength · up @ down). A strength of
+    0 adds nothing."""
     clone = model.clone()
     if spatial is not None:
-        patches = _lora_patches(spatial, spatial_lora_shapes(model), spatial_name)
+        chosen, _ = spatial_set_of(spatial, spatial_set, spatial_name)
+        patches = _lora_patches(chosen, spatial_lora_shapes(model), spatial_name)
         if spatial_strength != 0:
             add_weight_patches(clone, patches, spatial_strength)
     if temporal is not None:
@@ -77,13 +91,18 @@ class ApplyMotionLoRA(io.ComfyNode):
                 io.Float.Input("spatial_strength", default=0.0, min=-10.0, max=10.0, step=0.01),
                 MotionLoRA.Input("temporal_lora", optional=True),
                 io.Float.Input("temporal_strength", default=1.0, min=-10.0, max=10.0, step=0.01),
+                io.Int.Input("spatial_set", default=0, min=0, max=1023, optional=True,
+                             tooltip="For spatial LoRAs trained with one set per video (official): whose set to "
+                                     "apply, 0 = the first video's. A shared set is set 0."),
             ],
             outputs=[io.Model.Output()],
         )
 
     @classmethod
-    def execute(cls, model, spatial_strength, temporal_strength, spatial_lora=None, temporal_lora=None) -> io.NodeOutput:
-        return io.NodeOutput(apply_motion_lora(model, spatial_lora, spatial_strength, temporal_lora, temporal_strength))
+    def execute(cls, model, spatial_strength, temporal_strength, spatial_lora=None, temporal_lora=None,
+                spatial_set=0) -> io.NodeOutput:
+        return io.NodeOutput(apply_motion_lora(model, spatial_lora, spatial_strength, temporal_lora, temporal_strength,
+                                               spatial_set=spatial_set))
 
 
 class SaveMotionLoRA(io.ComfyNode):
@@ -109,7 +128,8 @@ class SaveMotionLoRA(io.ComfyNode):
     @classmethod
     def execute(cls, spatial_lora, temporal_lora, filename) -> io.NodeOutput:
         spatial_path, temporal_path = save_motion_lora(spatial_lora, temporal_lora, filename)
-        return io.NodeOutput(spatial_path, temporal_path, ui={"text": [spatial_path, temporal_path]})
+        held = spatial_set_of(spatial_lora, 0, "spatial_lora")[1]
+        return io.NodeOutput(spatial_path, temporal_path, ui={"text": [f"{spatial_path} ({held})", temporal_path]})
 
 
 class LoadMotionLoRA(io.ComfyNode):
@@ -121,24 +141,31 @@ class LoadMotionLoRA(io.ComfyNode):
             category="video_edit/motiondirector",
             description=("Applies saved MotionDirector LoRAs to an inflated MODEL, each with its own strength: the "
                          "spatial LoRA (appearance of the training clips) and the temporal LoRA (their motion). "
-                         "Official inference uses the temporal LoRA only (spatial strength 0). Strength 0 leaves "
-                         "the model exactly as it was. Files that do not fit the model are refused."),
+                         "Official inference uses the temporal LoRA only (spatial strength 0). A spatial file trained with "
+                         "one set per video applies the set of video spatial_set. Strength 0 leaves the model "
+                         "exactly as it was. Files that do not fit the model are refused."),
             inputs=[
                 io.Model.Input("model", tooltip="The inflated model (VE_InflateUNet) the LoRAs were trained on."),
                 io.Combo.Input("spatial_file", options=[NONE] + folder_paths.get_filename_list(SPATIAL_FOLDER)),
                 io.Float.Input("spatial_strength", default=0.0, min=-10.0, max=10.0, step=0.01),
                 io.Combo.Input("temporal_file", options=[NONE] + folder_paths.get_filename_list(TEMPORAL_FOLDER)),
                 io.Float.Input("temporal_strength", default=1.0, min=-10.0, max=10.0, step=0.01),
+                io.Int.Input("spatial_set", default=0, min=0, max=1023, optional=True,
+                             tooltip="For spatial LoRAs trained with one set per video (official): whose set to "
+                                     "apply, 0 = the first video's. A shared set is set 0."),
             ],
             outputs=[io.Model.Output()],
         )
 
     @classmethod
-    def execute(cls, model, spatial_file, spatial_strength, temporal_file, temporal_strength) -> io.NodeOutput:
+    def execute(cls, model, spatial_file, spatial_strength, temporal_file, temporal_strength,
+                spatial_set=0) -> io.NodeOutput:
         spatial = None if spatial_file == NONE else read_lora_file(SPATIAL_FOLDER, spatial_file, "spatial_file")
         temporal = None if temporal_file == NONE else read_lora_file(TEMPORAL_FOLDER, temporal_file, "temporal_file")
-        return io.NodeOutput(apply_motion_lora(model, spatial, spatial_strength, temporal, temporal_strength,
-                                               "spatial_file", "temporal_file"))
+        patched = apply_motion_lora(model, spatial, spatial_strength, temporal, temporal_strength, "spatial_file",
+                                    "temporal_file", spatial_set)
+        held = spatial_set_of(spatial, spatial_set, "spatial_file")[1] if spatial is not None else "spatial: none"
+        return io.NodeOutput(patched, ui=ui.PreviewText(held))
 
 
 NODES = [ApplyMotionLoRA, SaveMotionLoRA, LoadMotionLoRA]

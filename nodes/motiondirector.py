@@ -1,10 +1,12 @@
 """MotionDirector on the inflated SD1.x UNet: a set of videos of one motion, dual-path LoRA training, noise prior.
 
 Training runs inside ComfyUI's sampling stack like VE_OneShotTune (training.TrainingSampler). The LoRAs are forward
-hooks that a training clone injects and ejects with the model, so the input MODEL is never changed. Each step
-draws a video, a timestep and noise, then (showlab/MotionDirector; docs/design.md §4):
+hooks that a training clone injects and ejects with the model, so the input MODEL is never changed. Step k trains
+on video k mod N (the official unshuffled loader), with a random timestep and noise, then (showlab/MotionDirector;
+docs/design.md §4):
 - spatial path (skipped, spatial LoRAs off, with probability 0.2): one random frame as a 1-frame video through
-  the image model's path (temporal layers bypassed, per-frame GroupNorm); ε-MSE; steps the spatial LoRAs only;
+  the image model's path (temporal layers bypassed, per-frame GroupNorm); ε-MSE; steps the spatial LoRAs only,
+  the video's own set (official default) or the one shared set;
 - temporal path: the whole video, spatial LoRAs active but frozen; ε-MSE + appearance-debiased MSE against a
   random anchor frame; steps the temporal LoRAs only.
 Both forward passes run before either step, as in the official loop, so the temporal pass sees the spatial LoRAs
@@ -23,12 +25,16 @@ from comfy.patcher_extension import PatcherInjection
 from comfy_api.latest import io
 from comfy_extras.nodes_custom_sampler import Guider_Basic
 
-from ..kernels.lora import LoRASet, debiased_temporal_loss, linear_targets, noise_prior, spatial_targets
+from ..kernels.lora import (LoRASet, debiased_temporal_loss, join_spatial_sets, linear_targets, noise_prior,
+                            spatial_targets)
 from .model_helpers import PatcherKeys, require_sd1_unet, require_video_latent
 from .motion_lora_files import SPATIAL_PREFIX, save_motion_lora
 from .socket_types import InversionType, MotionLoRA, VideoSet
 from .training import TrainingSampler, predict_eps, train_in_guider
 from .video_unet import bypass_temporal, require_inflated
+
+
+SPATIAL_SETS = ("one per video", "shared")  # official single_spatial_lora False / True
 
 
 @dataclass(frozen=True)
@@ -64,26 +70,28 @@ class VideoGuider(Guider_Basic):
 
 
 class MotionDirectorSampler(TrainingSampler):
-    """MotionDirector's dual-path step; each path has its own AdamW (β 0.9/0.999, eps 1e-8, constant LR)."""
+    """MotionDirector's dual-path step; each LoRA set has its own AdamW (β 0.9/0.999, eps 1e-8, constant LR)."""
 
     title = "MotionDirector"
 
-    def __init__(self, videos: list[torch.Tensor], spatial: LoRASet, temporal: LoRASet, steps: int, learning_rate: float,
-                 weight_decay: float, seed: int, gradient_checkpointing: bool, spatial_mask_probability: float,
-                 checkpoint=None, checkpoint_every: int = 0):
+    def __init__(self, videos: list[torch.Tensor], spatial: list[LoRASet], temporal: LoRASet, steps: int,
+                 learning_rate: float, weight_decay: float, seed: int, gradient_checkpointing: bool,
+                 spatial_mask_probability: float, checkpoint=None, checkpoint_every: int = 0):
         super().__init__(steps, seed, gradient_checkpointing)
         self.videos = videos
         self.spatial, self.temporal = spatial, temporal
         self.mask_probability = spatial_mask_probability
         self.checkpoint, self.checkpoint_every = checkpoint, checkpoint_every
-        self.optimizers = [torch.optim.AdamW(s.parameters(), lr=learning_rate, betas=(0.9, 0.999), eps=1e-8,
-                                             weight_decay=weight_decay) for s in (spatial, temporal)]
+        optimizers = [torch.optim.AdamW(s.parameters(), lr=learning_rate, betas=(0.9, 0.999), eps=1e-8,
+                                        weight_decay=weight_decay) for s in spatial + [temporal]]
+        self.spatial_optimizers, self.temporal_optimizer = optimizers[:-1], optimizers[-1]
 
     def trainable_parameters(self):
-        return [*self.spatial.parameters(), *self.temporal.parameters()]
+        return [p for s in self.spatial + [self.temporal] for p in s.parameters()]
 
     def train_step(self, model_wrap, latent, step, generator, extra_args):
-        index = int(torch.randint(len(self.videos), (1,), generator=generator))
+        index = step % len(self.videos)  # official: the unshuffled videos in turn, one per step
+        spatial = self.spatial[index if len(self.spatial) > 1 else 0]  # the video's own set (official default)
         video = model_wrap.inner_model.process_latent_in(self.videos[index].to(latent))
         frames = video.shape[0]
         timestep = torch.randint(0, 1000, (1,), generator=generator)
@@ -91,13 +99,14 @@ class MotionDirectorSampler(TrainingSampler):
         masked = bool(torch.rand((), generator=generator) < self.mask_probability)
         j, k = (int(i) for i in torch.randint(frames, (2,), generator=generator))
         model_wrap.active = index
-        spatial_opt, temporal_opt = self.optimizers
+        spatial_opt = self.spatial_optimizers[self.spatial.index(spatial)]
         losses = {"spatial": float("nan")}  # NaN marks a masked step in the loss curve
 
         # As the official loop: both forward passes first, so the temporal pass sees the spatial LoRAs from
         # before this step's update. The backward passes follow (the temporal one first, while the spatial LoRAs
         # are still frozen), and only then do the optimisers step, so the gradients are the official ones.
-        self.spatial.scale = 0.0 if masked else 1.0
+        for other in self.spatial:
+            other.scale = 1.0 if other is spatial and not masked else 0.0
         spatial_loss = None
         if not masked:
             with bypass_temporal():
@@ -106,21 +115,21 @@ class MotionDirectorSampler(TrainingSampler):
             self.check_finite(spatial_loss, step, "spatial loss")
         # The spatial LoRAs stay active (at the scale above) in the temporal pass but get no gradient from it. They
         # stay frozen until its backward, which (with gradient checkpointing) recomputes that pass.
-        self.spatial.requires_grad_(False)
+        spatial.requires_grad_(False)
         try:
             pred = predict_eps(model_wrap, video, timestep, eps, extra_args)
             temporal_loss = debiased_temporal_loss(pred.float(), eps.float(), k)
             self.check_finite(temporal_loss, step, "temporal loss")
-            temporal_opt.zero_grad(set_to_none=True)
+            self.temporal_optimizer.zero_grad(set_to_none=True)
             temporal_loss.backward()
         finally:
-            self.spatial.requires_grad_(True)
+            spatial.requires_grad_(True)
         if spatial_loss is not None:
             spatial_opt.zero_grad(set_to_none=True)
             spatial_loss.backward()
             spatial_opt.step()
             losses["spatial"] = spatial_loss.item()
-        temporal_opt.step()
+        self.temporal_optimizer.step()
         losses["temporal"] = temporal_loss.item()
         return losses
 
@@ -129,39 +138,51 @@ class MotionDirectorSampler(TrainingSampler):
             self.checkpoint(step)
 
 
-def _hook_injection(spatial: LoRASet, temporal: LoRASet, temporal_layers) -> PatcherInjection:
+def _hook_injection(spatial: list[LoRASet], temporal: LoRASet, temporal_layers) -> PatcherInjection:
     def inject(patcher):
-        spatial.attach({SPATIAL_PREFIX + p: m for p, m in spatial_targets(patcher.model.diffusion_model).items()})
+        targets = {SPATIAL_PREFIX + p: m for p, m in spatial_targets(patcher.model.diffusion_model).items()}
+        for lora_set in spatial:
+            lora_set.attach(targets)
         temporal.attach(linear_targets(temporal_layers))
 
     def eject(patcher):
-        spatial.detach()
-        temporal.detach()
+        for lora_set in spatial + [temporal]:
+            lora_set.detach()
 
     return PatcherInjection(inject=inject, eject=eject)
 
 
-def train_motion_director(model, videos: tuple[TrainingVideo, ...], steps: int, rank: int = 32, learning_rate: float = 5e-4,
-                          weight_decay: float = 1e-2, seed: int = 0, gradient_checkpointing: bool = True,
-                          spatial_mask_probability: float = 0.2, lora_dropout: float = 0.1,
-                          checkpoint_every: int = 0, checkpoint_name: str = ""):
+def train_motion_director(model, videos: tuple[TrainingVideo, ...], steps: int, rank: int = 32,
+                          learning_rate: float = 5e-4, weight_decay: float = 1e-2, seed: int = 0,
+                          gradient_checkpointing: bool = True, spatial_mask_probability: float = 0.2,
+                          lora_dropout: float = 0.1, checkpoint_every: int = 0, checkpoint_name: str = "",
+                          spatial_sets: str = "one per video"):
     """Train spatial and temporal LoRAs on ``videos``; return (spatial LoRA, temporal LoRA, losses by name).
 
-    Losses: ``temporal`` (also ``loss``, for core's loss graph) and ``spatial`` per step, NaN where masked.
+    ``spatial_sets``: "one per video" (official) trains a spatial set per video, each on its own video's frames
+    (the file keys them ``video<k>.``); "shared" trains one. Losses: ``temporal`` (also ``loss``, for core's loss
+    graph) and ``spatial`` per step, NaN where masked.
     """
+    if spatial_sets not in SPATIAL_SETS:
+        raise ValueError(f"spatial_sets: {spatial_sets!r} is not one of {', '.join(SPATIAL_SETS)}.")
     unet = require_sd1_unet(model)
     inflation = require_inflated(model, needs="MotionDirector trains LoRAs on the temporal layers")
     if not videos:
         raise ValueError("clip_set: it holds no videos; build it with VE Motion Clip Set.")
     with torch.inference_mode(False), torch.enable_grad():
         device = model.load_device
-        spatial = LoRASet({SPATIAL_PREFIX + p: m for p, m in spatial_targets(unet).items()}, rank, lora_dropout, seed)
+        targets = {SPATIAL_PREFIX + p: m for p, m in spatial_targets(unet).items()}
+        count = len(videos) if spatial_sets == "one per video" else 1
+        spatial = [LoRASet(targets, rank, lora_dropout, seed if k == 0 else seed + 1 + k) for k in range(count)]
         temporal = LoRASet(linear_targets(inflation.layers), rank, lora_dropout, seed + 1)
-        spatial.to(device).train()
-        temporal.to(device).train()
+        for lora_set in spatial + [temporal]:
+            lora_set.to(device).train()
+
+        def spatial_tensors():
+            return join_spatial_sets([lora_set.file_tensors() for lora_set in spatial])
 
         def checkpoint(step):
-            save_motion_lora(spatial.file_tensors(), temporal.file_tensors(), f"{checkpoint_name}_step{step:05d}",
+            save_motion_lora(spatial_tensors(), temporal.file_tensors(), f"{checkpoint_name}_step{step:05d}",
                              {"steps": str(step)})
 
         trainer = model.clone()
@@ -175,10 +196,10 @@ def train_motion_director(model, videos: tuple[TrainingVideo, ...], steps: int, 
         try:
             train_in_guider(guider, longest.clone(), sampler, seed)
         finally:
-            spatial.detach()
-            temporal.detach()
+            for lora_set in spatial + [temporal]:
+                lora_set.detach()
     losses = {"loss": sampler.losses["temporal"], **sampler.losses}
-    return spatial.file_tensors(), temporal.file_tensors(), losses
+    return spatial_tensors(), temporal.file_tensors(), losses
 
 
 class MotionClipSet(io.ComfyNode):
@@ -235,6 +256,10 @@ class TrainMotionDirector(io.ComfyNode):
                 io.Int.Input("checkpoint_every", default=0, min=0, max=100000,
                              tooltip="Save both LoRAs every N steps as <checkpoint_name>_stepNNNNN_*; 0 = never."),
                 io.String.Input("checkpoint_name", default="motion_checkpoint"),
+                io.Combo.Input("spatial_sets", options=list(SPATIAL_SETS), default=SPATIAL_SETS[0], optional=True,
+                               tooltip="Spatial LoRAs: one set per video, each learning its own video's look "
+                                       "(official), or one set shared by all (official single_spatial_lora; a "
+                                       "standard LoRA file that core Load LoRA reads)."),
             ],
             outputs=[
                 io.LoraModel.Output(display_name="spatial_lora"),
@@ -245,10 +270,11 @@ class TrainMotionDirector(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip_set, steps, rank, learning_rate, weight_decay, seed, gradient_checkpointing,
-                spatial_mask_probability, lora_dropout, checkpoint_every, checkpoint_name) -> io.NodeOutput:
+                spatial_mask_probability, lora_dropout, checkpoint_every, checkpoint_name,
+                spatial_sets=SPATIAL_SETS[0]) -> io.NodeOutput:
         spatial, temporal, losses = train_motion_director(
             model, clip_set, steps, rank, learning_rate, weight_decay, seed, gradient_checkpointing,
-            spatial_mask_probability, lora_dropout, checkpoint_every, checkpoint_name)
+            spatial_mask_probability, lora_dropout, checkpoint_every, checkpoint_name, spatial_sets)
         return io.NodeOutput(spatial, temporal, losses)
 
 

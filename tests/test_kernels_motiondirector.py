@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from video_edit.kernels.lora import (LoRA, LoRASet, check_lora_tensors, debiased_temporal_loss, linear_targets,
-                                     lora_file_tensors, noise_prior)
+from video_edit.kernels.lora import (LoRA, LoRASet, check_lora_tensors, debiased_temporal_loss, join_spatial_sets,
+                                     linear_targets, lora_file_tensors, noise_prior, split_spatial_sets)
 
 
 def linears(seed=0):
@@ -124,3 +124,18 @@ def test_noise_prior_mixes_and_keeps_unit_variance():
     mixed = noise_prior(inverted, noise, 0.3)
     torch.testing.assert_close(mixed, math.sqrt(0.3) * inverted + math.sqrt(0.7) * noise)
     assert abs(mixed.std().item() - 1.0) < 0.02
+
+
+def test_spatial_sets_share_a_file_under_video_prefixes():
+    one = {"diffusion_model.a.lora_up.weight": torch.zeros(2, 1), "diffusion_model.a.alpha": torch.tensor(1.0)}
+    two = {k: v + 1 for k, v in one.items()}
+    assert join_spatial_sets([one]) == one  # a single set keeps the standard LoRA keys
+    joined = join_spatial_sets([one, two])
+    assert set(joined) == {f"video{k}.{key}" for k in (0, 1) for key in one}
+    sets = split_spatial_sets(joined, "spatial_file")
+    assert len(sets) == 2 and all(torch.equal(sets[1][k], two[k]) for k in two)
+    assert split_spatial_sets(one, "spatial_file") == [one]
+    with pytest.raises(ValueError, match="spatial_file: it mixes per-video spatial sets"):
+        split_spatial_sets({**joined, **one}, "spatial_file")
+    with pytest.raises(ValueError, match=r"spatial_file: its per-video sets are numbered \[0, 2\]"):
+        split_spatial_sets({k.replace("video1.", "video2."): v for k, v in joined.items()}, "spatial_file")

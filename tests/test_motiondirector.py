@@ -68,7 +68,9 @@ def md_io():
 def test_target_sets_are_exactly_the_official_ones(md, trained):
     spatial, temporal, losses = trained
     assert len(md.blocks) == 7
-    assert set(spatial) == {f"diffusion_model.{b}.{n}{s}" for b in md.blocks for n in SPATIAL for s in SUFFIXES}
+    # one spatial set per training video (official single_spatial_lora False), each trained on its own video
+    assert set(spatial) == {f"video{k}.diffusion_model.{b}.{n}{s}"
+                            for k in range(2) for b in md.blocks for n in SPATIAL for s in SUFFIXES}
     assert set(temporal) == {f"{b}.{n}{s}" for b in md.blocks for n in TEMPORAL for s in SUFFIXES}
     assert not any(".attn2." in k for k in spatial)
     for tensors in (spatial, temporal):
@@ -118,6 +120,7 @@ def test_strengths_are_independent_linear_and_zero_is_the_base(md, trained):
     from video_edit.nodes.video_unet import temporal_patcher
 
     spatial, temporal, _ = trained
+    first_video = first_set(spatial)
     base_out = md.denoise(md.base, md.video_a)
     zero = md.io.apply_motion_lora(md.base, spatial, 0.0, temporal, 0.0)
     assert not zero.patches and not temporal_patcher(zero).patches
@@ -133,7 +136,8 @@ def test_strengths_are_independent_linear_and_zero_is_the_base(md, trained):
     module = f"{md.blocks[0]}.attn1.to_q"
     key = f"diffusion_model.{module}.weight"
     w0 = spatial_targets(md.model.model.diffusion_model)[module].weight.detach()
-    delta = spatial[f"diffusion_model.{module}.lora_up.weight"] @ spatial[f"diffusion_model.{module}.lora_down.weight"]
+    delta = first_video[f"diffusion_model.{module}.lora_up.weight"] @ \
+        first_video[f"diffusion_model.{module}.lora_down.weight"]  # spatial_set 0 by default
     tkey = f"{md.blocks[-1]}.attn_temp.to_out.0.weight"
     t0 = md.video_unet.get_inflation(md.base).layers.state_dict()[tkey]
     tdelta = temporal[tkey.replace(".weight", ".lora_up.weight")] @ temporal[tkey.replace(".weight", ".lora_down.weight")]
@@ -144,6 +148,10 @@ def test_strengths_are_independent_linear_and_zero_is_the_base(md, trained):
                                    rtol=1e-5, atol=1e-6)
     assert (md.denoise(only_temporal, md.video_a) - base_out).abs().max() > 1e-5
     assert torch.equal(md.denoise(md.base, md.video_a), base_out)  # the input MODEL still gives the base output
+
+
+def first_set(spatial: dict) -> dict:
+    return {k.removeprefix("video0."): v for k, v in spatial.items() if k.startswith("video0.")}
 
 
 def test_save_then_load_is_bit_identical(md, trained, folders):
@@ -166,7 +174,8 @@ def test_core_lora_loader_applies_the_spatial_file_identically(md, trained, fold
     import comfy.sd
     import comfy.utils
 
-    spatial, temporal, _ = trained
+    spatial, temporal, _ = train(md, spatial_sets="shared")  # one shared set: a standard LoRA file
+    assert not any(k.startswith("video") for k in spatial)
     spatial_path, _ = md.io.save_motion_lora(spatial, temporal, "core")
     comfy.model_management.unload_all_models()  # core's key map reads the live module tree
     core, _ = comfy.sd.load_lora_for_models(md.model, None, comfy.utils.load_torch_file(spatial_path), 0.7, 0)
@@ -222,6 +231,7 @@ def test_bad_inputs_fail_with_clear_messages(md, trained, folders, tmp_path):
     # The other kind of file, and a file made for another UNet (renamed module, other width): refused, not assigned.
     with pytest.raises(ValueError, match="spatial_lora: it does not fit this model"):
         md.io.apply_motion_lora(md.base, temporal, 1.0, None, 0)
+    spatial = first_set(spatial)
     other = {k.replace("input_blocks.1.1", "input_blocks.2.1"): v for k, v in spatial.items()}
     with pytest.raises(ValueError, match="it does not fit this model .6 of its modules are not targets here"):
         md.io.apply_motion_lora(md.base, other, 1.0, None, 0)
@@ -286,3 +296,59 @@ def test_both_passes_run_before_either_step(md, monkeypatch):
         (_, spatial_pass), (_, temporal_pass) = seen[step], seen[step + 1]
         assert all(torch.equal(a, b) for a, b in zip(spatial_pass, temporal_pass))
     assert not all(torch.equal(a, b) for a, b in zip(seen[1][1], seen[2][1]))  # the spatial step did happen
+
+
+def test_one_spatial_set_per_video_as_official(md, monkeypatch):
+    """Official default (single_spatial_lora False): step k trains on video k mod N, with video k's spatial set
+    alone active in both passes and alone updated (MotionDirector_train.py: loras[lora_idx + step].scale = 1,
+    optimizer_spatial_list[step].step())."""
+    seen = []
+
+    def predict(model_wrap, video, *args):
+        seen.append((video.shape[0], [s.scale for s in sampler_sets[-1]]))
+        return original(model_wrap, video, *args)
+
+    sampler_sets = []
+    original_init = md.md.MotionDirectorSampler.__init__
+
+    def init(self, videos, spatial, *args, **kwargs):
+        sampler_sets.append(spatial)
+        original_init(self, videos, spatial, *args, **kwargs)
+
+    original = md.md.predict_eps
+    monkeypatch.setattr(md.md.MotionDirectorSampler, "__init__", init)
+    monkeypatch.setattr(md.md, "predict_eps", predict)
+    one_step, _, _ = train(md, steps=1)
+    three_steps, _, _ = train(md, steps=3)
+    # video_a has 4 frames, video_b 3: spatial pass (1 frame), then temporal pass (the whole video), per step
+    assert seen[:2] == [(1, [1.0, 0.0]), (FRAMES, [1.0, 0.0])]
+    assert seen[2:] == [(1, [1.0, 0.0]), (FRAMES, [1.0, 0.0]), (1, [0.0, 1.0]), (FRAMES - 1, [0.0, 1.0]),
+                        (1, [1.0, 0.0]), (FRAMES, [1.0, 0.0])]
+    ups = [k for k in one_step if k.endswith(".lora_up.weight")]
+    assert all(one_step[k].abs().max() > 0 for k in ups if k.startswith("video0."))
+    assert all(torch.count_nonzero(one_step[k]) == 0 for k in ups if k.startswith("video1."))  # not yet trained
+    assert all(three_steps[k].abs().max() > 0 for k in ups)
+
+
+def test_a_shared_spatial_set_and_loading_a_chosen_set(md, trained, folders):
+    from safetensors import safe_open
+
+    spatial, temporal, _ = trained
+    shared, _, _ = train(md, spatial_sets="shared")
+    assert set(shared) == set(first_set(spatial))
+    saved = md.io.SaveMotionLoRA.execute(spatial, temporal, "sets")
+    assert saved.ui["text"][0].endswith("(spatial: set 0 of 2 (one per training video))")
+    with safe_open(saved.args[0], "pt") as f:
+        assert f.metadata()["spatial_sets"] == "2"
+    second = {k.removeprefix("video1."): v for k, v in spatial.items() if k.startswith("video1.")}
+    loaded = md.io.LoadMotionLoRA.execute(md.base, "sets_00001_spatial.safetensors", 1.0, "none", 1.0, 1)
+    assert loaded.ui.as_dict()["text"] == ("spatial: set 1 of 2 (one per training video)",)
+    direct = md.io.apply_motion_lora(md.base, second, 1.0, None, 0.0)
+    assert torch.equal(md.denoise(loaded.args[0], md.video_a), md.denoise(direct, md.video_a))
+    with pytest.raises(ValueError, match="spatial_set: spatial_file holds 2 sets, one per training video; use a "
+                                         "spatial_set from 0 to 1"):
+        md.io.LoadMotionLoRA.execute(md.base, "sets_00001_spatial.safetensors", 1.0, "none", 1.0, 2)
+    with pytest.raises(ValueError, match="spatial_set: spatial_lora holds one shared set; use a spatial_set from 0 to 0"):
+        md.io.apply_motion_lora(md.base, shared, 1.0, None, 0.0, spatial_set=1)
+    with pytest.raises(ValueError, match="spatial_sets: 'per frame' is not one of one per video, shared"):
+        train(md, spatial_sets="per frame")

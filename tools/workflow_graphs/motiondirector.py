@@ -43,12 +43,13 @@ def motiondirector_train():
         clip_set = g.node("VE_MotionClipSet", latent=latent.out(0), conditioning=text.out(0), **inputs)
     train = g.node("VE_TrainMotionDirector", model=inflated.out(0), clip_set=clip_set.out(0), steps=300, rank=32,
                    learning_rate=5e-4, weight_decay=1e-4, seed=0, gradient_checkpointing=True,
-                   spatial_mask_probability=0.2, lora_dropout=0.1, checkpoint_every=0, checkpoint_name=LORA_NAME)
+                   spatial_mask_probability=0.2, lora_dropout=0.1, checkpoint_every=0, checkpoint_name=LORA_NAME,
+                   spatial_sets="one per video")
     g.node("VE_SaveMotionLoRA", spatial_lora=train.out(0), temporal_lora=train.out(1), filename=LORA_NAME)
     g.node("VE_PlotLoss", loss=train.out(2))  # spatial and temporal loss curves
     # Validation sample, as the official training loop does: temporal LoRA only.
     applied = g.node("VE_ApplyMotionLoRA", model=inflated.out(0), spatial_lora=train.out(0), spatial_strength=0.0,
-                     temporal_lora=train.out(1), temporal_strength=1.0)
+                     temporal_lora=train.out(1), temporal_strength=1.0, spatial_set=0)
     _generate(g, ckpt, applied.out(0), NEW_PROMPT, "video_edit/motiondirector_validation")
     return g.finalize()
 
@@ -57,7 +58,8 @@ def motiondirector_generate():
     g = GraphBuilder(prefix="")
     ckpt, inflated = _checkpoint_and_inflated(g)
     lora = g.node("VE_LoadMotionLoRA", model=inflated.out(0), spatial_file=f"{LORA_NAME}_00001_spatial.safetensors",
-                  spatial_strength=0.0, temporal_file=f"{LORA_NAME}_00001_temporal.safetensors", temporal_strength=1.0)
+                  spatial_strength=0.0, temporal_file=f"{LORA_NAME}_00001_temporal.safetensors", temporal_strength=1.0,
+                  spatial_set=0)
     _generate(g, ckpt, lora.out(0), NEW_PROMPT, "video_edit/motiondirector")
     return g.finalize()
 
