@@ -81,7 +81,7 @@ class OfficialLayoutStore:
         self.blocks = {b.key: b for b in blocks}
         self.steps: dict[float, list[torch.Tensor]] = {}
 
-    def level(self, sigma: float, capturing: bool) -> float:
+    def stored_level(self, sigma: float) -> float:
         return sigma  # steps are keyed by their sigma
 
     def put_self(self, key, level, q, k):
