@@ -49,6 +49,43 @@ def invert(denoise: Callable[[torch.Tensor, float], torch.Tensor], clean: torch.
     return x
 
 
+def invert_fixed_point(denoise: Callable[[torch.Tensor, float], torch.Tensor], clean: torch.Tensor,
+                       sigmas: list[float], iterations: int,
+                       record: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """Inversion that the DDIM sampler undoes: each step solves ``x' = x + (sigma' - sigma) * eps(x', sigma')`` so
+    that the sampler's Euler step from ``x'`` at ``sigma'`` lands back on ``x`` (AIDI / ReNoise style fixed-point
+    iterations, Anderson-accelerated), from the official step as the first guess. ``sigmas[0]`` is the clean
+    level (0: the clip as encoded). ``iterations`` extra model calls per step; arguments as ``invert``.
+    """
+    x = clean / vp_scale(sigmas[0])
+    for k, (sigma, target) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+        if record is not None:
+            record(k, x)
+
+        def step_from(guess, x=x, sigma=sigma, target=target):
+            """x + (target - sigma) * eps(guess, target): the inversion step with the noise predicted at ``guess``."""
+            return x + (target - sigma) * (guess - denoise(guess, target)) / target
+
+        x = anderson(step_from, step_from(x * (vp_scale(sigma) / vp_scale(target))), iterations)
+    return x
+
+
+def anderson(step: Callable[[torch.Tensor], torch.Tensor], guess: torch.Tensor, iterations: int,
+             memory: int = 3) -> torch.Tensor:
+    """The fixed point of ``step`` after ``iterations`` calls, by Anderson acceleration (type II) over the last
+    ``memory`` iterates: the mix of their images whose residuals mix to the smallest norm."""
+    guesses, images = [], []
+    for _ in range(iterations):
+        guesses, images = (guesses + [guess])[-memory:], (images + [step(guess)])[-memory:]
+        residuals = torch.stack([(image - g).flatten().double() for g, image in zip(guesses, images)])
+        gram = residuals @ residuals.T
+        gram += torch.eye(len(guesses), dtype=gram.dtype, device=gram.device) * (1e-10 * gram.diagonal().max() + 1e-30)
+        weights = torch.linalg.solve(gram, gram.new_ones(len(guesses)))
+        weights = (weights / weights.sum()).to(guess.dtype)
+        guess = sum(w * image for w, image in zip(weights, images))
+    return guess
+
+
 @dataclass
 class Inversion:
     """A source clip's DDIM inversion: what later editing nodes need from it.
@@ -56,14 +93,15 @@ class Inversion:
     ``sigmas`` ascend: ``sigmas[0]`` is the level the clean clip stands at, then the levels a sampler with
     ``steps`` DDIM steps visits. ``latents[k]`` is the clip at ``sigmas[k]`` in ComfyUI's space and LATENT units,
     on the CPU. ``noisiest`` is the clip at the inversion's last level ``noisiest_sigma``: ``latents[-1]`` when
-    the inversion ran the sampler's step count, noisier when it ran more (TokenFlow's 500 for 50). ``captures``
-    holds per-method extras (attention maps).
+    the inversion ran the sampler's step count, noisier when it ran more (TokenFlow's 500 for 50). ``method``
+    names the inversion that made it; ``captures`` holds per-method extras (attention maps).
     """
 
     sigmas: torch.Tensor
     latents: torch.Tensor
     noisiest: torch.Tensor
     noisiest_sigma: float
+    method: str = "ddim"
     captures: dict = field(default_factory=dict)
 
     @property

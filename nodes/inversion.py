@@ -9,9 +9,12 @@ import comfy.utils
 import torch
 from comfy_api.latest import io, ui
 
-from ..kernels.inversion import Inversion, inversion_sigmas, invert
+from ..kernels.inversion import Inversion, inversion_sigmas, invert, invert_fixed_point
 from .model_helpers import require_sd1_unet, require_video_latent
 from .socket_types import CaptureType, InversionType
+
+
+METHODS = ("ddim", "fixed_point")  # the official inversion, and the one the DDIM sampler undoes
 
 
 def sampling_levels(sampling, steps: int) -> list[float]:
@@ -24,27 +27,33 @@ def kept_levels(levels: list[float], sampling, steps: int, keep_steps: int) -> l
     """Indices into ``levels`` of the ones a ``keep_steps``-step sampler visits (all of them for 0)."""
     if keep_steps in (0, steps):
         return list(range(len(levels)))
-    wanted = sampling_levels(sampling, keep_steps)
+    wanted = sampling_levels(sampling, keep_steps)[1:]
     index = {sigma: k for k, sigma in enumerate(levels)}
     if keep_steps > steps or any(sigma not in index for sigma in wanted):
         raise ValueError(
             f"keep_steps: a {keep_steps}-step DDIM sampler visits noise levels that a {steps}-step inversion does not "
             f"reach. Use a keep_steps whose timestep spacing is a multiple of the inversion's (1000/{steps}), e.g. "
             f"TokenFlow's steps 500 with keep_steps 50, or 0 to keep every level.")
-    return [index[sigma] for sigma in wanted]
+    return [0] + [index[sigma] for sigma in wanted]
 
 
-def ddim_invert(model, latent: dict, positive, steps: int, capture=None, keep_steps: int = 0) -> Inversion:
-    """Invert ``latent`` with ``model`` as the official code does (kernels/inversion.py), no CFG, along the levels
-    ComfyUI's ddim_uniform scheduler visits (SD's DDIM timesteps 1, 21, ..., 981 for 50 steps).
+def ddim_invert(model, latent: dict, positive, steps: int, capture=None, keep_steps: int = 0, method: str = "ddim",
+                iterations: int = 5) -> Inversion:
+    """Invert ``latent`` with ``model``, no CFG, along the levels ComfyUI's ddim_uniform scheduler visits (SD's DDIM
+    timesteps 1, 21, ..., 981 for 50 steps): ``ddim`` as the official code does, ``fixed_point`` so that the DDIM
+    sampler undoes it (``iterations`` extra model calls per step; kernels/inversion.py).
 
     ``keep_steps`` keeps only the levels a sampler with that many steps visits (0: all). With ``capture``,
     ``capture.attach(model, samples, positive, sigmas)`` gives the model to invert with and the store it fills, kept
     as ``captures[capture.key]`` once ``store.require_complete()`` passes.
     """
     samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    if method not in METHODS:
+        raise ValueError(f"method: {method!r} is not one of {', '.join(METHODS)}.")
     sampling = model.get_model_object("model_sampling")
     levels = sampling_levels(sampling, steps)
+    if method == "fixed_point":
+        levels[0] = 0.0  # the sampler's last step lands on sigma 0: start the exact inverse there
     kept = kept_levels(levels, sampling, steps, keep_steps)
     sigmas = torch.tensor([levels[k] for k in kept])
     store = None
@@ -61,13 +70,21 @@ def ddim_invert(model, latent: dict, positive, steps: int, capture=None, keep_st
 
     def run_inversion(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
         ones = x.new_ones([x.shape[0]])
-        return invert(lambda x_in, sigma: model_k(x_in, sigma * ones, **(extra_args or {})), x, levels, record)
 
-    result = comfy.sample.sample_custom(model, torch.zeros_like(samples), 1.0, comfy.samplers.KSAMPLER(run_inversion),
-                                        torch.tensor(levels), positive, positive, samples, disable_pbar=True)
+        def denoise(x_in, sigma):
+            return model_k(x_in, sigma * ones, **(extra_args or {}))
+
+        if method == "fixed_point":
+            return invert_fixed_point(denoise, x, levels, iterations, record)
+        return invert(denoise, x, levels, record)
+
+    with torch.no_grad():
+        result = comfy.sample.sample_custom(model, torch.zeros_like(samples), 1.0,
+                                            comfy.samplers.KSAMPLER(run_inversion), torch.tensor(levels), positive,
+                                            positive, samples, disable_pbar=True)
     stored[len(levels) - 1] = noisiest = result.cpu().float()
     inversion = Inversion(sigmas=sigmas, latents=torch.stack([stored[k] for k in kept]), noisiest=noisiest,
-                          noisiest_sigma=levels[-1])
+                          noisiest_sigma=levels[-1], method=method)
     if store is not None:
         store.require_complete()
         inversion.captures[capture.key] = store
@@ -87,11 +104,18 @@ class DDIMInvert(io.ComfyNode):
                 "(1 ... 981 for 50 steps), with no CFG, giving the noise that regenerates it. Sample the edit from "
                 "'latent' with a standard sampler with noise addition off, the same step count and a DDIM-equivalent "
                 "schedule (KSampler Advanced: add_noise disable, sampler ddim, scheduler ddim_uniform). 'inversion' "
-                "keeps the clip at every level for TokenFlow and FateZero."),
+                "keeps the clip at every level for TokenFlow and FateZero. method fixed_point inverts so that this "
+                "sampler gives the clip back almost exactly, at 1 + iterations model calls per step."),
             inputs=[
                 io.Model.Input("model"),
                 io.Latent.Input("latent", tooltip="The source clip, VAE-encoded (frames as batch)."),
                 io.Int.Input("steps", default=50, min=1, max=1000),
+                io.Combo.Input("method", options=list(METHODS), default="ddim", optional=True,
+                               tooltip="ddim: the official inversion. fixed_point: each step solved so that the "
+                                       "DDIM sampler undoes it (reconstructs far better; 1 + iterations model calls "
+                                       "per step)."),
+                io.Int.Input("iterations", default=3, min=1, max=50, optional=True,
+                             tooltip="fixed_point: refinements per step (Anderson-accelerated)."),
                 io.Int.Input("keep_steps", default=0, min=0, max=1000, optional=True,
                              tooltip="Keep the clip only at the levels a sampler with this many steps visits "
                                      "(TokenFlow: invert 500 steps, keep 50, sample 50). 0 keeps every level."),
@@ -111,7 +135,7 @@ class DDIMInvert(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, latent, steps, keep_steps=0, conditioning=None, clip=None,
+    def execute(cls, model, latent, steps, method="ddim", iterations=3, keep_steps=0, conditioning=None, clip=None,
                 attention_capture=None) -> io.NodeOutput:
         require_sd1_unet(model)
         require_video_latent(latent)
@@ -120,10 +144,11 @@ class DDIMInvert(io.ComfyNode):
                 raise ValueError("conditioning: connect the inversion prompt's CONDITIONING, or a CLIP to use the "
                                  "empty prompt (Tune-A-Video's default).")
             conditioning = clip.encode_from_tokens_scheduled(clip.tokenize(""))
-        inversion = ddim_invert(model, latent, conditioning, steps, attention_capture, keep_steps)
+        inversion = ddim_invert(model, latent, conditioning, steps, attention_capture, keep_steps, method, iterations)
+        made = f"method: {method}" + (f", {iterations} iterations per step" if method == "fixed_point" else "")
         stored = [f"{key}: {store.describe()}" for key, store in inversion.captures.items()]
         return io.NodeOutput({"samples": inversion.noisiest.clone()}, inversion,
-                             ui=ui.PreviewText("\n".join(stored)) if stored else None)
+                             ui=ui.PreviewText("\n".join([made] + stored)))
 
 
 NODES = [DDIMInvert]

@@ -154,6 +154,18 @@ def test_threshold_2_keeps_the_source_and_the_mask_has_f_frames(fz, model_state)
     assert model_state(fz.model) == before
 
 
+def test_a_fixed_point_inversion_serves_fatezero(fz):
+    """Maps captured during fixed-point inversion (the last refinement's) fuse; blending the same level everywhere
+    gives back the clip exactly, as it starts at sigma 0."""
+    captured = fz.inversion.ddim_invert(fz.model, fz.latent, fz.encode(SOURCE), STEPS, fz.capture(),
+                                        method="fixed_point", iterations=2)
+    same, _ = fz.fatezero.attention_fusion(fz.model, captured, fz.clip, SOURCE, EDIT, "jeep", mask_threshold=2.0,
+                                           blend_start=0.0, blend_end=2.0, blend_source="same level")
+    torch.testing.assert_close(fz.edit(same, captured.noisiest), fz.latent["samples"], rtol=1e-4, atol=1e-4)
+    fused, _ = fz.fatezero.attention_fusion(fz.model, captured, fz.clip, SOURCE, EDIT, "jeep")
+    assert torch.isfinite(fz.edit(fused, captured.noisiest)).all()
+
+
 def test_official_blend_takes_the_noisier_ddpm_latent(fz):
     """Blending after the first step only, with an all-0 mask, puts the sampler on the noisiest level's DDPM
     latent written at the second level: x = x_vp(sigma_3) / sqrt(alpha(sigma_2))."""

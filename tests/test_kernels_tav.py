@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from video_edit.kernels.attention import cross_frame_attention, gather_reference_tokens, reference_frames
-from video_edit.kernels.inversion import Inversion, inversion_sigmas, invert
+from video_edit.kernels.inversion import Inversion, inversion_sigmas, invert, invert_fixed_point
 from video_edit.kernels.temporal import TemporalAttention, TemporalLayers, frame_spanning_group_norm
 
 HEADS = 4
@@ -150,3 +150,25 @@ def test_inversion_step_is_the_official_next_step():
         vp = alphas[t + 1].sqrt() * x0 + (1 - alphas[t + 1]).sqrt() * eps
     assert seen == [1, 2]
     torch.testing.assert_close(ours * alphas[2].sqrt(), vp)
+
+
+def test_fixed_point_inversion_is_what_the_euler_step_undoes():
+    """Each fixed-point step solves x' = x + (s' - s) eps(x', s'), so ComfyUI's Euler/DDIM step back from x' at s'
+    returns x; the official step (the first guess) does not."""
+    sigmas = [0.0, 0.5, 2.0, 6.0]
+    clean = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    weight = 0.5 * torch.randn(4, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+
+    def denoise(x, sigma):
+        return x - sigma * torch.einsum("oc,bchw->bohw", weight, x * (1 + sigma ** 2) ** -0.5).tanh()
+
+    def sample_back(x):
+        for sigma, target in zip(sigmas[:0:-1], sigmas[-2::-1]):
+            x = x + (target - sigma) * (x - denoise(x, sigma)) / sigma
+        return x
+
+    levels = []
+    noisy = invert_fixed_point(denoise, clean, sigmas, iterations=25, record=lambda k, x: levels.append(x))
+    assert len(levels) == 3 and torch.equal(levels[0], clean)
+    torch.testing.assert_close(sample_back(noisy), clean, rtol=0, atol=1e-8)
+    assert (sample_back(invert(denoise, clean, sigmas)) - clean).abs().max() > 1e-3

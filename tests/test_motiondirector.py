@@ -264,6 +264,9 @@ def test_noise_prior_from_an_inversion(md):
     assert bigger.shape == (FRAMES, 4, 16, 16)
     with pytest.raises(ValueError, match="latent_image: 3 frames, the inverted video has 4"):
         md.md.inversion_noise(md.base, inversion, 0.5, 5).generate_noise({"samples": torch.zeros(3, 4, H, W)})
+    fixed = md.inversion.ddim_invert(md.base, {"samples": md.video_a}, md.conds[0], steps=2, method="fixed_point")
+    torch.testing.assert_close(md.md.inversion_noise(md.base, fixed, 1.0, 5).generate_noise(latent),
+                               fixed.noisiest * 0.18215 / math.sqrt(1 + fixed.noisiest_sigma ** 2))
 
 
 def test_training_leaves_no_gradient_on_the_base_weights(md, trained):

@@ -78,6 +78,14 @@ def test_more_inversion_steps_than_sampling_steps(tf):
         tf.inversion.ddim_invert(tf.model, {"samples": tf.video}, tf.source, 10, keep_steps=3)
 
 
+def test_a_fixed_point_inversion_serves_tokenflow(tf):
+    fixed = tf.inversion.ddim_invert(tf.model, {"samples": tf.video}, tf.source, STEPS, method="fixed_point",
+                                     iterations=2)
+    model, start = tf.edit_model(fixed)
+    torch.testing.assert_close(start["samples"], fixed.noisiest)
+    assert torch.isfinite(tf.sample(model, start["samples"])).all()
+
+
 def test_identical_frames_give_the_image_model_output(tf):
     """Extended attention over identical keyframes and propagation from them are plain self-attention."""
     still = tf.video[:1].repeat(FRAMES, 1, 1, 1)

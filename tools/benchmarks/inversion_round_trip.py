@@ -1,16 +1,17 @@
-"""Measurement: how well sampling back from VE_DDIMInvert's latent reconstructs the clip, official inversion vs the
-pack's earlier one (noise predicted at the current level, from sigma 1e-4), side by side in one run.
+"""Measurement: how well sampling back from VE_DDIMInvert's latent reconstructs the clip, for each inversion
+method and the pack's earlier inversion (noise predicted at the current level, from sigma 1e-4), side by side.
 
-Both inversions are sampled back as the nodes document: KSampler Advanced, add_noise disable, ddim, ddim_uniform,
+Every inversion is sampled back as the nodes document: KSampler Advanced, add_noise disable, ddim, ddim_uniform,
 the inversion's step count, cfg 1 with the inversion prompt. Two models:
 
 - ``gaussian``: the exact denoiser of Gaussian latents (std 1 in model units), a smooth stand-in for a trained
   model, so what remains is the inversion's own discretisation error;
-- ``tiny-unet``: the tiny random-weight SD1.5 UNet of the tests (a very rough noise predictor).
+- ``tiny-unet``: the tiny random-weight SD1.5 UNet of the tests (a very rough noise predictor), inflated, with
+  sparse-causal attention.
 
-Prints the relative latent error of each and their ratio (official / earlier). No GPU needed.
+Prints the relative latent error of each, the ratios to ``ddim`` and the model calls per step. No GPU needed.
 
-    python tools/benchmarks/inversion_round_trip.py [--steps 10 25 50] [--frames 4] [--size 64]
+    python tools/benchmarks/inversion_round_trip.py [--steps 8 25 50] [--frames 8] [--size 64] [--iterations 3]
 """
 
 from __future__ import annotations
@@ -77,9 +78,10 @@ def sample_back(model, noisy, cond, steps):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50])
-    parser.add_argument("--frames", type=int, default=4)
+    parser.add_argument("--steps", type=int, nargs="+", default=[8, 25, 50])
+    parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--iterations", type=int, default=3, help="fixed_point refinements per step")
     options = parser.parse_args()
 
     model, cond = load()
@@ -88,15 +90,20 @@ def main():
     video_model = sparse_causal.with_cross_frame_attention(video_unet.inflate(model), "sparse_causal")
     generator = torch.Generator().manual_seed(0)
     latent = torch.randn(options.frames, 4, options.size // 8, options.size // 8, generator=generator) / 0.18215
-    print(f"round trip, relative latent error of the reconstruction ({options.frames} frames, {options.size}px)")
-    print(f"{'model':>10} {'steps':>5} {'official':>10} {'earlier':>10} {'ratio':>7}")
+    print(f"round trip, relative latent error of the reconstruction ({options.frames} frames, {options.size}px); "
+          f"model calls per step: ddim 1, fixed_point {1 + options.iterations}, earlier 1")
+    print(f"{'model':>10} {'steps':>5} {'ddim':>10} {'fixed_point':>12} {'earlier':>10} {'fixed/ddim':>11} "
+          f"{'earlier/ddim':>13}")
     for name, subject in (("gaussian", gaussian_denoiser(video_model)), ("tiny-unet", video_model)):
         for steps in options.steps:
-            official = inversion.ddim_invert(subject, {"samples": latent}, cond, steps).noisiest
-            earlier = earlier_inversion(subject, latent, cond, steps)
-            errors = [((sample_back(subject, noisy, cond, steps) - latent).norm() / latent.norm()).item()
-                      for noisy in (official, earlier)]
-            print(f"{name:>10} {steps:>5} {errors[0]:>10.3e} {errors[1]:>10.3e} {errors[0] / errors[1]:>7.3f}")
+            inverted = [inversion.ddim_invert(subject, {"samples": latent}, cond, steps).noisiest,
+                        inversion.ddim_invert(subject, {"samples": latent}, cond, steps, method="fixed_point",
+                                              iterations=options.iterations).noisiest,
+                        earlier_inversion(subject, latent, cond, steps)]
+            ddim, fixed, earlier = [((sample_back(subject, noisy, cond, steps) - latent).norm() / latent.norm()).item()
+                                    for noisy in inverted]
+            print(f"{name:>10} {steps:>5} {ddim:>10.3e} {fixed:>12.3e} {earlier:>10.3e} {fixed / ddim:>11.2e} "
+                  f"{earlier / ddim:>13.3f}")
 
 
 if __name__ == "__main__":

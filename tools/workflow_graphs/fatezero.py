@@ -28,8 +28,8 @@ def _fatezero(g: GraphBuilder, ckpt, model, video_file: str, frame_stride: int, 
     latent = g.node("VAEEncode", pixels=video.out(0), vae=ckpt.out(2))
     source = g.node("CLIPTextEncode", clip=ckpt.out(1), text=source_prompt)
     capture = g.node("VE_AttentionCaptureConfig", max_query_tokens=1024, memory_limit_gb=0.0)
-    inversion = g.node("VE_DDIMInvert", model=model, latent=latent.out(0), steps=50, keep_steps=0,
-                       conditioning=source.out(0), attention_capture=capture.out(0))
+    inversion = g.node("VE_DDIMInvert", model=model, latent=latent.out(0), steps=50, method="ddim", iterations=3,
+                       keep_steps=0, conditioning=source.out(0), attention_capture=capture.out(0))
     fusion = g.node("VE_AttentionFusion", model=model, inversion=inversion.out(1), clip=ckpt.out(1),
                     source_prompt=source_prompt, edit_prompt=edit_prompt, blend_words=blend_words,
                     self_replace=replace, cross_replace=replace, mask_threshold=0.3, reweight="", blend_start=0.2,

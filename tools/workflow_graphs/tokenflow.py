@@ -21,8 +21,8 @@ def _edit(g: GraphBuilder, ckpt, model, n_frames: int, frame_stride: int, prefix
                    width=512, height=512, path="", memory_limit_gb=0.0)
     latent = g.node("VAEEncode", pixels=video.out(0), vae=ckpt.out(2))
     source = g.node("CLIPTextEncode", clip=ckpt.out(1), text=SOURCE_PROMPT)
-    inversion = g.node("VE_DDIMInvert", model=model, latent=latent.out(0), steps=500, keep_steps=50,
-                       conditioning=source.out(0))
+    inversion = g.node("VE_DDIMInvert", model=model, latent=latent.out(0), steps=500, method="ddim", iterations=3,
+                       keep_steps=50, conditioning=source.out(0))
     tokenflow = g.node("VE_TokenFlow", model=model, inversion=inversion.out(1), conditioning=source.out(0),
                        keyframe_chunk_size=8, pnp_attention_window=0.5, pnp_feature_window=0.8, seed=1)
     positive = g.node("CLIPTextEncode", clip=ckpt.out(1), text=EDIT_PROMPT)

@@ -24,8 +24,8 @@ def _source(g: GraphBuilder):
 
 def _invert_edit_save(g, ckpt, video, latent, model, positive, negative, prefix):
     """Invert with the (tuned) model and the empty prompt, sample the edit from that noise, save the video."""
-    inversion = g.node("VE_DDIMInvert", model=model, latent=latent.out(0), steps=50, keep_steps=0,
-                       clip=ckpt.out(1))
+    inversion = g.node("VE_DDIMInvert", model=model, latent=latent.out(0), steps=50, method="ddim", iterations=3,
+                       keep_steps=0, clip=ckpt.out(1))
     ddim_edit_and_save(g, ckpt, model, positive, negative, inversion.out(0), video, cfg=12.5, seed=33,
                        prefix=prefix)
 
