@@ -1,12 +1,15 @@
 """Temporal layers that inflate an image UNet for video (Tune-A-Video).
 
 ``TemporalAttention`` is Tune-A-Video's ``norm_temp`` + ``attn_temp``: pre-LayerNorm self-attention over the
-frame axis at each fixed spatial position, no positional encoding, no mask, residual. Its output projection is
-zero-initialised, weight *and* bias (the official code leaves the bias random), so an untuned inflated UNet
-computes exactly what the image UNet computes.
+frame axis at each fixed spatial position, no positional encoding, residual; by default no mask (Tune-A-Video),
+optionally Make-Your-Video's causal mask (``TemporalMask``). Its output projection is zero-initialised, weight
+*and* bias (the official code leaves the bias random), so an untuned inflated UNet computes exactly what the
+image UNet computes.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -14,11 +17,42 @@ from einops import rearrange
 from torch import nn
 
 
+TEMPORAL_MASKS = ("none", "causal")
+
+
+@dataclass(frozen=True)
+class TemporalMask:
+    """Which frames a frame's temporal attention sees. ``none`` (Tune-A-Video): all, or with ``window`` R those
+    at most R frames away; ``causal`` (Make-Your-Video): itself and earlier frames, with R the R frames before it
+    (official: 15, a 16-frame window). ``window`` 0 = unlimited."""
+
+    mode: str = "none"
+    window: int = 0
+
+    def __post_init__(self):
+        if self.mode not in TEMPORAL_MASKS:
+            raise ValueError(f"temporal_mask: {self.mode!r} is not one of {', '.join(TEMPORAL_MASKS)}.")
+        if self.window < 0:
+            raise ValueError(f"temporal_window: {self.window} frames; use 0 (unlimited) or more.")
+
+    def allowed(self, frames: int, device=None) -> torch.Tensor | None:
+        """``(frames, frames)`` bool, ``[i, j]`` = frame i attends to frame j; None when every pair is allowed."""
+        if self.mode == "none" and not self.window:
+            return None
+        i = torch.arange(frames, device=device)[:, None]
+        j = torch.arange(frames, device=device)[None, :]
+        allowed = j <= i if self.mode == "causal" else torch.ones(frames, frames, dtype=torch.bool, device=device)
+        if self.window:
+            allowed = allowed & ((i - j).abs() <= self.window)
+        return allowed
+
+
 class TemporalAttention(nn.Module):
-    def __init__(self, dim: int, heads: int, dim_head: int):
+    def __init__(self, dim: int, heads: int, dim_head: int, mask: TemporalMask = TemporalMask()):
         super().__init__()
         inner = heads * dim_head
         self.heads = heads
+        self.mask = mask
         self.norm_temp = nn.LayerNorm(dim)
         self.attn_temp = nn.Module()
         self.attn_temp.to_q = nn.Linear(dim, inner, bias=False)
@@ -33,7 +67,8 @@ class TemporalAttention(nn.Module):
         attn = self.attn_temp
         h = rearrange(self.norm_temp(x), "(c f) n d -> (c n) f d", c=chunks)
         q, k, v = (rearrange(proj(h), "b f (h d) -> b h f d", h=self.heads) for proj in (attn.to_q, attn.to_k, attn.to_v))
-        out = rearrange(F.scaled_dot_product_attention(q, k, v), "b h f d -> b f (h d)")
+        allowed = self.mask.allowed(q.shape[2], q.device)
+        out = rearrange(F.scaled_dot_product_attention(q, k, v, attn_mask=allowed), "b h f d -> b f (h d)")
         out = rearrange(attn.to_out[0](out), "(c n) f d -> (c f) n d", c=chunks)
         return x + out
 
@@ -56,10 +91,11 @@ class TemporalLayers(nn.Module):
     state-dict keys read like the official ones: ``input_blocks.1.1.transformer_blocks.0.attn_temp.to_q.weight``.
     """
 
-    def __init__(self, specs: dict[str, tuple[int, int, int]]):
-        """``specs``: block path -> (dim, heads, dim_head)."""
+    def __init__(self, specs: dict[str, tuple[int, int, int]], mask: TemporalMask = TemporalMask()):
+        """``specs``: block path -> (dim, heads, dim_head); ``mask``: every layer's temporal mask."""
         super().__init__()
         self.paths = list(specs)
+        self.mask = mask
         for path, (dim, heads, dim_head) in specs.items():
             parent = self
             *parents, leaf = path.split(".")
@@ -67,7 +103,7 @@ class TemporalLayers(nn.Module):
                 if not hasattr(parent, name):
                     parent.add_module(name, nn.Module())
                 parent = getattr(parent, name)
-            parent.add_module(leaf, TemporalAttention(dim, heads, dim_head))
+            parent.add_module(leaf, TemporalAttention(dim, heads, dim_head, mask))
 
     def layer(self, path: str) -> TemporalAttention:
         return self.get_submodule(path)

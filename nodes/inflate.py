@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..kernels.temporal import TEMPORAL_MASKS, TemporalMask
 from .video_unet import inflate
 
 
@@ -20,19 +21,28 @@ class InflateUNet(io.ComfyNode):
                 "self-attention over frames at each pixel, residual, output zero-initialised so the untuned model equals "
                 "the image model. frame_groupnorm (on = official) makes the ResNet GroupNorms and the final norm compute "
                 "statistics over all frames of the clip instead of per frame: frames share brightness/contrast "
-                "statistics, which steadies the clip but makes every frame depend on the others. "
+                "statistics, which steadies the clip but makes every frame depend on the others. temporal_mask "
+                "causal (Make-Your-Video) lets each frame's temporal attention see only itself and earlier frames, "
+                "within temporal_window frames, so a model tuned on a short clip can generate longer ones. "
                 "The input MODEL is not changed."),
             inputs=[
                 io.Model.Input("model"),
                 io.Boolean.Input("frame_groupnorm", default=True,
                                  tooltip="ResNet GroupNorm statistics over all frames (official Tune-A-Video)."),
+                io.Combo.Input("temporal_mask", options=list(TEMPORAL_MASKS), default="none", optional=True,
+                               tooltip="none: every frame sees every frame (Tune-A-Video). causal: itself and earlier "
+                                       "frames only (Make-Your-Video)."),
+                io.Int.Input("temporal_window", default=0, min=0, max=4096, optional=True,
+                             tooltip="Frames a frame sees on either side (causal: before it); 0 = unlimited. "
+                                     "Make-Your-Video: 15."),
             ],
             outputs=[io.Model.Output()],
         )
 
     @classmethod
-    def execute(cls, model, frame_groupnorm) -> io.NodeOutput:
-        return io.NodeOutput(inflate(model, frame_groupnorm=frame_groupnorm))
+    def execute(cls, model, frame_groupnorm, temporal_mask="none", temporal_window=0) -> io.NodeOutput:
+        return io.NodeOutput(inflate(model, frame_groupnorm=frame_groupnorm,
+                                     mask=TemporalMask(temporal_mask, temporal_window)))
 
 
 NODES = [InflateUNet]

@@ -6,6 +6,11 @@ from __future__ import annotations
 from comfy.ldm.modules.attention import optimized_attention
 
 
+# transformer_options flag under which the inflated UNet runs as the image UNet (nodes/video_unet.py
+# bypass_temporal): cross-frame attention patches then treat every frame as its own image.
+PER_FRAME_OPTION = "video_edit_per_frame"
+
+
 class PatcherKeys:
     """Every key under which this pack hangs something on a ModelPatcher (attachments, additional models,
     injections, wrappers), in one place: no two features collide, and a reader sees what a MODEL can carry."""

@@ -6,8 +6,8 @@ from comfy_api.latest import io
 
 from ..kernels.attention import CROSS_FRAME_MODES, cross_frame_attention
 from ..kernels.unet_layout import iter_transformer_blocks
-from .model_helpers import (CrossFramePatch, check_video_inputs_when_sampling, require_sd1_unet, restore_slot,
-                            slot_attention, slot_patch)
+from .model_helpers import (PER_FRAME_OPTION, CrossFramePatch, check_video_inputs_when_sampling, require_sd1_unet,
+                            restore_slot, slot_attention, slot_patch)
 
 
 class CrossFrameAttentionPatch(CrossFramePatch):
@@ -35,7 +35,7 @@ class CrossFrameAttentionPatch(CrossFramePatch):
     def __call__(self, q, k, v, extra_options):
         heads = extra_options["n_heads"]
         attention = slot_attention(self.inner, extra_options)
-        if not self.active(extra_options):
+        if not self.active(extra_options) or extra_options.get(PER_FRAME_OPTION):
             return attention(q, k, v, heads)
         chunks = len(extra_options.get("cond_or_uncond") or [0])
         return cross_frame_attention(q, k, v, heads, chunks, self.mode, attention=attention)

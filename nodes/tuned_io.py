@@ -4,8 +4,9 @@ File layout (``models/video_edit_tuned/*.safetensors``):
 - ``query_delta.<model key>``: the tuned change of each query projection, e.g.
   ``query_delta.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight`` (fp32);
 - ``temporal.<block path>.{norm_temp,attn_temp}...``: the temporal layers (fp32);
-- metadata ``video_edit_format`` = "tune_a_video/1", ``frame_groupnorm``, and the tuning's ``frames``, ``height``,
-  ``width``, ``steps``, ``learning_rate``, ``seed``, ``prompt``.
+- metadata ``video_edit_format`` = "tune_a_video/1", ``frame_groupnorm``, ``temporal_mask`` and ``temporal_window``
+  (absent in older files: none, 0), and the tuning's ``frames``, ``height``, ``width``, ``steps``,
+  ``learning_rate``, ``seed``, ``prompt``.
 
 Saves are numbered (``<filename>_00001_.safetensors``, ...) so a finished tuning is never overwritten.
 """
@@ -18,6 +19,7 @@ import os
 import folder_paths
 from comfy_api.latest import io
 
+from ..kernels.temporal import TemporalMask
 from .files import model_folder, numbered_paths, read_safetensors, register_model_folder, save_safetensors_group
 from .model_helpers import PatcherKeys
 from .video_unet import TunedWeights, apply_tuned
@@ -35,7 +37,8 @@ def save_tuned(tuned: TunedWeights, path: str):
     tensors = {QUERY_PREFIX + k: v for k, v in tuned.query_deltas.items()}
     tensors.update({TEMPORAL_PREFIX + k: v for k, v in tuned.temporal.items()})
     metadata = {k: json.dumps(v) for k, v in tuned.metadata.items()}
-    metadata.update(video_edit_format=FORMAT, frame_groupnorm=json.dumps(tuned.frame_groupnorm))
+    metadata.update(video_edit_format=FORMAT, frame_groupnorm=json.dumps(tuned.frame_groupnorm),
+                    temporal_mask=json.dumps(tuned.mask.mode), temporal_window=json.dumps(tuned.mask.window))
     save_safetensors_group([(tensors, metadata, path)], "VE_SaveTuned")
 
 
@@ -53,6 +56,7 @@ def load_tuned(path: str, input_name: str = "tuned_file") -> TunedWeights:
         query_deltas={k[len(QUERY_PREFIX):]: v for k, v in tensors.items() if k.startswith(QUERY_PREFIX)},
         temporal={k[len(TEMPORAL_PREFIX):]: v for k, v in tensors.items() if k.startswith(TEMPORAL_PREFIX)},
         frame_groupnorm=bool(info.pop("frame_groupnorm", True)),
+        mask=TemporalMask(str(info.pop("temporal_mask", "none")), int(info.pop("temporal_window", 0))),
         metadata=info,
     )
 
@@ -84,7 +88,8 @@ class SaveTuned(io.ComfyNode):
             raise ValueError("model: it carries no tuning; connect the MODEL output of VE One-Shot Tune.")
         stem = os.path.basename(filename.strip()).removesuffix(".safetensors") or "tuned_clip"
         (path,) = numbered_paths(stem, [(model_folder(FOLDER), ".safetensors")])
-        tuned = TunedWeights(tuned.query_deltas, tuned.temporal, tuned.frame_groupnorm, {**tuned.metadata, "prompt": prompt})
+        tuned = TunedWeights(tuned.query_deltas, tuned.temporal, tuned.frame_groupnorm,
+                             {**tuned.metadata, "prompt": prompt}, tuned.mask)
         save_tuned(tuned, path)
         return io.NodeOutput(path, ui={"text": [path]})
 

@@ -17,7 +17,7 @@ from torch import nn
 from ..kernels.weight_decay import decay_delta_
 from .model_helpers import require_sd1_unet, require_video_latent
 from .training import TrainingSampler, predict_eps, remove_weight_wrappers, train_in_guider
-from .video_unet import TunedWeights, apply_tuned, inflate, query_weight_shapes, require_inflated
+from .video_unet import TunedWeights, apply_tuned, bypass_temporal, inflate, query_weight_shapes, require_inflated
 
 class QueryDelta(nn.Module):
     """Weight wrapper ``W -> W + delta`` with a trainable delta; remembers W for decoupled weight decay."""
@@ -38,9 +38,10 @@ class OneShotTuningSampler(TrainingSampler):
     title = "one-shot tuning"
 
     def __init__(self, deltas: list[QueryDelta], temporal_params: list[nn.Parameter], steps: int, learning_rate: float,
-                 weight_decay: float, seed: int, gradient_checkpointing: bool):
+                 weight_decay: float, seed: int, gradient_checkpointing: bool, image_mix: float = 0.0):
         super().__init__(steps, seed, gradient_checkpointing)
         self.deltas = deltas
+        self.image_mix = image_mix
         self.params = [d.delta for d in deltas] + temporal_params
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
@@ -59,28 +60,50 @@ class OneShotTuningSampler(TrainingSampler):
             decay_delta_(d.delta, d.base, self.learning_rate, self.weight_decay)
 
     def train_step(self, model_wrap, video, step, generator, extra_args):
-        timestep = torch.randint(0, 1000, (1,), generator=generator)
-        eps = torch.randn(video.shape, generator=generator).to(video)
-        loss = F.mse_loss(predict_eps(model_wrap, video, timestep, eps, extra_args).float(), eps.float())
+        image = bool(self.image_mix) and bool(torch.rand((), generator=generator) < self.image_mix)
+        if image:
+            loss = self._image_loss(model_wrap, video, generator, extra_args)
+        else:
+            timestep = torch.randint(0, 1000, (1,), generator=generator)
+            eps = torch.randn(video.shape, generator=generator).to(video)
+            loss = F.mse_loss(predict_eps(model_wrap, video, timestep, eps, extra_args).float(), eps.float())
         self.check_finite(loss, step)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self._decay_queries()
-        self.optimizer.step()
-        return {"loss": loss.item()}
+        self.optimizer.step()  # on image steps the temporal parameters have no gradient: AdamW leaves them as they are
+        value, other = loss.item(), float("nan")
+        by_kind = {"video": other if image else value, "image": value if image else other} if self.image_mix else {}
+        return {"loss": value, **by_kind}
+
+    @staticmethod
+    def _image_loss(model_wrap, video, generator, extra_args):
+        """Dreamix's image step: a random subset of the frames, shuffled, as independent images (each its own
+        timestep), through the image model's path (temporal layers skipped, per-frame norms and attention)."""
+        frames = video.shape[0]
+        count = int(torch.randint(1, frames + 1, (1,), generator=generator))
+        images = video[torch.randperm(frames, generator=generator)[:count].to(video.device)]
+        timesteps = torch.randint(0, 1000, (count,), generator=generator)
+        eps = torch.randn(images.shape, generator=generator).to(video)
+        with bypass_temporal():
+            return F.mse_loss(predict_eps(model_wrap, images, timesteps, eps, extra_args).float(), eps.float())
 
 
 def one_shot_tune(model, latent: dict, positive, steps: int, learning_rate: float, seed: int,
-                  gradient_checkpointing: bool = True, weight_decay: float = 1e-2) -> tuple[object, list[float]]:
-    """Tune ``model`` (inflated) on one video; return the tuned clone and the loss per step."""
+                  gradient_checkpointing: bool = True, weight_decay: float = 1e-2,
+                  image_mix: float = 0.0) -> tuple[object, dict[str, list[float]]]:
+    """Tune ``model`` (inflated) on one video; return the tuned clone and its losses by name: ``loss`` per step, and
+    with ``image_mix`` (Dreamix) also ``video`` and ``image``, NaN on the other kind of step."""
+    if not 0.0 <= image_mix <= 1.0:
+        raise ValueError(f"image_mix: {image_mix} is not a fraction of the steps; use 0 (Tune-A-Video) to 1.")
     unet = require_sd1_unet(model)
     samples = require_video_latent(latent)
     inflation = require_inflated(model, needs="one-shot tuning trains the temporal layers")
     with torch.inference_mode(False), torch.enable_grad():
         device = model.load_device
         # A private copy of the temporal layers: the training clone injects it, the optimiser trains it.
-        trainer = inflate(model, inflation.layers.state_dict(), inflation.frame_groupnorm)
+        trainer = inflate(model, inflation.layers.state_dict(), inflation.frame_groupnorm, mask=inflation.mask)
         trainer_layers = require_inflated(trainer).layers
         temporal_params = trainer_layers.tunable_parameters()
         for p in temporal_params:
@@ -89,7 +112,7 @@ def one_shot_tune(model, latent: dict, positive, steps: int, learning_rate: floa
         for key, delta in deltas.items():
             trainer.add_weight_wrapper(key, delta)
         sampler = OneShotTuningSampler(list(deltas.values()), temporal_params, steps, learning_rate, weight_decay, seed,
-                                       gradient_checkpointing)
+                                       gradient_checkpointing, image_mix)
         guider = Guider_Basic(trainer)
         guider.set_conds(positive)
         try:
@@ -102,8 +125,9 @@ def one_shot_tune(model, latent: dict, positive, steps: int, learning_rate: floa
             frame_groupnorm=inflation.frame_groupnorm,
             metadata={"frames": samples.shape[0], "height": samples.shape[2] * 8, "width": samples.shape[3] * 8,
                       "steps": steps, "learning_rate": learning_rate, "seed": seed},
+            mask=inflation.mask,
         )
-    return apply_tuned(model, tuned), sampler.losses["loss"]
+    return apply_tuned(model, tuned), sampler.losses
 
 
 class OneShotTune(io.ComfyNode):
@@ -128,14 +152,20 @@ class OneShotTune(io.ComfyNode):
                 io.Int.Input("seed", default=33, min=0, max=0xFFFFFFFFFFFFFFFF),
                 io.Boolean.Input("gradient_checkpointing", default=True,
                                  tooltip="Recompute transformer blocks in the backward pass: much less memory, a bit slower."),
+                io.Float.Input("image_mix", default=0.0, min=0.0, max=1.0, step=0.05, optional=True,
+                               tooltip="Dreamix: the fraction of steps that train on a random subset of the frames, "
+                                       "shuffled, as independent images (temporal layers skipped, not trained). "
+                                       "0 = Tune-A-Video."),
             ],
             outputs=[io.Model.Output(display_name="model"), io.LossMap.Output(display_name="loss")],
         )
 
     @classmethod
-    def execute(cls, model, latent, conditioning, steps, learning_rate, seed, gradient_checkpointing) -> io.NodeOutput:
-        tuned, losses = one_shot_tune(model, latent, conditioning, steps, learning_rate, seed, gradient_checkpointing)
-        return io.NodeOutput(tuned, {"loss": losses})
+    def execute(cls, model, latent, conditioning, steps, learning_rate, seed, gradient_checkpointing,
+                image_mix=0.0) -> io.NodeOutput:
+        tuned, losses = one_shot_tune(model, latent, conditioning, steps, learning_rate, seed, gradient_checkpointing,
+                                      image_mix=image_mix)
+        return io.NodeOutput(tuned, losses)
 
 
 NODES = [OneShotTune]

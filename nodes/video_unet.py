@@ -18,15 +18,16 @@ from comfy.model_patcher import ModelPatcher
 from comfy.patcher_extension import PatcherInjection, WrappersMP
 from torch import nn
 
-from ..kernels.temporal import TemporalLayers, frame_spanning_group_norm
+from ..kernels.temporal import TemporalLayers, TemporalMask, frame_spanning_group_norm
 from ..kernels.unet_layout import iter_resnet_norms, iter_transformer_blocks
-from .model_helpers import (PatcherKeys, add_weight_patches, check_video_inputs_when_sampling, require_sd1_unet,
-                            set_wrapper)
+from .model_helpers import (PER_FRAME_OPTION, PatcherKeys, add_weight_patches, check_video_inputs_when_sampling,
+                            require_sd1_unet, set_wrapper)
 from .training import GRADIENT_CHECKPOINTING
 
 # Set around every UNet call by the DIFFUSION_MODEL wrapper: how many videos (cond/uncond chunks) share the batch.
 VIDEO_CHUNKS = contextvars.ContextVar("video_edit_video_chunks", default=1)
-# Set by MotionDirector's spatial path: the image model's path, temporal layers skipped and norms per frame.
+# Set by MotionDirector's spatial path and Dreamix's image steps: the image model's path, temporal layers skipped,
+# norms and cross-frame attention per frame.
 TEMPORAL_BYPASS = contextvars.ContextVar("video_edit_temporal_bypass", default=False)
 # Set around a UNet call that trains with ControlNet residuals (see _copy_skip_input).
 COPY_SKIPS = contextvars.ContextVar("video_edit_copy_skips", default=False)
@@ -51,9 +52,9 @@ class InflatedTransformerBlock(nn.Module):
         self.temporal = temporal
 
     def _forward(self, x, context, transformer_options, chunks, bypass):
+        if bypass:  # the image UNet: the frames are independent images, in attention too
+            return self.block(x, context=context, transformer_options={**transformer_options, PER_FRAME_OPTION: True})
         x = self.block(x, context=context, transformer_options=transformer_options)
-        if bypass:
-            return x
         dtype = self.temporal.norm_temp.weight.dtype
         return self.temporal(x.to(dtype), chunks).to(x.dtype)
 
@@ -81,10 +82,14 @@ class FrameSpanningGroupNorm(nn.Module):
 
 @dataclass
 class Inflation:
-    """What VE_InflateUNet attached to a MODEL: its temporal layers and the GroupNorm choice."""
+    """What VE_InflateUNet attached to a MODEL: its temporal layers (with their mask) and the GroupNorm choice."""
 
     layers: TemporalLayers
     frame_groupnorm: bool
+
+    @property
+    def mask(self) -> TemporalMask:
+        return self.layers.mask
 
 
 def temporal_layer_specs(unet: nn.Module) -> dict[str, tuple[int, int, int]]:
@@ -174,13 +179,15 @@ def check_temporal_state(layers: TemporalLayers, state: dict, what: str) -> None
                              f"expects {shape}. Use the checkpoint it was tuned on.")
 
 
-def inflate(model, temporal_state: dict | None = None, frame_groupnorm: bool = True, what: str = "temporal weights"):
-    """A clone of ``model`` with temporal layers (zero-initialised output, or ``temporal_state``).
+def inflate(model, temporal_state: dict | None = None, frame_groupnorm: bool = True, what: str = "temporal weights",
+            mask: TemporalMask = TemporalMask()):
+    """A clone of ``model`` with temporal layers (zero-initialised output, or ``temporal_state``) attending across
+    the frames ``mask`` allows.
 
     Re-inflating an inflated MODEL replaces its temporal layers.
     """
     unet = require_sd1_unet(model)
-    layers = TemporalLayers(temporal_layer_specs(unet))
+    layers = TemporalLayers(temporal_layer_specs(unet), mask)
     if temporal_state is not None:
         check_temporal_state(layers, temporal_state, what)
         layers.load_state_dict(temporal_state, strict=True)
@@ -212,6 +219,7 @@ class TunedWeights:
     temporal: dict[str, torch.Tensor]
     frame_groupnorm: bool
     metadata: dict = field(default_factory=dict)
+    mask: TemporalMask = TemporalMask()
 
 
 def query_weight_shapes(unet: nn.Module) -> dict[str, torch.Size]:
@@ -233,7 +241,7 @@ def apply_tuned(model, tuned: TunedWeights, what: str = "tuned weights"):
         if shapes[key] != delta.shape:
             raise ValueError(f"{what}: {key} has shape {tuple(delta.shape)}, the model expects "
                              f"{tuple(shapes[key])}. Use the checkpoint it was tuned on.")
-    clone = inflate(model, tuned.temporal, tuned.frame_groupnorm, what)
+    clone = inflate(model, tuned.temporal, tuned.frame_groupnorm, what, tuned.mask)
     add_weight_patches(clone, {key: (delta,) for key, delta in tuned.query_deltas.items()})
     clone.set_attachments(PatcherKeys.TUNING, tuned)
     return clone

@@ -4,10 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from torch import nn
 
 from video_edit.kernels.attention import cross_frame_attention, gather_reference_tokens, reference_frames
 from video_edit.kernels.inversion import Inversion, inversion_sigmas, invert, invert_fixed_point
-from video_edit.kernels.temporal import TemporalAttention, TemporalLayers, frame_spanning_group_norm
+from video_edit.kernels.temporal import TemporalAttention, TemporalLayers, TemporalMask, frame_spanning_group_norm
 
 HEADS = 4
 
@@ -172,3 +173,33 @@ def test_fixed_point_inversion_is_what_the_euler_step_undoes():
     assert len(levels) == 3 and torch.equal(levels[0], clean)
     torch.testing.assert_close(sample_back(noisy), clean, rtol=0, atol=1e-8)
     assert (sample_back(invert(denoise, clean, sigmas)) - clean).abs().max() > 1e-3
+
+
+def test_causal_temporal_mask_hides_later_and_far_frames():
+    """Make-Your-Video's causal mask: frame i's temporal attention output ignores frames after i, and with a window
+    R the frames before i - R; without a mask (Tune-A-Video) every frame matters."""
+    torch.manual_seed(0)
+    frames, tokens, dim = 6, 3, 16
+
+    def layer(mask):
+        attention = TemporalAttention(dim, 2, 8, mask)
+        torch.manual_seed(1)
+        for p in attention.parameters():
+            nn.init.normal_(p, std=0.3)
+        return attention
+
+    x = torch.randn(frames, tokens, dim)
+    changed_late, changed_early = x.clone(), x.clone()
+    changed_late[4:] += torch.randn(2, tokens, dim)  # not a constant shift, which the LayerNorm would remove
+    changed_early[:1] += torch.randn(1, tokens, dim)
+    causal, windowed, plain = layer(TemporalMask("causal")), layer(TemporalMask("causal", 2)), layer(TemporalMask())
+    with torch.no_grad():
+        assert torch.equal(causal(changed_late, 1)[:4], causal(x, 1)[:4])
+        assert not torch.allclose(causal(changed_late, 1)[4:], causal(x, 1)[4:])
+        assert torch.equal(windowed(changed_early, 1)[3:], windowed(x, 1)[3:])  # frame 3 sees frames 1..3
+        assert not torch.allclose(windowed(changed_early, 1)[:3], windowed(x, 1)[:3])
+        assert not torch.allclose(plain(changed_late, 1)[:4], plain(x, 1)[:4])
+    assert TemporalMask().allowed(4) is None
+    assert TemporalMask("none", 1).allowed(3).tolist() == [[True, True, False], [True, True, True], [False, True, True]]
+    with pytest.raises(ValueError, match="temporal_mask: 'future' is not one of none, causal"):
+        TemporalMask("future")

@@ -1,6 +1,7 @@
 """Tune-A-Video through ComfyUI's real model objects (tiny SD1.5): the invariants of docs/design.md §3, clone
 isolation, save/load."""
 
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -106,7 +107,7 @@ def test_trainable_set_is_exactly_the_official_one(tav, tuned):
 
 def test_tuning_leaves_the_input_model_and_changes_the_output(tav, tuned):
     base, model, losses = tuned
-    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    assert list(losses) == ["loss"] and len(losses["loss"]) == 3 and all(torch.isfinite(torch.tensor(losses["loss"])))
     assert (tav.denoise(model, tav.video) - tav.denoise(base, tav.video)).abs().max() > 1e-4
 
 
@@ -127,7 +128,7 @@ def test_tuning_lowers_the_loss(tav):
     latent = {"samples": tav.video}
 
     def loss(m):
-        return sum(tav.tuning.one_shot_tune(m, latent, tav.cond, steps=3, learning_rate=1e-12, seed=7)[1]) / 3
+        return sum(tav.tuning.one_shot_tune(m, latent, tav.cond, steps=3, learning_rate=1e-12, seed=7)[1]["loss"]) / 3
 
     tuned_model, _ = tav.tuning.one_shot_tune(base, latent, tav.cond, steps=8, learning_rate=2e-3, seed=1)
     before, after = loss(base), loss(tuned_model)
@@ -184,3 +185,66 @@ def test_only_the_trainable_weights_get_gradients(tav, tiny_models):
         params = list(params)
         assert params and not any(p.requires_grad or p.grad is not None for p in params), what
     assert all(torch.equal(p, before[name]) for name, p in unet.named_parameters())
+
+
+def test_causal_temporal_mask_in_the_unet_and_the_tuned_file(tav, tmp_path):
+    """Make-Your-Video's causal mask (VE_InflateUNet temporal_mask causal) with per-frame GroupNorm and
+    sparse-causal attention: the whole UNet is causal, frame i's output ignores later frames. One-shot tuning
+    keeps the mask, and the tuned file restores it."""
+    from video_edit.kernels.temporal import TemporalMask
+    from video_edit.nodes import inflate as inflate_node
+
+    causal = inflate_node.InflateUNet.execute(tav.model, False, "causal", 0).result[0]
+    layers = tav.video_unet.get_inflation(causal).layers
+    g = torch.Generator().manual_seed(4)
+    layers.load_state_dict({k: 0.2 * torch.randn(v.shape, generator=g) for k, v in layers.state_dict().items()})
+    video_model = tav.sparse_causal.with_cross_frame_attention(causal, "sparse_causal")
+    later = tav.video.clone()
+    later[2:] = torch.randn(FRAMES - 2, 4, H, W, generator=g)
+    before, after = tav.denoise(video_model, tav.video), tav.denoise(video_model, later)
+    torch.testing.assert_close(after[:2], before[:2], rtol=1e-5, atol=1e-5)
+    assert (after[2:] - before[2:]).abs().max() > 1e-2
+
+    tuned, _ = tav.tuning.one_shot_tune(video_model, {"samples": tav.video}, tav.cond, 1, 1e-4, 0,
+                                        gradient_checkpointing=False)
+    assert tav.video_unet.get_inflation(tuned).mask == TemporalMask("causal", 0)
+    path = str(tmp_path / "causal.safetensors")
+    tav.tuned_io.save_tuned(tuning_of(tuned), path)
+    assert tav.tuned_io.load_tuned(path).mask == TemporalMask("causal", 0)
+    reloaded = tav.video_unet.apply_tuned(tav.model, tav.tuned_io.load_tuned(path))
+    assert tav.video_unet.get_inflation(reloaded).mask.mode == "causal"
+
+
+def test_dreamix_image_steps_train_frames_as_images(tav):
+    """VE_OneShotTune image_mix (Dreamix): image steps run the frames as independent images through the image
+    model's path and leave the temporal layers as they are; video steps train them; 0 is Tune-A-Video."""
+    g = torch.Generator().manual_seed(5)
+    inflated = tav.video_unet.inflate(tav.model, frame_groupnorm=True)
+    layers = tav.video_unet.get_inflation(inflated).layers
+    start = {k: 0.1 * torch.randn(v.shape, generator=g) for k, v in layers.state_dict().items()}
+    base = tav.sparse_causal.with_cross_frame_attention(tav.video_unet.inflate(tav.model, start), "sparse_causal")
+    with tav.video_unet.bypass_temporal():  # the image steps' model: every frame on its own, as the image model
+        torch.testing.assert_close(tav.denoise(base, tav.video), tav.denoise(tav.model, tav.video), rtol=1e-4,
+                                   atol=1e-4)
+
+    def tune(image_mix, steps=1, seed=0):
+        tuned, losses = tav.tuning.one_shot_tune(base, {"samples": tav.video}, tav.cond, steps, 1e-3, seed,
+                                                 gradient_checkpointing=False, image_mix=image_mix)
+        return tuning_of(tuned), losses
+
+    images, image_losses = tune(1.0)
+    video, video_losses = tune(0.0)
+    assert all(torch.equal(images.temporal[k], v) for k, v in start.items())  # no gradient, no decay
+    assert any(d.abs().max() > 0 for d in images.query_deltas.values())  # the image step did train
+    changed = [k for k, v in start.items() if ".attn_temp." in k and not torch.equal(video.temporal[k], v)]
+    assert changed and list(video_losses) == ["loss"]
+    plain, _ = tav.tuning.one_shot_tune(base, {"samples": tav.video}, tav.cond, 1, 1e-3, 0,
+                                        gradient_checkpointing=False)  # image_mix 0 draws nothing more: the same run
+    for k, v in video.temporal.items():  # (repeated CPU runs agree to ~2e-5, not bit for bit)
+        torch.testing.assert_close(tuning_of(plain).temporal[k], v, rtol=0, atol=1e-4)
+    assert math.isnan(image_losses["video"][0]) and math.isfinite(image_losses["image"][0])
+    _, mixed = tune(0.5, steps=6, seed=3)
+    kinds = [math.isfinite(v) for v in mixed["image"]]
+    assert any(kinds) and not all(kinds) and [not k for k in kinds] == [math.isfinite(v) for v in mixed["video"]]
+    with pytest.raises(ValueError, match="image_mix: 1.5 is not a fraction of the steps"):
+        tune(1.5)

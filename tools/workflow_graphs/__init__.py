@@ -3,9 +3,9 @@
 Each module exposes ``WORKFLOWS``: file name -> function returning an API prompt (``GraphBuilder(prefix="")``).
 """
 
-from . import fatezero, motiondirector, tokenflow, tune_a_video
+from . import fatezero, make_your_video, motiondirector, tokenflow, tune_a_video
 
-MODULES = [tune_a_video, tokenflow, fatezero, motiondirector]
+MODULES = [tune_a_video, tokenflow, fatezero, motiondirector, make_your_video]
 
 
 # Workflows that load what another one saves (a tuned model, motion LoRAs): consumer -> producer.
@@ -14,6 +14,7 @@ PRODUCERS = {
     "tokenflow_on_tuned": "tune_a_video_edit",
     "fatezero_shape_edit": "tune_a_video_edit",
     "motiondirector_generate": "motiondirector_train",
+    "make_your_video_depth": "motiondirector_train",
 }
 
 

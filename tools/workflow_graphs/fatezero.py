@@ -47,7 +47,8 @@ def fatezero_edit():
     ckpt = g.node("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
     # the official zero-shot model: frame-spanning GroupNorm (the pseudo-3D UNet, its temporal layers still zero),
     # middle-frame attention in the blocks of 640 channels and more (least_sc_channel 640)
-    inflated = g.node("VE_InflateUNet", model=ckpt.out(0), frame_groupnorm=True)
+    inflated = g.node("VE_InflateUNet", model=ckpt.out(0), frame_groupnorm=True, temporal_mask="none",
+                      temporal_window=0)
     middle = g.node("VE_SparseCausalAttention", model=inflated.out(0), mode="middle_frame", start_percent=0.0,
                     end_percent=1.0, min_channels=640)
     # an attribute edit: the official attribute and style configs refine (is_replace_controller false)

@@ -15,7 +15,8 @@ LORA_NAME = "man_skiing_motion"
 def _checkpoint_and_inflated(g: GraphBuilder):
     """The base: SD1.5 with temporal layers, per-frame GroupNorm (the 2D ResNets of MotionDirector's ModelScope)."""
     ckpt = g.node("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
-    inflated = g.node("VE_InflateUNet", model=ckpt.out(0), frame_groupnorm=False)
+    inflated = g.node("VE_InflateUNet", model=ckpt.out(0), frame_groupnorm=False, temporal_mask="none",
+                      temporal_window=0)
     return ckpt, inflated
 
 

@@ -31,12 +31,13 @@ def _invert_edit_save(g, ckpt, video, latent, model, positive, negative, prefix)
 
 
 def _tuned_model(g, ckpt, latent):
-    inflated = g.node("VE_InflateUNet", model=ckpt.out(0), frame_groupnorm=True)
+    inflated = g.node("VE_InflateUNet", model=ckpt.out(0), frame_groupnorm=True, temporal_mask="none",
+                      temporal_window=0)
     sparse = g.node("VE_SparseCausalAttention", model=inflated.out(0), mode="sparse_causal", start_percent=0.0,
                     end_percent=1.0, min_channels=0)
     source = g.node("CLIPTextEncode", clip=ckpt.out(1), text=SOURCE_PROMPT)
     tune = g.node("VE_OneShotTune", model=sparse.out(0), latent=latent.out(0), conditioning=source.out(0), steps=500,
-                  learning_rate=3e-5, seed=33, gradient_checkpointing=True)
+                  learning_rate=3e-5, seed=33, gradient_checkpointing=True, image_mix=0.0)
     g.node("VE_SaveTuned", model=tune.out(0), filename=TUNED_NAME, prompt=SOURCE_PROMPT)
     g.node("VE_PlotLoss", loss=tune.out(1))  # is it converging?
     return tune.out(0)
