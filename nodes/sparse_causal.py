@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..kernels.attention import CROSS_FRAME_MODES, cross_frame_attention
+from ..kernels.attention import CROSS_FRAME_MODES, QUERY_TOKENS_PER_CALL, cross_frame_attention
 from ..kernels.unet_layout import iter_transformer_blocks
 from .model_helpers import (PER_FRAME_OPTION, CrossFramePatch, check_video_inputs_when_sampling, require_sd1_unet,
                             restore_slot, slot_attention, slot_patch)
@@ -38,7 +38,10 @@ class CrossFrameAttentionPatch(CrossFramePatch):
         if not self.active(extra_options) or extra_options.get(PER_FRAME_OPTION):
             return attention(q, k, v, heads)
         chunks = len(extra_options.get("cond_or_uncond") or [0])
-        return cross_frame_attention(q, k, v, heads, chunks, self.mode, attention=attention)
+        # Frames a few at a time through ComfyUI's kernel (bounded memory); another pack's patch sees the whole batch.
+        per_call = QUERY_TOKENS_PER_CALL if self.inner is None else None
+        return cross_frame_attention(q, k, v, heads, chunks, self.mode, attention=attention,
+                                     query_tokens_per_call=per_call)
 
 
 def with_cross_frame_attention(model, mode: str, start_percent: float = 0.0, end_percent: float = 1.0,
