@@ -15,8 +15,10 @@ import torch.nn.functional as F
 from einops import rearrange
 
 CROSS_FRAME_MODES = ("sparse_causal", "first_frame", "middle_frame", "full")
-# Query tokens per attention call when frames go a few at a time: one frame at SD1.5's 64x64 level, 4 at 32x32.
+# Query tokens per attention call when frames go a few at a time: one frame at SD1.5's 64x64 level, 4 at 32x32;
+# and the heads go in this many groups.
 QUERY_TOKENS_PER_CALL = 4096
+HEAD_GROUPS_PER_CALL = 4
 
 
 def reference_frames(num_frames: int, mode: str) -> torch.Tensor:
@@ -70,9 +72,9 @@ def cross_frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hea
                           query_tokens_per_call: int | None = None) -> torch.Tensor:
     """Self-attention where frame i's queries attend to the keys/values of ``reference_frames(F, mode)[i]``.
 
-    With ``query_tokens_per_call``, frames go through ``attention`` a few at a time (as many as fit that many
-    query tokens, at least one), each with only its own reference keys/values gathered: peak memory stays that of
-    a few frames instead of growing with the clip. The result is the same.
+    With ``query_tokens_per_call``, ``attention`` runs on a few frames (as many as fit that many query tokens, at
+    least one) and a quarter of the heads at a time, gathering only those frames' reference keys/values of those
+    heads: peak memory stays near the output's instead of growing with the clip. The result is the same.
     """
     if q.shape[0] % chunks:
         raise ValueError(f"batch {q.shape[0]} is not a whole number of {chunks} chunks of frames")
@@ -80,15 +82,21 @@ def cross_frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hea
         return extended_attention(q, k, v, heads, chunks, attention)
     frames = q.shape[0] // chunks
     refs = reference_frames(frames, mode)
-    step = q.shape[0] if query_tokens_per_call is None else max(1, query_tokens_per_call // q.shape[1])
-    if step >= q.shape[0]:
+    if query_tokens_per_call is None:
         return attention(q, gather_reference_tokens(k, chunks, refs), gather_reference_tokens(v, chunks, refs), heads)
     rows = (torch.arange(chunks)[:, None, None] * frames + refs[None]).flatten(0, 1).to(k.device)  # (c f) x refs
+    step = max(1, query_tokens_per_call // q.shape[1])
+    group = max(1, heads // HEAD_GROUPS_PER_CALL)
+    width = q.shape[2] // heads
     out = None
     for start in range(0, q.shape[0], step):
         part = rows[start:start + step]
-        result = attention(q[start:start + step], k[part].flatten(1, 2), v[part].flatten(1, 2), heads)
-        if out is None:
-            out = result.new_empty(q.shape[0], *result.shape[1:])
-        out[start:start + step] = result
+        for first in range(0, heads, group):
+            count = min(group, heads - first)
+            channels = slice(first * width, (first + count) * width)  # these heads, in (heads x dim) order
+            result = attention(q[start:start + step, :, channels], k[..., channels][part].flatten(1, 2),
+                               v[..., channels][part].flatten(1, 2), count)
+            if out is None:
+                out = result.new_empty(q.shape[0], q.shape[1], v.shape[2])
+            out[start:start + step, :, channels] = result
     return out

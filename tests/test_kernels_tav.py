@@ -207,10 +207,12 @@ def test_causal_temporal_mask_hides_later_and_far_frames():
 
 @pytest.mark.parametrize("mode", ["sparse_causal", "first_frame", "middle_frame"])
 def test_frames_a_few_at_a_time_give_the_same_attention(mode):
-    """query_tokens_per_call bounds what one call gathers; the output is the whole-batch one (cond/uncond chunks)."""
+    """query_tokens_per_call bounds what one call gathers (frames and heads a few at a time); the output is the
+    whole-batch one, with cond/uncond chunks."""
     g = torch.Generator().manual_seed(3)
-    q, k, v = (torch.randn(2 * 5, 16, 32, generator=g) for _ in range(3))  # 2 chunks of 5 frames, 16 tokens
-    whole = cross_frame_attention(q, k, v, heads=4, chunks=2, mode=mode)
-    for per_call in (16, 48, 1):  # 1 frame, 3 frames (uneven last call), and below one frame's tokens
-        torch.testing.assert_close(cross_frame_attention(q, k, v, 4, 2, mode, query_tokens_per_call=per_call), whole,
-                                   rtol=1e-6, atol=1e-6)
+    q, k, v = (torch.randn(2 * 5, 16, 40, generator=g) for _ in range(3))  # 2 chunks of 5 frames, 16 tokens
+    for heads in (5, 8):  # heads in groups of 1 and of 2
+        whole = cross_frame_attention(q, k, v, heads=heads, chunks=2, mode=mode)
+        for per_call in (16, 48, 1):  # 1 frame, 3 frames (uneven last call), and below one frame's tokens
+            torch.testing.assert_close(cross_frame_attention(q, k, v, heads, 2, mode, query_tokens_per_call=per_call),
+                                       whole, rtol=1e-6, atol=1e-6)
