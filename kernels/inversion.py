@@ -33,29 +33,15 @@ def vp_scale(sigma: float) -> float:
 
 
 def invert(denoise: Callable[[torch.Tensor, float], torch.Tensor], clean: torch.Tensor, sigmas: list[float],
-           record: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
-    """The official DDIM inversion of ``clean`` along ascending ``sigmas`` (``sigmas[0]``: the level the clean
-    latent is taken at, SD's ``alphas_cumprod[0]``). ``denoise(x, sigma)`` is ComfyUI's x0 prediction.
+           record: Callable[[int, torch.Tensor], None] | None = None, iterations: int = 0) -> torch.Tensor:
+    """DDIM inversion of ``clean`` along ascending ``sigmas`` (``sigmas[0]``: the level the clean latent is taken
+    at). ``denoise(x, sigma)`` is ComfyUI's x0 prediction; ``record(k, x)`` sees the latent at ``sigmas[k]`` before
+    each step; returns the latent at ``sigmas[-1]``.
 
-    ``record(k, x)`` sees the latent at ``sigmas[k]`` before each step; returns the latent at ``sigmas[-1]``.
-    """
-    x = clean / vp_scale(sigmas[0])
-    for k, (sigma, target) in enumerate(zip(sigmas[:-1], sigmas[1:])):
-        if record is not None:
-            record(k, x)
-        model_input = x * (vp_scale(sigma) / vp_scale(target))  # the same VP sample, presented at the target level
-        eps = (model_input - denoise(model_input, target)) / target
-        x = x + (target - sigma) * eps
-    return x
-
-
-def invert_fixed_point(denoise: Callable[[torch.Tensor, float], torch.Tensor], clean: torch.Tensor,
-                       sigmas: list[float], iterations: int,
-                       record: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
-    """Inversion that the DDIM sampler undoes: each step solves ``x' = x + (sigma' - sigma) * eps(x', sigma')`` so
-    that the sampler's Euler step from ``x'`` at ``sigma'`` lands back on ``x`` (AIDI / ReNoise style fixed-point
-    iterations, Anderson-accelerated), from the official step as the first guess. ``sigmas[0]`` is the clean
-    level (0: the clip as encoded). ``iterations`` extra model calls per step; arguments as ``invert``.
+    ``iterations`` 0 is the official step. With more, each step is refined towards the inversion the DDIM sampler
+    undoes, ``x' = x + (sigma' - sigma) * eps(x', sigma')`` (the sampler's Euler step from ``x'`` at ``sigma'``
+    lands back on ``x``): AIDI / ReNoise style fixed-point iterations, Anderson-accelerated, from the official
+    step as the first guess, one model call each.
     """
     x = clean / vp_scale(sigmas[0])
     for k, (sigma, target) in enumerate(zip(sigmas[:-1], sigmas[1:])):
@@ -64,9 +50,10 @@ def invert_fixed_point(denoise: Callable[[torch.Tensor, float], torch.Tensor], c
 
         def step_from(guess, x=x, sigma=sigma, target=target):
             """x + (target - sigma) * eps(guess, target): the inversion step with the noise predicted at ``guess``."""
-            return x + (target - sigma) * (guess - denoise(guess, target)) / target
+            return x + (target - sigma) * ((guess - denoise(guess, target)) / target)
 
-        x = anderson(step_from, step_from(x * (vp_scale(sigma) / vp_scale(target))), iterations)
+        official = step_from(x * (vp_scale(sigma) / vp_scale(target)))  # the same VP sample, at the target level
+        x = anderson(step_from, official, iterations)
     return x
 
 

@@ -9,7 +9,7 @@ import comfy.utils
 import torch
 from comfy_api.latest import io, ui
 
-from ..kernels.inversion import Inversion, inversion_sigmas, invert, invert_fixed_point
+from ..kernels.inversion import Inversion, inversion_sigmas, invert
 from .model_helpers import require_sd1_unet, require_video_latent
 from .socket_types import CaptureType, InversionType
 
@@ -38,7 +38,7 @@ def kept_levels(levels: list[float], sampling, steps: int, keep_steps: int) -> l
 
 
 def ddim_invert(model, latent: dict, positive, steps: int, capture=None, keep_steps: int = 0, method: str = "ddim",
-                iterations: int = 5) -> Inversion:
+                iterations: int = 3) -> Inversion:
     """Invert ``latent`` with ``model``, no CFG, along the levels ComfyUI's ddim_uniform scheduler visits (SD's DDIM
     timesteps 1, 21, ..., 981 for 50 steps): ``ddim`` as the official code does, ``fixed_point`` so that the DDIM
     sampler undoes it (``iterations`` extra model calls per step; kernels/inversion.py).
@@ -74,9 +74,7 @@ def ddim_invert(model, latent: dict, positive, steps: int, capture=None, keep_st
         def denoise(x_in, sigma):
             return model_k(x_in, sigma * ones, **(extra_args or {}))
 
-        if method == "fixed_point":
-            return invert_fixed_point(denoise, x, levels, iterations, record)
-        return invert(denoise, x, levels, record)
+        return invert(denoise, x, levels, record, iterations if method == "fixed_point" else 0)
 
     with torch.no_grad():
         result = comfy.sample.sample_custom(model, torch.zeros_like(samples), 1.0,

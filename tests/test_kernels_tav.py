@@ -7,7 +7,7 @@ from einops import rearrange
 from torch import nn
 
 from video_edit.kernels.attention import cross_frame_attention, gather_reference_tokens, reference_frames
-from video_edit.kernels.inversion import Inversion, inversion_sigmas, invert, invert_fixed_point
+from video_edit.kernels.inversion import Inversion, inversion_sigmas, invert
 from video_edit.kernels.temporal import TemporalAttention, TemporalLayers, TemporalMask, frame_spanning_group_norm
 
 HEADS = 4
@@ -169,7 +169,7 @@ def test_fixed_point_inversion_is_what_the_euler_step_undoes():
         return x
 
     levels = []
-    noisy = invert_fixed_point(denoise, clean, sigmas, iterations=25, record=lambda k, x: levels.append(x))
+    noisy = invert(denoise, clean, sigmas, record=lambda k, x: levels.append(x), iterations=25)
     assert len(levels) == 3 and torch.equal(levels[0], clean)
     torch.testing.assert_close(sample_back(noisy), clean, rtol=0, atol=1e-8)
     assert (sample_back(invert(denoise, clean, sigmas)) - clean).abs().max() > 1e-3
