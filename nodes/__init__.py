@@ -5,11 +5,11 @@ ComfyUI's sampler), ``video_unet`` (the inflated UNet and tuned weights), ``moti
 
 from comfy_api.latest import ComfyExtension
 
-from . import (compare, edit_metrics, fatezero, fatezero_capture, inflate, inversion, loss_plot, motion_lora_io,
-               motiondirector, sparse_causal, tokenflow, tuned_io, tuning, video_io)
+from . import (compare, fatezero, fatezero_capture, inflate, inversion, loss_plot, motion_lora_io, motiondirector,
+               sparse_causal, tokenflow, tuned_io, tuning, video_io)
 
-NODE_MODULES = [video_io, compare, edit_metrics, sparse_causal, inflate, tuning, loss_plot, tuned_io, inversion,
-                fatezero_capture, fatezero, motiondirector, motion_lora_io, tokenflow]
+NODE_MODULES = [video_io, compare, sparse_causal, inflate, tuning, loss_plot, tuned_io, inversion, fatezero_capture,
+                fatezero, motiondirector, motion_lora_io, tokenflow]
 
 
 class VideoEditExtension(ComfyExtension):

@@ -43,9 +43,9 @@ def test_warp_error_is_zero_for_frames_the_flow_explains():
 
 @pytest.fixture(scope="module")
 def metrics(comfy_lib):
-    from video_edit.nodes import edit_metrics
+    from video_edit.nodes import compare
 
-    return edit_metrics
+    return compare
 
 
 def panning_clip(frames: int = FRAMES, size: int = 96, speed: int = 3) -> torch.Tensor:
