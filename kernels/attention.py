@@ -88,15 +88,13 @@ def cross_frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hea
     step = max(1, query_tokens_per_call // q.shape[1])
     group = max(1, heads // HEAD_GROUPS_PER_CALL)
     width = q.shape[2] // heads
-    out = None
+    out = torch.empty_like(q)
     for start in range(0, q.shape[0], step):
         part = rows[start:start + step]
         for first in range(0, heads, group):
             count = min(group, heads - first)
             channels = slice(first * width, (first + count) * width)  # these heads, in (heads x dim) order
-            result = attention(q[start:start + step, :, channels], k[..., channels][part].flatten(1, 2),
-                               v[..., channels][part].flatten(1, 2), count)
-            if out is None:
-                out = result.new_empty(q.shape[0], q.shape[1], v.shape[2])
-            out[start:start + step, :, channels] = result
+            out[start:start + step, :, channels] = attention(
+                q[start:start + step, :, channels], k[..., channels][part].flatten(1, 2),
+                v[..., channels][part].flatten(1, 2), count)
     return out

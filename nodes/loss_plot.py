@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import torch
 from comfy_api.latest import io, ui
 
 from .plots import plot_curves
+
 
 def loss_curves(loss: dict) -> dict[str, list[float]]:
     """The curves of a LOSS_MAP worth drawing: every named list of numbers; 'loss' is left out where it only

@@ -91,7 +91,8 @@ class MotionDirectorSampler(TrainingSampler):
 
     def train_step(self, model_wrap, latent, step, generator, extra_args):
         index = step % len(self.videos)  # official: the unshuffled videos in turn, one per step
-        spatial = self.spatial[index if len(self.spatial) > 1 else 0]  # the video's own set (official default)
+        own = index % len(self.spatial)  # the video's own set (official default), or the one shared set
+        spatial, spatial_opt = self.spatial[own], self.spatial_optimizers[own]
         video = model_wrap.inner_model.process_latent_in(self.videos[index].to(latent))
         frames = video.shape[0]
         timestep = torch.randint(0, 1000, (1,), generator=generator)
@@ -99,7 +100,6 @@ class MotionDirectorSampler(TrainingSampler):
         masked = bool(torch.rand((), generator=generator) < self.mask_probability)
         j, k = (int(i) for i in torch.randint(frames, (2,), generator=generator))
         model_wrap.active = index
-        spatial_opt = self.spatial_optimizers[self.spatial.index(spatial)]
         losses = {"spatial": float("nan")}  # NaN marks a masked step in the loss curve
 
         # As the official loop: both forward passes first, so the temporal pass sees the spatial LoRAs from
