@@ -49,6 +49,13 @@ def test_non_sd1_models_are_refused_by_name(comfy_lib, family):
             make(model)
 
 
+def round_trip_error(model, noisy, source, cond, steps) -> float:
+    """Relative error of ``source`` sampled back from ``noisy`` through core KSamplerAdvanced as documented."""
+    from benchmarks.inversion_round_trip import sample_back
+
+    return ((sample_back(model, noisy, cond, steps) - source).norm() / source.norm()).item()
+
+
 def test_inversion_round_trip_through_ksampler_advanced(sd15):
     """Invert with the empty prompt, sample back with the same prompt at cfg 1 through core KSamplerAdvanced.
 
@@ -56,7 +63,6 @@ def test_inversion_round_trip_through_ksampler_advanced(sd15):
     is far rougher than a trained model's, the error is large but must shrink as the steps grow.
     """
     import comfy.samplers
-    import nodes as core_nodes
     from video_edit.nodes import inversion, sparse_causal, video_unet
 
     model, clip, _ = sd15
@@ -70,9 +76,7 @@ def test_inversion_round_trip_through_ksampler_advanced(sd15):
         torch.testing.assert_close(record.source, source)  # level 0 is the clip itself, at SD's first level
         sampler = comfy.samplers.KSampler(video_model, steps=steps, device="cpu", sampler="ddim", scheduler="ddim_uniform")
         assert torch.allclose(record.sigmas[1:], sampler.sigmas.flip(0)[1:])  # the edit retraces the same levels
-        (back,) = core_nodes.KSamplerAdvanced().sample(video_model, "disable", 0, steps, 1.0, "ddim", "ddim_uniform",
-                                                       empty, empty, {"samples": record.latents[-1]}, 0, 10000, "disable")
-        errors[steps] = ((back["samples"] - source).norm() / source.norm()).item()
+        errors[steps] = round_trip_error(video_model, record.latents[-1], source, empty, steps)
     print(f"inversion round trip on the tiny random model, relative latent error: {errors}")
     assert errors[40] < 0.8 * errors[8]
     assert errors[40] < 6.0
@@ -83,7 +87,6 @@ def test_inversion_round_trip_of_an_exact_denoiser(sd15, steps):
     """With a smooth model (the exact denoiser of Gaussian latents) only the discretisation is left: the official
     inversion, sampled back through core KSamplerAdvanced as documented, returns the clip within 2.5 % at 10 steps
     and 0.5 % at 25 (the earlier inversion, from sigma 1e-4 at the current level, was off by 23 % and 10 %)."""
-    import nodes as core_nodes
     from benchmarks.inversion_round_trip import gaussian_denoiser
     from video_edit.nodes import inversion
 
@@ -92,9 +95,7 @@ def test_inversion_round_trip_of_an_exact_denoiser(sd15, steps):
     exact = gaussian_denoiser(model)
     source = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(4)) / 0.18215
     noisy = inversion.ddim_invert(exact, {"samples": source}, empty, steps).noisiest
-    (back,) = core_nodes.KSamplerAdvanced().sample(exact, "disable", 0, steps, 1.0, "ddim", "ddim_uniform", empty,
-                                                   empty, {"samples": noisy}, 0, 10000, "disable")
-    error = ((back["samples"] - source).norm() / source.norm()).item()
+    error = round_trip_error(exact, noisy, source, empty, steps)
     assert error < {10: 0.025, 25: 0.005}[steps], error
 
 
@@ -102,7 +103,6 @@ def test_fixed_point_inversion_is_undone_by_the_ddim_sampler(sd15):
     """method fixed_point on the tiny SD1.5 (8 frames, 64x64, 8 steps): sampled back through core
     KSamplerAdvanced as documented, the clip returns far closer than after the official inversion (measured
     5.2e-2 vs 0.70 relative error), and the record says how it was made."""
-    import nodes as core_nodes
     from video_edit.nodes import inversion, sparse_causal, video_unet
 
     model, clip, _ = sd15
@@ -113,9 +113,7 @@ def test_fixed_point_inversion_is_undone_by_the_ddim_sampler(sd15):
     for method in ("ddim", "fixed_point"):
         record = inversion.ddim_invert(video_model, {"samples": source}, empty, 8, method=method, iterations=3)
         assert record.method == method and torch.equal(record.source, source) == (method == "fixed_point")
-        (back,) = core_nodes.KSamplerAdvanced().sample(video_model, "disable", 0, 8, 1.0, "ddim", "ddim_uniform",
-                                                       empty, empty, {"samples": record.noisiest}, 0, 10000, "disable")
-        errors[method] = ((back["samples"] - source).norm() / source.norm()).item()
+        errors[method] = round_trip_error(video_model, record.noisiest, source, empty, 8)
     assert errors["fixed_point"] < 0.25 * errors["ddim"], errors
     assert float(record.sigmas[0]) == 0.0  # fixed_point starts where the sampler ends
     output = inversion.DDIMInvert.execute(video_model, {"samples": source[:2]}, 2, "fixed_point", 1, conditioning=empty)
