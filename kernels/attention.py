@@ -41,11 +41,16 @@ def reference_frames(num_frames: int, mode: str) -> torch.Tensor:
     raise ValueError(f"unknown cross-frame mode {mode!r}; choose one of {CROSS_FRAME_MODES}")
 
 
-def gather_reference_tokens(x: torch.Tensor, chunks: int, refs: torch.Tensor) -> torch.Tensor:
-    """``((c f), n, d)`` tokens -> ``((c f), (r n), d)``: for each frame, its reference frames' tokens."""
-    per_frame = rearrange(x, "(c f) n d -> c f n d", c=chunks)
-    gathered = per_frame[:, refs.to(x.device)]  # c f r n d
-    return rearrange(gathered, "c f r n d -> (c f) (r n) d")
+def bank_rows(refs: torch.Tensor, chunks: int, borrowed: int = 0) -> torch.Tensor:
+    """``[(c f), refs]`` rows of a key/value bank for per-frame reference indices ``refs`` ``[f, refs]``.
+
+    The bank holds the batch's ``(c f)`` rows, then ``borrowed`` rows per chunk (frames computed outside the
+    batch, see kernels/windows.py): a reference ``f + j`` means chunk c's borrowed row j.
+    """
+    frames = refs.shape[0]
+    chunk = torch.arange(chunks)[:, None, None]
+    rows = torch.where(refs < frames, chunk * frames + refs, chunks * frames + chunk * borrowed + refs - frames)
+    return rows.flatten(0, 1)
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
@@ -70,21 +75,27 @@ def extended_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads:
 def cross_frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, chunks: int, mode: str,
                           attention: AttentionFn = sdpa_attention,
                           query_tokens_per_call: int | None = None) -> torch.Tensor:
-    """Self-attention where frame i's queries attend to the keys/values of ``reference_frames(F, mode)[i]``.
+    """Self-attention where frame i's queries attend to the keys/values of ``reference_frames(F, mode)[i]``."""
+    if q.shape[0] % chunks:
+        raise ValueError(f"batch {q.shape[0]} is not a whole number of {chunks} chunks of frames")
+    if mode == "full":
+        return extended_attention(q, k, v, heads, chunks, attention)
+    rows = bank_rows(reference_frames(q.shape[0] // chunks, mode), chunks)
+    return attention_to_rows(q, k, v, rows, heads, attention, query_tokens_per_call)
+
+
+def attention_to_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor, heads: int,
+                      attention: AttentionFn = sdpa_attention,
+                      query_tokens_per_call: int | None = None) -> torch.Tensor:
+    """Row b of ``q`` attends to the keys/values of bank rows ``rows[b]`` of ``k``/``v``, concatenated.
 
     With ``query_tokens_per_call``, ``attention`` runs on a few frames (as many as fit that many query tokens, at
     least one) and a quarter of the heads at a time, gathering only those frames' reference keys/values of those
     heads: peak memory stays near the output's instead of growing with the clip. The result is the same.
     """
-    if q.shape[0] % chunks:
-        raise ValueError(f"batch {q.shape[0]} is not a whole number of {chunks} chunks of frames")
-    if mode == "full":
-        return extended_attention(q, k, v, heads, chunks, attention)
-    frames = q.shape[0] // chunks
-    refs = reference_frames(frames, mode)
+    rows = rows.to(k.device)
     if query_tokens_per_call is None:
-        return attention(q, gather_reference_tokens(k, chunks, refs), gather_reference_tokens(v, chunks, refs), heads)
-    rows = (torch.arange(chunks)[:, None, None] * frames + refs[None]).flatten(0, 1).to(k.device)  # (c f) x refs
+        return attention(q, k[rows].flatten(1, 2), v[rows].flatten(1, 2), heads)
     step = max(1, query_tokens_per_call // q.shape[1])
     group = max(1, heads // HEAD_GROUPS_PER_CALL)
     width = q.shape[2] // heads

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..kernels.attention import CROSS_FRAME_MODES, QUERY_TOKENS_PER_CALL, cross_frame_attention
+import torch
+
+from ..kernels.attention import (CROSS_FRAME_MODES, QUERY_TOKENS_PER_CALL, attention_to_rows, bank_rows,
+                                 cross_frame_attention)
 from ..kernels.unet_layout import iter_transformer_blocks
+from ..kernels.windows import anchor_frames, window_references
+from .windowing import BORROWED_OPTION
 from .model_helpers import (PER_FRAME_OPTION, CrossFramePatch, check_video_inputs_when_sampling, require_sd1_unet,
                             restore_slot, slot_attention, slot_patch)
 
@@ -13,8 +18,10 @@ from .model_helpers import (PER_FRAME_OPTION, CrossFramePatch, check_video_input
 class CrossFrameAttentionPatch(CrossFramePatch):
     """attn1 replace patch: frame i's queries attend to the keys/values of its reference frames.
 
-    The frames of one clip are the batch divided by the number of cond/uncond chunks ComfyUI runs together;
-    under context windows that is the window, and references are taken inside it. Outside the
+    The frames of one clip are the batch divided by the number of cond/uncond chunks ComfyUI runs together.
+    Under VE Context Windows the batch is a window: references are the clip's own, the anchor frame borrowed
+    from the window that computed it (see ``windowed``); under other context windows they are the window's.
+    Outside the
     ``[sigma_end, sigma_start]`` range it is plain per-frame self-attention. The attention itself is that of the
     patch another pack put in the slot before (``inner``), if any, else ComfyUI's kernel.
     """
@@ -37,11 +44,39 @@ class CrossFrameAttentionPatch(CrossFramePatch):
         attention = slot_attention(self.inner, extra_options)
         if not self.active(extra_options) or extra_options.get(PER_FRAME_OPTION):
             return attention(q, k, v, heads)
-        chunks = len(extra_options.get("cond_or_uncond") or [0])
         # Frames a few at a time through ComfyUI's kernel (bounded memory); another pack's patch sees the whole batch.
         per_call = QUERY_TOKENS_PER_CALL if self.inner is None else None
+        window, borrowed = extra_options.get("context_window"), extra_options.get(BORROWED_OPTION)
+        if window is not None and borrowed is not None and self.mode != "full":
+            return self.windowed(q, k, v, extra_options, list(window.index_list), borrowed, attention, per_call)
+        chunks = len(extra_options.get("cond_or_uncond") or [0])
         return cross_frame_attention(q, k, v, heads, chunks, self.mode, attention=attention,
                                      query_tokens_per_call=per_call)
+
+    def anchor_frames(self, frames: int) -> list[int]:
+        """The frames of a ``frames``-frame clip that every frame attends to (VE Context Windows runs them first)."""
+        return anchor_frames(frames, self.mode)
+
+    def windowed(self, q, k, v, extra_options, index: list[int], borrowed, attention, per_call):
+        """Attention of window ``index``: a window holding an anchor keeps its keys/values for the step; the others
+        append the kept ones to their own and attend by the clip's references (kernels/windows.py)."""
+        flags = list(extra_options.get("cond_or_uncond") or [0])
+        frames = q.shape[0] // len(flags)
+        calls = borrowed.call_keys(extra_options, flags)
+        lent = []
+        for anchor in self.anchor_frames(borrowed.frames):
+            if anchor in index:
+                row = index.index(anchor)
+                for chunk, call in enumerate(calls):
+                    borrowed.keep(call, anchor, k[chunk * frames + row], v[chunk * frames + row])
+            elif all(borrowed.get(call, anchor) is not None for call in calls):
+                lent.append(anchor)
+        rows = bank_rows(window_references(index, borrowed.frames, self.mode, lent), len(flags), len(lent))
+        if lent:
+            kept = [borrowed.get(call, anchor) for call in calls for anchor in lent]
+            k = torch.cat([k, torch.stack([key for key, _ in kept]).to(k)])
+            v = torch.cat([v, torch.stack([value for _, value in kept]).to(v)])
+        return attention_to_rows(q, k, v, rows, extra_options["n_heads"], attention, per_call)
 
 
 def with_cross_frame_attention(model, mode: str, start_percent: float = 0.0, end_percent: float = 1.0,

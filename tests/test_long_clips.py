@@ -1,0 +1,165 @@
+"""Long clips (issue 15): VE Context Windows on the tiny SD1.5 through ComfyUI's real sampler stack; windows, blend
+weights and references of kernels/windows.py."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+H = W = 8
+
+
+# ------------------------------------------------------------------------------------------------------ kernels
+
+
+def test_windows_cover_the_clip_with_fixed_length_and_overlap():
+    from video_edit.kernels.windows import frame_windows, window_weights
+
+    assert frame_windows(5, 8, 2) == [[0, 1, 2, 3, 4]]
+    windows = frame_windows(20, 8, 2)
+    assert [w[0] for w in windows] == [0, 6, 12]
+    assert all(len(w) == 8 and w == list(range(w[0], w[0] + 8)) for w in windows)
+    assert sorted({f for w in windows for f in w}) == list(range(20))
+    assert frame_windows(21, 8, 2)[-1] == list(range(13, 21))  # the last window ends on the last frame
+    for bad in ((20, 8, 8), (20, 0, 0), (20, 8, -1)):
+        with pytest.raises(ValueError):
+            frame_windows(*bad)
+    weights = [window_weights(w, 20, 2) for w in windows]
+    assert torch.allclose(weights[0], torch.tensor([1.0] * 6 + [2 / 3, 1 / 3]))
+    assert torch.allclose(weights[1], torch.tensor([1 / 3, 2 / 3, 1, 1, 1, 1, 2 / 3, 1 / 3]))
+    assert weights[2].tolist()[-1] == 1.0
+    total = torch.zeros(20)
+    for w, weight in zip(windows, weights):
+        total[w] += weight
+    assert (total > 0).all()
+
+
+def test_window_references_borrow_the_anchor_and_stay_inside_the_window():
+    from video_edit.kernels.windows import anchor_frames, window_references
+
+    assert anchor_frames(9, "sparse_causal") == [0] and anchor_frames(9, "middle_frame") == [4]
+    assert anchor_frames(9, "full") == []
+    # frames 6..9 of 10; frame 0 borrowed (row 4): frame 6's previous frame (5) is outside, so it sees itself
+    assert window_references([6, 7, 8, 9], 10, "sparse_causal", [0]).tolist() == [[4, 0], [4, 0], [4, 1], [4, 2]]
+    assert window_references([0, 1, 2], 10, "sparse_causal", []).tolist() == [[0, 0], [0, 0], [0, 1]]
+    assert window_references([6, 7], 10, "first_frame", []).tolist() == [[0], [1]]  # nothing to borrow: itself
+    assert window_references([0, 1], 10, "middle_frame", [4]).tolist() == [[2], [2]]
+
+
+# ------------------------------------------------------------------------------------------------ through ComfyUI
+
+
+@pytest.fixture(scope="module")
+def long(sd15, encode, denoise):
+    from video_edit.nodes import context_windows, sparse_causal, video_unet
+
+    base = sd15[0]
+    specs = video_unet.temporal_layer_specs(base.model.diffusion_model)
+    generator = torch.Generator().manual_seed(3)
+    state = {name: 0.2 * torch.randn(tensor.shape, generator=generator)
+             for name, tensor in video_unet.TemporalLayers(specs).state_dict().items()}
+    cond = encode("a man is skiing")
+    return SimpleNamespace(
+        base=base, cond=cond, denoise=lambda m, x, **kw: denoise(m, x, cond, **kw),
+        windows=context_windows.with_context_windows, cross_frame=sparse_causal.with_cross_frame_attention,
+        inflated=video_unet.inflate(base, temporal_state=state, frame_groupnorm=True))
+
+
+def moving_clip(frames: int, seed: int = 0) -> torch.Tensor:
+    """A latent texture panning one pixel per frame, plus a little per-frame noise."""
+    generator = torch.Generator().manual_seed(seed)
+    texture = torch.randn(1, 4, H, W + frames, generator=generator)
+    clip = torch.cat([texture[..., f:f + W] for f in range(frames)])
+    return clip + 0.1 * torch.randn(clip.shape, generator=generator)
+
+
+def test_identical_frames_edited_in_windows_equal_the_clip_at_once(long):
+    """Tune-A-Video's model (trained-like temporal layers, frame GroupNorm, sparse-causal) and FateZero's
+    middle-frame anchor: a clip of 14 identical frames in windows of 4 gives what the whole clip gives."""
+    clip = moving_clip(1).repeat(14, 1, 1, 1)
+    for mode in ("sparse_causal", "middle_frame"):
+        model = long.cross_frame(long.inflated, mode)
+        whole = long.denoise(model, clip)
+        windowed = long.denoise(long.windows(model, 4, 1), clip)
+        torch.testing.assert_close(windowed, whole, rtol=1e-4, atol=1e-4)
+        assert (whole - long.denoise(long.base, clip)).abs().max() > 1e-3  # the temporal layers do act
+
+
+def test_inversion_and_edit_in_windows_equal_the_clip_at_once_on_identical_frames(long):
+    """VE DDIM Invert and the edit's sampler both run window by window under VE Context Windows."""
+    from benchmarks.inversion_round_trip import sample_back
+    from video_edit.nodes.inversion import ddim_invert
+
+    clip = moving_clip(1).repeat(10, 1, 1, 1)
+    model = long.cross_frame(long.inflated, "sparse_causal")
+    edits = []
+    for subject in (model, long.windows(model, 4, 1)):
+        noisy = ddim_invert(subject, {"samples": clip}, long.cond, 3).noisiest
+        edits.append((noisy, sample_back(subject, noisy, long.cond, 3)))
+    for whole, windowed in zip(*edits):
+        torch.testing.assert_close(windowed, whole, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["first_frame", "middle_frame"])
+def test_windows_keep_the_global_anchor_exactly(long, mode):
+    """Without temporal layers every frame depends only on itself and the anchor: windows change nothing, on a
+    moving clip, although most windows do not hold the anchor."""
+    clip = moving_clip(13)
+    model = long.cross_frame(long.base, mode)
+    whole = long.denoise(model, clip, cfg=2.0, negative=long.cond)
+    windowed = long.denoise(long.windows(model, 4, 1), clip, cfg=2.0, negative=long.cond)
+    torch.testing.assert_close(windowed, whole, rtol=1e-4, atol=1e-4)
+    local = clip.clone()
+    local[9] = 0  # a frame that is not the anchor changes only itself
+    changed = (long.denoise(long.windows(model, 4, 1), local) - long.denoise(long.windows(model, 4, 1), clip))
+    assert [f for f in range(13) if changed[f].abs().max() > 1e-5] == [9]
+
+
+def test_sparse_causal_windows_attend_to_the_clip_first_frame(long):
+    clip = moving_clip(12)
+    model = long.windows(long.cross_frame(long.base, "sparse_causal"), 4, 0)
+    out = long.denoise(model, clip)
+    changed = clip.clone()
+    changed[0] += 1.0
+    moved = long.denoise(model, changed)
+    assert all((moved[f] - out[f]).abs().max() > 1e-4 for f in (4, 8, 11))  # later windows read frame 0
+
+
+def test_moving_clip_shows_no_step_at_window_seams(long):
+    """Frame-to-frame change at the frames where one window hands over to the next is no larger than the change
+    between frames inside the windows (Tune-A-Video's model, windows of 6 overlapping by 2)."""
+    from video_edit.kernels.windows import frame_windows
+
+    clip = moving_clip(22)
+    model = long.windows(long.cross_frame(long.inflated, "sparse_causal"), 6, 2)
+    out = long.denoise(model, clip)
+    steps = (out[1:] - out[:-1]).abs().mean(dim=(1, 2, 3))
+    seams = {w[0] - 1 for w in frame_windows(22, 6, 2)[1:]} | {w[0] + 1 for w in frame_windows(22, 6, 2)[1:]}
+    inside = [float(steps[f]) for f in range(21) if f not in seams]
+    assert max(float(steps[f]) for f in seams) <= 1.2 * max(inside), (steps, seams)
+
+
+def test_per_frame_controlnet_hints_follow_the_window(long, tiny_models):
+    """Frames are independent without cross-frame attention: windows must give each frame its own hint."""
+    import comfy.controlnet
+    import comfy.sample
+    import comfy.samplers
+    import nodes
+
+    control_net = comfy.controlnet.load_controlnet(str(tiny_models["controlnet"]))
+    hints = torch.rand(10, 64, 64, 3, generator=torch.Generator().manual_seed(5))
+    positive, negative = nodes.ControlNetApplyAdvanced().apply_controlnet(long.cond, long.cond, control_net, hints,
+                                                                          1.0, 0.0, 1.0)
+    clip = moving_clip(10)
+
+    def sample(model):
+        return comfy.sample.sample_custom(model, torch.zeros_like(clip), 1.0, comfy.samplers.sampler_object("euler"),
+                                          torch.tensor([4.0, 0.0]), positive, negative, clip, disable_pbar=True)
+
+    torch.testing.assert_close(sample(long.windows(long.base, 4, 1)), sample(long.base), rtol=1e-4, atol=1e-4)
+
+
+def test_context_windows_leave_the_input_model_alone(long, model_state):
+    before = model_state(long.base)
+    long.windows(long.base, 4, 1)
+    assert model_state(long.base) == before
