@@ -75,27 +75,29 @@ def nearest_tokens(queries: torch.Tensor, keys: torch.Tensor, key_of_frame: torc
 
 
 def propagate(source_tokens: torch.Tensor, keyframe_tokens: torch.Tensor, keyframe_outputs: torch.Tensor,
-              chunk_size: int, max_similarities: int = MAX_SIMILARITIES) -> torch.Tensor:
+              chunk_size: int, first_frame: int = 0, first_chunk: int = 0,
+              max_similarities: int = MAX_SIMILARITIES) -> torch.Tensor:
     """TokenFlow's self-attention output of every frame, without evaluating attention on it.
 
     ``source_tokens`` ``[F, N, C]`` and ``keyframe_tokens`` ``[K, N, C]``: the source branch's self-attention
-    input (after norm1) for all frames and for the keyframes. ``keyframe_outputs`` ``[(b K), N, D]``: the
-    keyframes' self-attention outputs of all b branches. Frame f of chunk i takes
-    ``w * G(kf_i) + (1 - w) * G(kf_{i-1})`` (chunk 0: ``G(kf_0)``), G gathering a keyframe's outputs at the
-    cosine nearest neighbours of f's source tokens; the same indices serve every branch. Returns ``[(b F), N, D]``.
+    input (after norm1) for frames ``first_frame ..`` of the clip and for the keyframes of chunks
+    ``first_chunk ..``. ``keyframe_outputs`` ``[(b K), N, D]``: the keyframes' self-attention outputs of all b
+    branches. Frame f of chunk i takes ``w * G(kf_i) + (1 - w) * G(kf_{i-1})`` (chunk 0: ``G(kf_0)``), G gathering
+    a keyframe's outputs at the cosine nearest neighbours of f's source tokens; the same indices serve every
+    branch. Returns ``[(b F), N, D]``.
     """
     frames, tokens = source_tokens.shape[:2]
     keyframes = keyframe_tokens.shape[0]
-    chunk = chunk_of_frames(frames, chunk_size, source_tokens.device)
+    chunk = chunk_of_frames(first_frame + frames, chunk_size, source_tokens.device)[first_frame:] - first_chunk
     outputs = rearrange(keyframe_outputs, "(b k) n d -> b (k n) d", k=keyframes)
     own = nearest_tokens(source_tokens, keyframe_tokens, chunk, max_similarities) + chunk[:, None] * tokens
     result = outputs[:, own]  # b f n d
-    first = min(chunk_size, frames)
+    first = max(0, min(chunk_size - first_frame, frames))  # frames of the clip's chunk 0: no previous keyframe
     if frames > first:
         prev_chunk = chunk[first:] - 1
         prev = nearest_tokens(source_tokens[first:], keyframe_tokens, prev_chunk, max_similarities)
         prev += prev_chunk[:, None] * tokens
-        weight = (1 - blend_weights(frames, chunk_size)[first:]).to(result)
+        weight = (1 - blend_weights(first_frame + frames, chunk_size)[first_frame + first:]).to(result)
         for start in range(0, frames - first, chunk_size):  # a chunk at a time: a small temporary gather
             rows = slice(start, start + chunk_size)
             result[:, first + start:first + start + chunk_size].lerp_(outputs[:, prev[rows]], weight[rows, None, None])

@@ -2,7 +2,8 @@
 
 Every model call of a standard sampler becomes TokenFlow's step (kernels/tokenflow.py): an APPLY_MODEL wrapper
 prepends the source branch (the inverted clip at the current sigma, inversion prompt) to the sampler's batch,
-runs a keyframe pass, then a pass over all frames, and drops the source rows. Self-attention patches do the
+runs a keyframe pass, then a pass over all frames, and drops the source rows. For long clips
+(``keyframes_per_pass``) it runs those two passes for a few keyframes and their frames at a time. Self-attention patches do the
 extended attention and the propagation; an injected wrapper around one decoder conv does the conv injection.
 """
 
@@ -33,12 +34,14 @@ class TokenFlowStep:
     """What the two UNet passes of one model call share; set by the wrapper, read by the patches."""
 
     step: int
-    keyframes: torch.Tensor
+    keyframes: torch.Tensor  # the step's keyframe of every chunk
     chunks: int  # branches in the batch: the source, then the sampler's cond/uncond chunks
     chunk_size: int
     inject_conv: bool
     inject_qk: bool
     keyframe_pass: bool = True
+    first_chunk: int = 0  # the chunk of the pass's first keyframe
+    first_frame: int = 0  # the pass's first frame
     tokens: torch.Tensor | None = None  # the source branch's self-attention input in the current block
     stored: dict = field(default_factory=dict)  # block -> (keyframe source tokens, keyframe attention outputs)
 
@@ -79,7 +82,8 @@ class TokenFlowAttention(CrossFramePatch):
             step.stored[block] = (step.tokens, out)
             return out
         keyframe_tokens, keyframe_outputs = step.stored.pop(block)
-        return propagate(step.tokens, keyframe_tokens, keyframe_outputs, step.chunk_size)
+        return propagate(step.tokens, keyframe_tokens, keyframe_outputs, step.chunk_size, step.first_frame,
+                         step.first_chunk)
 
 
 class SourceFeatureInjection(nn.Module):
@@ -110,8 +114,9 @@ class TokenFlowSampling:
     """APPLY_MODEL wrapper: the source branch and TokenFlow's keyframe and propagation passes in every call."""
 
     def __init__(self, inversion: Inversion, source_context: torch.Tensor, chunk_size: int, attention_window: float,
-                 feature_window: float, seed: int):
+                 feature_window: float, seed: int, keyframes_per_pass: int = 0):
         self.inversion = inversion
+        self.keyframes_per_pass = keyframes_per_pass
         self.source_context = source_context
         self.chunk_size = chunk_size
         self.attention_window = attention_window
@@ -129,7 +134,10 @@ class TokenFlowSampling:
                 "(KSampler Advanced: add_noise disable, sampler ddim), or invert with the sampler's step count.")
         return nearest(schedule, sigma), len(schedule)
 
-    def check_video(self, x: torch.Tensor, frames: int):
+    def check_video(self, x: torch.Tensor, frames: int, transformer_options):
+        if transformer_options.get("context_window") is not None:
+            raise ValueError("model: VE TokenFlow got a MODEL with context windows; it streams long clips itself. "
+                             "Connect the model without context windows and set keyframes_per_pass instead.")
         have = (self.inversion.frames, *self.inversion.latents.shape[-2:])
         want = (frames, *x.shape[-2:])
         if have != want:
@@ -141,7 +149,7 @@ class TokenFlowSampling:
     def __call__(self, executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
         flags = list(transformer_options.get("cond_or_uncond") or [0])
         branches, frames = len(flags), x.shape[0] // len(flags)
-        self.check_video(x, frames)
+        self.check_video(x, frames, transformer_options)
         sigma = float(t.max())
         step, steps = self.schedule_position(sigma, transformer_options.get("sample_sigmas"))
         keyframes = keyframe_schedule(frames, self.chunk_size, steps, self.seed)[step]
@@ -168,17 +176,33 @@ class TokenFlowSampling:
         state = TokenFlowStep(step, keyframes, branches + 1, self.chunk_size,
                               inject_conv=in_window(step, steps, self.feature_window),
                               inject_qk=in_window(step, steps, self.attention_window))
+        edited = []
         token = CURRENT.set(state)
         try:
-            run(keyframes.to(x.device))
-            state.keyframe_pass = False
-            return run(torch.arange(frames, device=x.device))[frames:]
+            for chunks in keyframe_passes(len(keyframes), self.keyframes_per_pass):
+                # The previous pass's last keyframe joins the pass: the first chunk blends from it, and its
+                # extended attention ties this pass to the last one.
+                state.first_chunk = max(chunks.start - 1, 0)
+                state.keyframe_pass = True
+                run(keyframes[state.first_chunk:chunks.stop].to(x.device))
+                state.keyframe_pass = False
+                state.first_frame = chunks.start * self.chunk_size
+                rows = torch.arange(state.first_frame, min(chunks.stop * self.chunk_size, frames), device=x.device)
+                edited.append(run(rows).unflatten(0, (branches + 1, len(rows)))[1:])
+            return torch.cat(edited, dim=1).flatten(0, 1)
         finally:
             CURRENT.reset(token)
 
 
+def keyframe_passes(keyframes: int, per_pass: int) -> list[range]:
+    """The chunks (= keyframes) each pass edits: all at once for ``per_pass`` 0, else runs of ``per_pass``."""
+    per_pass = per_pass or keyframes
+    return [range(start, min(start + per_pass, keyframes)) for start in range(0, keyframes, per_pass)]
+
+
 def tokenflow(model, inversion: Inversion, conditioning, keyframe_chunk_size: int = 8,
-              pnp_attention_window: float = 0.5, pnp_feature_window: float = 0.8, seed: int = 1):
+              pnp_attention_window: float = 0.5, pnp_feature_window: float = 0.8, seed: int = 1,
+              keyframes_per_pass: int = 0):
     """A clone of ``model`` that samples TokenFlow edits of ``inversion``'s clip, and the official start latent."""
     unet = require_sd1_unet(model)
     if keyframe_chunk_size < 1:
@@ -205,7 +229,7 @@ def tokenflow(model, inversion: Inversion, conditioning, keyframe_chunk_size: in
     clone.set_injections(PatcherKeys.TOKENFLOW, [PatcherInjection(inject=_inject, eject=_eject)])
     set_wrapper(clone, WrappersMP.APPLY_MODEL, PatcherKeys.TOKENFLOW, TokenFlowSampling(
         inversion, conditioning[0][0][:1].detach().cpu(), keyframe_chunk_size, pnp_attention_window,
-        pnp_feature_window, seed))
+        pnp_feature_window, seed, keyframes_per_pass))
     check_video_inputs_when_sampling(clone)
     # Official: eps from the noisiest inverted latent, re-noised to the first sampling level (the same level when the
     # inversion ran the sampler's step count; 981 for TokenFlow's 500-step inversion sampled in 50).
@@ -242,6 +266,10 @@ class TokenFlow(io.ComfyNode):
                                        "features injected (official: 0.8)."),
                 io.Int.Input("seed", default=1, min=0, max=0xFFFFFFFFFFFFFFFF,
                              tooltip="Seed of the keyframe draws (official: 1)."),
+                io.Int.Input("keyframes_per_pass", default=0, min=0, max=4096, optional=True,
+                             tooltip="Long clips: edit this many keyframes together (plus the previous pass's last "
+                                     "one), then propagate to their frames, pass after pass, so memory follows "
+                                     "the pass, not the clip. 0: all keyframes at once (official)."),
             ],
             outputs=[
                 io.Model.Output(display_name="model"),
@@ -253,9 +281,9 @@ class TokenFlow(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, inversion, conditioning, keyframe_chunk_size, pnp_attention_window, pnp_feature_window,
-                seed) -> io.NodeOutput:
+                seed, keyframes_per_pass=0) -> io.NodeOutput:
         return io.NodeOutput(*tokenflow(model, inversion, conditioning, keyframe_chunk_size, pnp_attention_window,
-                                        pnp_feature_window, seed))
+                                        pnp_feature_window, seed, keyframes_per_pass))
 
 
 NODES = [TokenFlow]

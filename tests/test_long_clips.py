@@ -163,3 +163,69 @@ def test_context_windows_leave_the_input_model_alone(long, model_state):
     before = model_state(long.base)
     long.windows(long.base, 4, 1)
     assert model_state(long.base) == before
+
+
+# ------------------------------------------------------------------------------------------- TokenFlow in passes
+
+
+def test_propagation_of_a_run_of_frames_equals_those_rows_of_the_whole_clip():
+    from video_edit.kernels.tokenflow import propagate
+
+    generator = torch.Generator().manual_seed(0)
+    frames, chunk, tokens = 11, 3, 6
+    source = torch.randn(frames, tokens, 8, generator=generator)
+    keyframe_tokens = torch.randn(4, tokens, 8, generator=generator)
+    keyframe_outputs = torch.randn(2 * 4, tokens, 5, generator=generator)
+    whole = propagate(source, keyframe_tokens, keyframe_outputs, chunk).unflatten(0, (2, frames))
+    for first_chunk, first_frame in ((0, 0), (0, 2), (1, 6), (2, 9)):
+        part = propagate(source[first_frame:], keyframe_tokens[first_chunk:],
+                         keyframe_outputs.unflatten(0, (2, 4))[:, first_chunk:].flatten(0, 1), chunk,
+                         first_frame, first_chunk).unflatten(0, (2, frames - first_frame))
+        torch.testing.assert_close(part, whole[:, first_frame:], rtol=0, atol=0)
+
+
+@pytest.fixture(scope="module")
+def tokenflow_long(sd15, encode):
+    import comfy.sample
+    from video_edit.nodes import inversion, tokenflow
+
+    source, edit, negative = encode("a man is skiing"), encode("a marble statue skiing"), encode("blurry")
+
+    def run(clip, **options):
+        inverted = inversion.ddim_invert(sd15[0], {"samples": clip}, source, 3)
+        model, start = tokenflow.tokenflow(sd15[0], inverted, source, keyframe_chunk_size=2, **options)
+        return comfy.sample.sample(model, torch.zeros_like(clip), 3, 7.5, "ddim", "ddim_uniform", edit, negative,
+                                   start["samples"], disable_noise=True, seed=0, disable_pbar=True)
+
+    return run
+
+
+def test_tokenflow_in_passes_equals_the_clip_at_once_on_identical_frames(tokenflow_long):
+    clip = moving_clip(1).repeat(14, 1, 1, 1)
+    torch.testing.assert_close(tokenflow_long(clip, keyframes_per_pass=3), tokenflow_long(clip), rtol=1e-4, atol=1e-4)
+
+
+def test_tokenflow_passes_on_a_moving_clip(tokenflow_long):
+    """One pass holding every keyframe is the official all-at-once edit; passes of 2 keyframes show no step at the
+    frames where one pass hands over to the next."""
+    clip = moving_clip(16)
+    whole = tokenflow_long(clip)
+    torch.testing.assert_close(tokenflow_long(clip, keyframes_per_pass=8), whole, rtol=0, atol=0)
+    passes = tokenflow_long(clip, keyframes_per_pass=2)  # passes of frames 0-3, 4-7, 8-11, 12-15
+    assert (passes - whole).abs().max() > 1e-4
+    steps = (passes[1:] - passes[:-1]).abs().mean(dim=(1, 2, 3))
+    seams = [3, 7, 11]
+    assert max(float(steps[f]) for f in seams) <= 1.2 * max(float(steps[f]) for f in range(15) if f not in seams)
+
+
+def test_tokenflow_refuses_a_model_with_context_windows(sd15, encode):
+    import comfy.sample
+    from video_edit.nodes import context_windows, inversion, tokenflow
+
+    source, clip = encode("a man is skiing"), moving_clip(6)
+    inverted = inversion.ddim_invert(sd15[0], {"samples": clip}, source, 2)
+    model, start = tokenflow.tokenflow(context_windows.with_context_windows(sd15[0], 4, 1), inverted, source,
+                                       keyframe_chunk_size=2)
+    with pytest.raises(ValueError, match="streams long clips itself.*keyframes_per_pass"):
+        comfy.sample.sample(model, torch.zeros_like(clip), 2, 1.0, "ddim", "ddim_uniform", source, source,
+                            start["samples"], disable_noise=True, seed=0, disable_pbar=True)
