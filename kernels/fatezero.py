@@ -6,7 +6,7 @@ Storage. Inversion keeps, for the conditional pass of every captured block and e
   ``softmax(Q Kᵀ/√d)`` over the key frames the editing model gathers, so editing re-runs attention with the
   source Q and K and its own V. That is exactly ``P_source · V`` and needs no materialised map;
 - cross-attention as post-softmax probabilities ``(F, heads, n, T)``, read by prompt-to-prompt and the mask.
-All in fp16 on the CPU. Level ``j`` (1..N) holds the UNet call that produced the inversion latent at
+All in fp16, in a temporary file read back one level at a time (RAM does not grow with the clip). Level ``j`` (1..N) holds the UNet call that produced the inversion latent at
 ``sigmas[j]``: the official "same timestep" pairing, so editing step ``k`` (at ``sigmas[N-k]``) reads
 level ``N-k``, i.e. store entry ``N-1-k``.
 """
@@ -14,7 +14,11 @@ level ``N-k``, i.e. store entry ``N-1-k``.
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from dataclasses import dataclass, field
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -98,18 +102,30 @@ def mask_blocks(specs: list[BlockSpec]) -> list[BlockSpec]:
 
 
 class AttentionStore:
-    """Per-block, per-level fp16 CPU tensors of the conditional pass, allocated once at the expected size."""
+    """Per-block, per-level fp16 maps of the conditional pass, in an anonymous temporary file.
 
-    def __init__(self, blocks: list[BlockSpec], sigmas: torch.Tensor, frames: int, context: int):
+    Only what a model call writes or reads (one level of one block, for the frames of the call) is ever in memory,
+    so RAM does not grow with frames x steps. The file has no name (it disappears when the store is dropped or the
+    process ends) and lives in ``directory`` (ComfyUI's temp folder; None: the system's).
+    """
+
+    KINDS = ("queries", "keys", "cross")
+
+    def __init__(self, blocks: list[BlockSpec], sigmas: torch.Tensor, frames: int, context: int,
+                 directory: str | None = None):
         self.blocks = {b.key: b for b in blocks}
         self.sigmas = sigmas.float().cpu()
         self.frames, self.context = frames, context
-        steps = self.steps
-        self.queries = {b.key: torch.empty(steps, frames, b.tokens, b.channels, dtype=torch.float16) for b in blocks}
-        self.keys = {b.key: torch.empty(steps, frames, b.tokens, b.channels, dtype=torch.float16) for b in blocks}
-        self.cross = {b.key: torch.empty(steps, frames, b.heads, b.tokens, context, dtype=torch.float16) for b in blocks}
-        self.filled = torch.zeros(steps, len(blocks), 2, dtype=torch.bool)
+        self.filled = torch.zeros(self.steps, len(blocks), 2, dtype=torch.bool)
         self._index = {key: i for i, key in enumerate(self.blocks)}
+        self._regions, offset = {}, 0
+        for b in blocks:
+            for kind, shape in zip(self.KINDS, ((b.tokens, b.channels),) * 2 + ((b.heads, b.tokens, context),)):
+                self._regions[kind, b.key] = (offset, shape)
+                offset += self.steps * frames * math.prod(shape) * BYTES
+        self.nbytes = offset
+        self._file = tempfile.TemporaryFile(dir=directory)
+        os.ftruncate(self._file.fileno(), offset)
 
     @property
     def steps(self) -> int:
@@ -119,9 +135,35 @@ class AttentionStore:
     def expected_bytes(blocks: list[BlockSpec], steps: int, frames: int, context: int) -> int:
         return steps * sum(b.bytes_per_step(frames, context) for b in blocks)
 
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for d in (self.queries, self.keys, self.cross) for t in d.values())
+    def _runs(self, kind: str, key, level: int, frames):
+        """(file offset, bytes, first row of the call's tensor, rows) of each run of consecutive ``frames``."""
+        offset, shape = self._regions[kind, key]
+        row_bytes = math.prod(shape) * BYTES
+        frames = range(self.frames)[frames] if isinstance(frames, slice) else list(frames)
+        start = 0
+        while start < len(frames):
+            end = start + 1
+            while end < len(frames) and frames[end] == frames[end - 1] + 1:
+                end += 1
+            first = (level - 1) * self.frames + frames[start]
+            yield offset + first * row_bytes, (end - start) * row_bytes, start, end
+            start = end
+
+    def write(self, kind: str, key, level: int, rows: torch.Tensor, frames=slice(None)):
+        """Store ``rows`` (one per frame of ``frames``, a slice or list of clip frame indices) at ``level``."""
+        data = rows.detach().to("cpu", torch.float16).contiguous().numpy()
+        for offset, _, start, end in self._runs(kind, key, level, frames):
+            os.pwrite(self._file.fileno(), data[start:end].data, offset)
+
+    def read(self, kind: str, key, level: int, frames=slice(None)) -> torch.Tensor:
+        """The fp16 rows of ``frames`` at ``level``, ``(frames, *shape)``."""
+        shape = self._regions[kind, key][1]
+        runs = list(self._runs(kind, key, level, frames))
+        out = np.empty((runs[-1][3] if runs else 0, *shape), dtype=np.float16)
+        for offset, size, start, end in runs:
+            if os.preadv(self._file.fileno(), [out[start:end].data.cast("B")], offset) != size:
+                raise RuntimeError(f"attention store: short read at level {level} of block {key}")
+        return torch.from_numpy(out)
 
     def level(self, sigma: float) -> int:
         """The level (1..N) a model call at ``sigma`` reads: editing evaluates at ``sigmas[j]`` for step N - j."""
@@ -142,19 +184,19 @@ class AttentionStore:
         """The 0-based editing step that evaluates at level ``level``."""
         return self.steps - level
 
-    def put_self(self, key, level: int, q: torch.Tensor, k: torch.Tensor):
-        self.queries[key][level - 1] = q.detach().to("cpu", torch.float16)
-        self.keys[key][level - 1] = k.detach().to("cpu", torch.float16)
+    def put_self(self, key, level: int, q: torch.Tensor, k: torch.Tensor, frames=slice(None)):
+        self.write("queries", key, level, q, frames)
+        self.write("keys", key, level, k, frames)
         self.filled[level - 1, self._index[key], 0] = True
 
-    def put_cross(self, key, level: int, probs: torch.Tensor):
-        self.cross[key][level - 1] = probs.detach().to("cpu", torch.float16)
+    def put_cross(self, key, level: int, probs: torch.Tensor, frames=slice(None)):
+        self.write("cross", key, level, probs, frames)
         self.filled[level - 1, self._index[key], 1] = True
 
     def describe(self) -> str:
         return (f"{self.nbytes / 2**20:.1f} MiB ({self.nbytes / self.steps / 2**20:.2f} MiB per step, {self.steps} "
                 f"steps, {self.frames} frames, {len(self.blocks)} blocks of at most "
-                f"{max(b.tokens for b in self.blocks.values())} tokens), fp16 on the CPU")
+                f"{max(b.tokens for b in self.blocks.values())} tokens), fp16 in a temporary file")
 
     def require_complete(self):
         if not bool(self.filled.all()):

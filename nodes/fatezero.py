@@ -15,6 +15,7 @@ from ..kernels.inversion import Inversion
 from ..kernels.schedule import in_window, matching
 from .model_helpers import SharedPatch, call_attention, cond_chunks, replace_patch, require_sd1_unet
 from .socket_types import ATTENTION_CAPTURE, InversionType
+from .windowing import clip_rows
 
 LATENT_TO_PIXELS = 8
 BLEND_MODES = ["latents", "self-attention", "both"]  # what the blend words' mask blends
@@ -92,25 +93,30 @@ class FusionPlan(SharedPatch):
         self.mask_blocks = mask_blocks(list(self.store.blocks.values()))
         # The mask blocks whose edit-word attention the latent mask needs (none without edit words in it).
         self.edit_mask_keys = tuple(b.key for b in self.mask_blocks) if self.blends_latents and edit_positions else ()
-        self.edit_word_maps = {}  # mask block -> this model call's edit-prompt word attention (F, n)
+        self.edit_word_maps = {}  # mask block -> this step's edit-prompt word attention (F, n), window by window
         self.edit_word_total = None  # their layer mean, summed over the steps of this sampling run so far
-        self.source_masks = {}  # (level, size) -> source_mask: the same for every block and call of a step
+        self.source_masks = {}  # (level, size) -> source_mask of the current level: the same for a step's calls
 
     def step(self, extra_options) -> tuple[int, int]:
         """(level, editing step) of a model call at the sampler's current sigma."""
         level = self.store.level(float(extra_options["sigmas"].max()))
         return level, self.store.step_of(level)
 
-    def frames_of(self, batch: int, extra_options) -> tuple[list[int], int]:
+    def frames_of(self, batch: int, extra_options) -> tuple[list[int], int, list[int] | slice]:
+        """(conditional chunks, frames per chunk, the clip's frame indices) of an attention call."""
         chunks, frames = cond_chunks(extra_options, batch)
-        if frames != self.store.frames:
+        rows = clip_rows(extra_options, frames)
+        if extra_options.get("context_window") is None and frames != self.store.frames:
             raise ValueError(f"latent: the clip being edited has {frames} frames but the inversion has "
                              f"{self.store.frames}; edit the inverted latent of the same clip.")
-        return chunks, frames
+        return chunks, frames, rows
 
-    def record_edit_attention(self, key: tuple, probs: torch.Tensor):
+    def record_edit_attention(self, key: tuple, probs: torch.Tensor, rows=slice(None)):
         """Keep this call's conditional cross-attention of the edit words at a mask block (before fusion)."""
-        self.edit_word_maps[key] = word_attention(probs, self.edit_positions).cpu()
+        maps = word_attention(probs, self.edit_positions).cpu()
+        if key not in self.edit_word_maps:
+            self.edit_word_maps[key] = torch.zeros(self.store.frames, maps.shape[1])
+        self.edit_word_maps[key][rows] = maps
 
     def accumulate_edit_attention(self, first_step: bool):
         """Add the current model call's edit-word maps to the run's sum (restarted at the run's first step)."""
@@ -127,9 +133,10 @@ class FusionPlan(SharedPatch):
             if not self.source_positions:
                 mask = torch.zeros(self.store.frames, *size)
             else:
-                maps = [word_attention(self.store.cross[b.key][level - 1], self.source_positions)
+                maps = [word_attention(self.store.read("cross", b.key, level), self.source_positions)
                         for b in self.mask_blocks]
                 mask = blend_mask(maps, self.mask_grid, size, self.threshold)
+            self.source_masks = {key: value for key, value in self.source_masks.items() if key[0] == level}
             self.source_masks[level, size] = mask
         return self.source_masks[level, size]
 
@@ -164,19 +171,19 @@ class SelfAttentionFusion(SharedPatch):
 
     def __call__(self, q, k, v, extra_options):
         level, step = self.plan.step(extra_options)
-        chunks, frames = self.plan.frames_of(q.shape[0], extra_options)
+        chunks, frames, rows = self.plan.frames_of(q.shape[0], extra_options)
         if not chunks or not in_window(step, self.plan.store.steps, self.plan.self_replace):
             return call_attention(self.inner, q, k, v, extra_options)
         source_q, source_k = q.clone(), k.clone()
+        stored_q, stored_k = (self.plan.store.read(kind, self.key, level, rows) for kind in ("queries", "keys"))
         for chunk in chunks:
             part = chunk_slice(chunk, frames)
-            source_q[part] = self.plan.store.queries[self.key][level - 1].to(q)
-            source_k[part] = self.plan.store.keys[self.key][level - 1].to(k)
+            source_q[part], source_k[part] = stored_q.to(q), stored_k.to(k)
         out = call_attention(self.inner, source_q, source_k, v, extra_options)
         if self.plan.blends_self_attention:
             edited = call_attention(self.inner, q, k, v, extra_options)
             block = self.plan.store.blocks[self.key]
-            keep_edit = rearrange(self.plan.source_mask(level, (block.height, block.width)), "f h w -> f (h w) 1")
+            keep_edit = rearrange(self.plan.source_mask(level, (block.height, block.width))[rows], "f h w -> f (h w) 1")
             keep_edit = keep_edit.to(out)
             for chunk in chunks:
                 part = chunk_slice(chunk, frames)
@@ -194,7 +201,7 @@ class CrossAttentionFusion(SharedPatch):
     def __call__(self, q, k, v, extra_options):
         heads = extra_options["n_heads"]
         level, step = self.plan.step(extra_options)
-        chunks, frames = self.plan.frames_of(q.shape[0], extra_options)
+        chunks, frames, rows = self.plan.frames_of(q.shape[0], extra_options)
         alpha = cross_alpha(step, self.plan.store.steps, self.plan.cross_replace)
         record = self.key in self.plan.edit_mask_keys
         out = optimized_attention(q, k, v, heads)
@@ -203,12 +210,12 @@ class CrossAttentionFusion(SharedPatch):
         if k.shape[1] != self.plan.store.context:
             raise ValueError(f"positive: the edit conditioning has {k.shape[1]} tokens but the inversion's had "
                              f"{self.plan.store.context}; use one 77-token prompt (no concat/area conds).")
-        source = self.plan.store.cross[self.key][level - 1]
+        source = self.plan.store.read("cross", self.key, level, rows)
         for index, chunk in enumerate(chunks):
             part = chunk_slice(chunk, frames)
             edited = attention_probs(q[part], k[part], heads)
             if record and index == 0:
-                self.plan.record_edit_attention(self.key, edited)
+                self.plan.record_edit_attention(self.key, edited, rows)
             if alpha:
                 out[part] = apply_probs(self.plan.edit(source.to(edited), edited, alpha), v[part]).to(out.dtype)
         return out

@@ -4,16 +4,19 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from dataclasses import dataclass
 from typing import ClassVar
 
-import psutil
+import folder_paths
 import torch
 from comfy_api.latest import io
 
 from ..kernels.fatezero import AttentionStore, attention_probs, captured_blocks, chunk_slice
 from .model_helpers import SharedPatch, call_attention, cond_chunks, replace_patch, require_sd1_unet
 from .socket_types import ATTENTION_CAPTURE, CaptureType
+from .windowing import clip_rows
 
 
 class CapturePatch(SharedPatch):
@@ -24,7 +27,7 @@ class CapturePatch(SharedPatch):
     def __init__(self, store: AttentionStore, key: tuple, inner=None):
         self.store, self.key, self.inner = store, key, inner
 
-    def record(self, level: int, q, k, heads: int):
+    def record(self, level: int, q, k, heads: int, frames):
         raise NotImplementedError
 
     def __call__(self, q, k, v, extra_options):
@@ -32,22 +35,22 @@ class CapturePatch(SharedPatch):
         level = self.store.stored_level(float(extra_options["sigmas"].max()))
         if chunks and level is not None:
             part = chunk_slice(chunks[0], frames)
-            self.record(level, q[part], k[part], extra_options["n_heads"])
+            self.record(level, q[part], k[part], extra_options["n_heads"], clip_rows(extra_options, frames))
         return call_attention(self.inner, q, k, v, extra_options)
 
 
 class SelfAttentionCapture(CapturePatch):
     """attn1: the conditional queries and keys (the map is rebuilt from them when editing)."""
 
-    def record(self, level, q, k, heads):
-        self.store.put_self(self.key, level, q, k)
+    def record(self, level, q, k, heads, frames):
+        self.store.put_self(self.key, level, q, k, frames)
 
 
 class CrossAttentionCapture(CapturePatch):
     """attn2: the conditional post-softmax maps."""
 
-    def record(self, level, q, k, heads):
-        self.store.put_cross(self.key, level, attention_probs(q, k, heads))
+    def record(self, level, q, k, heads, frames):
+        self.store.put_cross(self.key, level, attention_probs(q, k, heads), frames)
 
 
 def with_attention_capture(model, store: AttentionStore):
@@ -61,7 +64,8 @@ def with_attention_capture(model, store: AttentionStore):
 
 @dataclass(frozen=True)
 class AttentionCapture:
-    """Which blocks VE_DDIMInvert stores attention for, and how much RAM the store may take (0: 80 % of free RAM)."""
+    """Which blocks VE_DDIMInvert stores attention for, and how much disk the store may take in ComfyUI's temp
+    folder (0: 80 % of its free space)."""
 
     max_query_tokens: int = 1024
     memory_limit_gb: float = 0.0
@@ -77,14 +81,16 @@ class AttentionCapture:
                              f"{height}x{width} latents; raise max_query_tokens.")
         context = conditioning[0][0].shape[1]
         need = AttentionStore.expected_bytes(blocks, len(sigmas) - 1, frames, context)
-        limit = self.memory_limit_gb * 2**30 or 0.8 * psutil.virtual_memory().available
+        directory = folder_paths.get_temp_directory()
+        os.makedirs(directory, exist_ok=True)
+        limit = self.memory_limit_gb * 2**30 or 0.8 * shutil.disk_usage(directory).free
         if need > limit:
             raise MemoryError(
                 f"attention_capture: the maps need {need / 2**30:.2f} GiB ({need / (len(sigmas) - 1) / 2**20:.1f} MiB "
                 f"per step x {len(sigmas) - 1} steps, {frames} frames) but {limit / 2**30:.2f} GiB are allowed. Lower "
                 "steps, the number of frames or the resolution, or max_query_tokens on VE Attention Capture Config "
-                "(or raise its memory_limit_gb).")
-        return AttentionStore(blocks, sigmas, frames, context)
+                "(or raise its memory_limit_gb, or free disk space in ComfyUI's temp folder).")
+        return AttentionStore(blocks, sigmas, frames, context, directory)
 
     def attach(self, model, samples: torch.Tensor, conditioning, sigmas: torch.Tensor):
         """(the model that records while VE_DDIMInvert inverts, the store it fills)."""
@@ -103,12 +109,15 @@ class AttentionCaptureConfig(io.ComfyNode):
             description=(
                 "Connect to VE DDIM Invert's attention_capture to store, at every inversion step, the source "
                 "self- and cross-attention of the blocks with at most max_query_tokens tokens (1024: the 32x32, 16x16 "
-                "and 8x8 blocks at 512x512), compactly (fp16, CPU). The size is computed before the run."),
+                "and 8x8 blocks at 512x512), compactly (fp16), in an unnamed file in ComfyUI's temp folder that is "
+                "read back a step at a time, so RAM does not grow with the clip. The size is computed before the "
+                "run."),
             inputs=[
                 io.Int.Input("max_query_tokens", default=1024, min=1, max=1 << 20,
                              tooltip="Capture blocks whose token grid h*w is at most this (FateZero: 32*32)."),
                 io.Float.Input("memory_limit_gb", default=0.0, min=0.0, max=4096.0, step=0.5,
-                               tooltip="Refuse to start if the maps need more; 0 = 80% of the RAM free now."),
+                               tooltip="Refuse to start if the maps need more (on disk, in ComfyUI's temp folder); 0 = 80% "
+                                       "of the free space there."),
             ],
             outputs=[CaptureType.Output(display_name="attention_capture")],
         )

@@ -34,11 +34,13 @@ def test_capture_stores_the_blocks_under_the_token_threshold_and_changes_nothing
     inv = fz.inversion
     store = fz.captured.captures["attention"]
     assert set(store.blocks) == ALL_BLOCKS  # 8x8 latents: every block has at most 1024 tokens
-    assert store.queries[("input", 1, 0)].shape == (STEPS, FRAMES, 64, 320)
-    assert store.cross[("middle", 0, 0)].shape == (STEPS, FRAMES, 8, 16, 77)
-    assert store.cross[("middle", 0, 0)].dtype == torch.float16 and store.cross[("middle", 0, 0)].device.type == "cpu"
-    sums = store.cross[("input", 1, 0)].float().sum(-1)
-    torch.testing.assert_close(sums, torch.ones_like(sums), atol=2e-3, rtol=0)  # post-softmax maps
+    for level in range(1, STEPS + 1):
+        assert store.read("queries", ("input", 1, 0), level).shape == (FRAMES, 64, 320)
+        cross = store.read("cross", ("middle", 0, 0), level)
+        assert cross.shape == (FRAMES, 8, 16, 77) and cross.dtype == torch.float16
+        sums = store.read("cross", ("input", 1, 0), level).float().sum(-1)
+        torch.testing.assert_close(sums, torch.ones_like(sums), atol=2e-3, rtol=0)  # post-softmax maps
+    assert store.read("keys", ("input", 1, 0), 2, [1, 2]).shape == (2, 64, 320)
     plain = inv.ddim_invert(fz.model, fz.latent, fz.encode(SOURCE), STEPS)
     assert torch.equal(fz.captured.latents, plain.latents)  # same kernel, recording only
 
@@ -109,7 +111,7 @@ def test_self_fusion_uses_source_queries_keys_and_the_cross_frame_key_set(fz):
         return {"n_heads": 8, "cond_or_uncond": [1, 0], "sigmas": fz.captured.sigmas[level:level + 1]}
 
     out = patch(q, k, v, options(3))  # step 0 < int(3 * 0.5)
-    q_src, k_src = (t[key][2].float() for t in (store.queries, store.keys))
+    q_src, k_src = (store.read(kind, key, 3).float() for kind in ("queries", "keys"))
     mid = (FRAMES - 1) // 2
     for f in range(FRAMES):
         expected = optimized_attention(q_src[f:f + 1], k_src[mid:mid + 1], v[FRAMES + mid:FRAMES + mid + 1], 8)
@@ -252,7 +254,8 @@ def test_latent_mask_is_the_source_mask_or_the_edit_words_mask_summed_over_steps
     assert set(keys) == {("input", 1, 0), ("output", 2, 0), ("output", 3, 0)}  # 8x8 here: nearest to 16x16
     recorded, used = [], []
     record, latent_mask = plan.record_edit_attention, plan.latent_mask
-    plan.record_edit_attention = lambda key, probs: recorded.append((key, probs.clone())) or record(key, probs)
+    plan.record_edit_attention = lambda key, probs, rows: recorded.append((key, probs.clone())) or record(key, probs,
+                                                                                                          rows)
     plan.latent_mask = lambda level, size: used.append((level, latent_mask(level, size))) or used[-1][1]
     fz.edit(fused, fz.captured.latents[-1])
     assert [level for level, _ in used] == [3, 2, 1] and len(recorded) == STEPS * len(keys)
@@ -261,7 +264,7 @@ def test_latent_mask_is_the_source_mask_or_the_edit_words_mask_summed_over_steps
     for step, (level, mask) in enumerate(used):
         for key, probs in recorded[step * len(keys):(step + 1) * len(keys)]:
             target_sum[key] = target_sum[key] + probs.double()
-        source = official_mask([store.cross[k][level - 1] for k in keys], [3], (H, W), 0.95)
+        source = official_mask([store.read("cross", k, level) for k in keys], [3], (H, W), 0.95)
         target = official_mask([target_sum[k] for k in keys], [3], (H, W), 0.95)
         assert torch.equal(mask.bool(), source | target)
         some_edit_only |= bool((target & ~source).any())
@@ -281,12 +284,13 @@ def test_self_attention_blend_keeps_the_edited_attention_inside_the_source_mask(
     g = torch.Generator().manual_seed(2)
     q, k, v = (torch.randn(2 * FRAMES, 64, 320, generator=g) for _ in range(3))
     out = patch(q, k, v, {"n_heads": 8, "cond_or_uncond": [1, 0], "sigmas": fz.captured.sigmas[level:level + 1]})
-    mask = official_mask([store.cross[b.key][level - 1] for b in plan.mask_blocks], [3], (8, 8), 0.95)
+    mask = official_mask([store.read("cross", b.key, level) for b in plan.mask_blocks], [3], (8, 8), 0.95)
     mask = mask.flatten(1)  # F, tokens
     assert 0 < mask.float().mean() < 1
     cond = slice(FRAMES, 2 * FRAMES)
     edited = optimized_attention(q[cond], k[cond], v[cond], 8)
-    source = optimized_attention(store.queries[key][level - 1].float(), store.keys[key][level - 1].float(), v[cond], 8)
+    source = optimized_attention(store.read("queries", key, level).float(), store.read("keys", key, level).float(),
+                                 v[cond], 8)
     torch.testing.assert_close(out[cond][mask], edited[mask], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out[cond][~mask], source[~mask], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out[:FRAMES], optimized_attention(q[:FRAMES], k[:FRAMES], v[:FRAMES], 8))

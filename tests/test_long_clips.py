@@ -229,3 +229,53 @@ def test_tokenflow_refuses_a_model_with_context_windows(sd15, encode):
     with pytest.raises(ValueError, match="streams long clips itself.*keyframes_per_pass"):
         comfy.sample.sample(model, torch.zeros_like(clip), 2, 1.0, "ddim", "ddim_uniform", source, source,
                             start["samples"], disable_noise=True, seed=0, disable_pbar=True)
+
+
+# --------------------------------------------------------------------------------------------- FateZero in windows
+
+
+def fatezero_edit(model, clip_model, encode, clip, blend):
+    """Capture while inverting, then fuse while editing, both with ``model`` (3 steps, CFG 7.5)."""
+    import comfy.sample
+    from video_edit.nodes import fatezero, fatezero_capture, inversion
+
+    inverted = inversion.ddim_invert(model, {"samples": clip}, encode("a silver jeep"), 3,
+                                     fatezero_capture.AttentionCapture())
+    fused, plan = fatezero.attention_fusion(model, inverted, clip_model, "a silver jeep", "a red jeep", "jeep",
+                                            self_replace=1.0, mask_threshold=0.5, blend=blend, blend_end=2.0)
+    start = inverted.latents[-1]
+    edited = comfy.sample.sample(fused, torch.zeros_like(start), 3, 7.5, "ddim", "ddim_uniform", encode("a red jeep"),
+                                 encode(""), start, disable_noise=True, disable_pbar=True, seed=0)
+    return edited, plan
+
+
+@pytest.mark.parametrize("blend", ["latents", "both"])
+def test_fatezero_in_windows_equals_the_clip_at_once(long, sd15, encode, blend):
+    """FateZero's middle-frame anchor without temporal layers: each frame depends on itself and the anchor, so
+    capturing and fusing window by window (most windows borrow the anchor) edits a moving clip exactly as at once:
+    the stored maps, the blend masks and the edit words' mask are assembled frame by frame."""
+    clip = moving_clip(11)
+    model = long.cross_frame(long.base, "middle_frame")
+    whole, plan = fatezero_edit(model, sd15[1], encode, clip, blend)
+    windowed, windowed_plan = fatezero_edit(long.windows(model, 4, 1), sd15[1], encode, clip, blend)
+    # The store keeps fp16: float noise between the two runs can round a stored value the other way.
+    torch.testing.assert_close(windowed, whole, rtol=1e-3, atol=1e-3)
+    for level in (1, 2, 3):
+        for key in plan.store.blocks:
+            torch.testing.assert_close(windowed_plan.store.read("cross", key, level).float(),
+                                       plan.store.read("cross", key, level).float(), rtol=0, atol=2e-3)
+    torch.testing.assert_close(windowed_plan.edit_word_total, plan.edit_word_total, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_store_lives_in_an_unnamed_file_and_reads_back_what_was_written(tmp_path):
+    from video_edit.kernels.fatezero import AttentionStore, BlockSpec
+
+    block = BlockSpec(("input", 1, 0), 2, 2, 8, 2)
+    store = AttentionStore([block], torch.tensor([0.0, 1.0, 2.0]), frames=5, context=3, directory=str(tmp_path))
+    assert list(tmp_path.iterdir()) == []  # nothing with a name: nothing is left behind, whatever happens
+    q = torch.randn(5, 4, 8)
+    store.put_self(block.key, 2, q, -q)
+    store.put_self(block.key, 1, torch.zeros(3, 4, 8), torch.zeros(3, 4, 8), [1, 2, 4])
+    torch.testing.assert_close(store.read("queries", block.key, 2), q.half())
+    torch.testing.assert_close(store.read("keys", block.key, 2, [3, 4]), -q[3:].half())
+    assert store.read("queries", block.key, 1, [1, 2, 4]).abs().max() == 0
