@@ -169,5 +169,7 @@ def with_source_branch(batch: torch.Tensor, source: torch.Tensor, branches: int,
 
 def same_token_count(context: torch.Tensor, source: torch.Tensor):
     """Repeat two text contexts to a common token count (ComfyUI's rule for prompts of different lengths)."""
+    if context.shape[1] == source.shape[1]:
+        return context, source
     common = math.lcm(context.shape[1], source.shape[1])
     return context.repeat(1, common // context.shape[1], 1), source.repeat(1, common // source.shape[1], 1)

@@ -2,7 +2,8 @@
 frames a window's cross-frame attention reads when the clip's anchor frame lies outside the window.
 
 A window is a run of consecutive frame indices. Windows of ``length`` frames overlap by ``overlap`` frames; the
-last one is shifted back to end on the clip's last frame, so every window has the same length. Where windows
+last one ends on the clip's last frame and may be shorter (it still overlaps the one before by ``overlap``), so
+the frames computed are ``frames + overlap`` per extra window, no more. Where windows
 overlap, each frame's results are averaged with weights that ramp linearly across the overlap, so a frame's
 weight moves smoothly from one window to the next.
 """
@@ -22,8 +23,8 @@ def frame_windows(frames: int, length: int, overlap: int) -> list[list[int]]:
         raise ValueError(f"context_overlap: {overlap} frames; use 0 to {length - 1} (less than the window).")
     if frames <= length:
         return [list(range(frames))]
-    starts = list(range(0, frames - length, length - overlap)) + [frames - length]
-    return [list(range(start, start + length)) for start in starts]
+    starts = range(0, frames - overlap, length - overlap)
+    return [list(range(start, min(start + length, frames))) for start in starts]
 
 
 def window_weights(window: list[int], frames: int, overlap: int) -> torch.Tensor:

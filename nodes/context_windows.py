@@ -10,6 +10,7 @@ per attention layer, and later windows attend to them. Per-frame ControlNet hint
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import comfy.model_management
 import torch
@@ -79,6 +80,7 @@ class VideoWindows(ContextHandlerABC):
         super().__init__()
         frame_windows(length + 1, length, overlap)  # checks the settings
         self.context_length, self.context_overlap, self.dim = length, overlap, 0
+        self.announced: set[int] = set()  # clip lengths already logged
 
     def should_use_context(self, model, conds, x_in, timestep, model_options) -> bool:
         return x_in.shape[0] > self.context_length
@@ -90,6 +92,11 @@ class VideoWindows(ContextHandlerABC):
         anchors = {a for patch in attn1_patches(model_options) if hasattr(patch, "anchor_frames")
                    for a in patch.anchor_frames(frames)}
         windows = frame_windows(frames, self.context_length, self.context_overlap)
+        if frames not in self.announced:
+            self.announced.add(frames)
+            logging.info("VE Context Windows: %d frames in %d windows of up to %d (overlap %d)%s", frames,
+                         len(windows), self.context_length, self.context_overlap,
+                         f", anchor frames {sorted(anchors)} kept for every window" if anchors else "")
         return sorted(windows, key=lambda window: not anchors.intersection(window))
 
     def execute(self, calc_cond_batch, model, conds, x_in, timestep, model_options):

@@ -177,9 +177,12 @@ class TokenFlowSampling:
                               inject_conv=in_window(step, steps, self.feature_window),
                               inject_qk=in_window(step, steps, self.attention_window))
         edited = []
+        passes = keyframe_passes(len(keyframes), self.keyframes_per_pass)
+        if step == 0 and len(passes) > 1:
+            logging.info("VE TokenFlow: %d keyframes in %d passes", len(keyframes), len(passes))
         token = CURRENT.set(state)
         try:
-            for chunks in keyframe_passes(len(keyframes), self.keyframes_per_pass):
+            for chunks in passes:
                 # The previous pass's last keyframe joins the pass: the first chunk blends from it, and its
                 # extended attention ties this pass to the last one.
                 state.first_chunk = max(chunks.start - 1, 0)

@@ -18,9 +18,10 @@ def test_windows_cover_the_clip_with_fixed_length_and_overlap():
     assert frame_windows(5, 8, 2) == [[0, 1, 2, 3, 4]]
     windows = frame_windows(20, 8, 2)
     assert [w[0] for w in windows] == [0, 6, 12]
-    assert all(len(w) == 8 and w == list(range(w[0], w[0] + 8)) for w in windows)
+    assert [len(w) for w in windows] == [8, 8, 8] and all(w == list(range(w[0], w[-1] + 1)) for w in windows)
     assert sorted({f for w in windows for f in w}) == list(range(20))
-    assert frame_windows(21, 8, 2)[-1] == list(range(13, 21))  # the last window ends on the last frame
+    assert frame_windows(21, 8, 2)[-1] == [18, 19, 20]  # the last window ends on the last frame, overlapping by 2
+    assert frame_windows(22, 8, 2)[-1] == [18, 19, 20, 21]
     for bad in ((20, 8, 8), (20, 0, 0), (20, 8, -1)):
         with pytest.raises(ValueError):
             frame_windows(*bad)
@@ -163,6 +164,25 @@ def test_context_windows_leave_the_input_model_alone(long, model_state):
     before = model_state(long.base)
     long.windows(long.base, 4, 1)
     assert model_state(long.base) == before
+
+
+def test_motion_lora_generation_in_windows(long):
+    """MotionDirector's generator (inflated UNet with a temporal LoRA) samples a clip longer than its windows: on
+    identical frames as at once, and the LoRA acts."""
+    from video_edit.kernels.lora import lora_file_tensors
+    from video_edit.nodes import motion_lora_io
+
+    generator = torch.Generator().manual_seed(7)
+    shapes = motion_lora_io.temporal_lora_shapes(long.inflated)
+    temporal = lora_file_tensors({path: (0.5 * torch.randn(out, 4, generator=generator),
+                                         torch.randn(4, inp, generator=generator))
+                                  for path, (out, inp) in shapes.items()})
+    model = long.cross_frame(motion_lora_io.apply_motion_lora(long.inflated, None, 0.0, temporal, 1.0),
+                             "sparse_causal")
+    noise = 4.0 * moving_clip(1, seed=2).repeat(10, 1, 1, 1)
+    whole = long.denoise(model, noise)
+    torch.testing.assert_close(long.denoise(long.windows(model, 4, 1), noise), whole, rtol=1e-4, atol=1e-4)
+    assert (whole - long.denoise(long.cross_frame(long.inflated, "sparse_causal"), noise)).abs().max() > 1e-3
 
 
 # ------------------------------------------------------------------------------------------- TokenFlow in passes

@@ -44,3 +44,18 @@ def test_workflow_runs_end_to_end(comfy, comfy_lib, tiny_workflow_inputs, path):
     for video in videos:
         assert video.is_file()
         assert frame_count(video) == tiny_workflow_inputs["n_frames"]
+
+
+def test_long_clip_workflow_runs_in_windows_and_passes(comfy, comfy_lib, tiny_workflow_inputs):
+    """tokenflow_long_clip on 12 frames: the inversion in 4 context windows of up to 4 frames, the edit in 6 passes
+    of one keyframe; every saved video has all 12 frames."""
+    from workflow_graphs import all_workflows, set_inputs
+
+    inputs = {**tiny_workflow_inputs, "n_frames": 12, "context_length": 4, "context_overlap": 1,
+              "keyframes_per_pass": 1}
+    outputs = comfy.run(set_inputs(all_workflows()["tokenflow_long_clip"](), **inputs))
+    videos = [p for p in comfy.output_files(outputs) if p.suffix == ".mp4"]
+    assert len(videos) == 2 and all(frame_count(video) == 12 for video in videos)
+    log = comfy.log_tail(200_000)
+    assert "VE Context Windows: 12 frames in 4 windows of up to 4" in log
+    assert "VE TokenFlow: 6 keyframes in 6 passes" in log

@@ -1,4 +1,5 @@
-"""TokenFlow workflows: edit a clip with the image model, and the same on a Tune-A-Video-tuned model.
+"""TokenFlow workflows: edit a clip with the image model, the same on a Tune-A-Video-tuned model, and a long clip
+(240 frames) at bounded memory: inverted through context windows, edited a few keyframes at a time.
 
 Official settings (preprocess.py, configs/config_pnp.yaml): inversion in 500 DDIM steps keeping the latents of the
 50 sampling steps, cfg 7.5, keyframe chunks of 8 frames, PnP windows
@@ -15,16 +16,18 @@ EDIT_PROMPT = "a marble sculpture of a man skiing"
 NEGATIVE_PROMPT = "ugly, blurry, low res, unrealistic, unaesthetic"
 
 
-def _edit(g: GraphBuilder, ckpt, model, n_frames: int, frame_stride: int, prefix: str):
+def _edit(g: GraphBuilder, ckpt, model, n_frames: int, frame_stride: int, prefix: str, inversion_model=None,
+          keyframes_per_pass: int = 0):
     """Load and invert the clip with the inversion prompt, TokenFlow, sample from its latent, save the video."""
     video = g.node("VE_LoadVideo", file=SOURCE_VIDEO, n_frames=n_frames, start_frame=0, frame_stride=frame_stride,
                    width=512, height=512, path="", memory_limit_gb=0.0)
     latent = g.node("VAEEncode", pixels=video.out(0), vae=ckpt.out(2))
     source = g.node("CLIPTextEncode", clip=ckpt.out(1), text=SOURCE_PROMPT)
-    inversion = g.node("VE_DDIMInvert", model=model, latent=latent.out(0), steps=500, method="ddim", iterations=3,
-                       keep_steps=50, conditioning=source.out(0))
+    inversion = g.node("VE_DDIMInvert", model=inversion_model or model, latent=latent.out(0), steps=500,
+                       method="ddim", iterations=3, keep_steps=50, conditioning=source.out(0))
     tokenflow = g.node("VE_TokenFlow", model=model, inversion=inversion.out(1), conditioning=source.out(0),
-                       keyframe_chunk_size=8, pnp_attention_window=0.5, pnp_feature_window=0.8, seed=1)
+                       keyframe_chunk_size=8, pnp_attention_window=0.5, pnp_feature_window=0.8, seed=1,
+                       keyframes_per_pass=keyframes_per_pass)
     positive = g.node("CLIPTextEncode", clip=ckpt.out(1), text=EDIT_PROMPT)
     negative = g.node("CLIPTextEncode", clip=ckpt.out(1), text=NEGATIVE_PROMPT)
     ddim_edit_and_save(g, ckpt, tokenflow.out(0), positive.out(0), negative.out(0), tokenflow.out(1), video,
@@ -46,7 +49,19 @@ def tokenflow_on_tuned():
     return g.finalize()
 
 
+def tokenflow_long_clip():
+    """240 frames: the inversion runs 16 frames at a time (VE Context Windows), the edit 2 keyframes (16 frames)
+    per pass, so memory stays that of a 16-frame clip."""
+    g = GraphBuilder(prefix="")
+    ckpt = g.node("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
+    windows = g.node("VE_ContextWindows", model=ckpt.out(0), context_length=16, context_overlap=4)
+    _edit(g, ckpt, ckpt.out(0), n_frames=240, frame_stride=1, prefix="video_edit/tokenflow_long_clip",
+          inversion_model=windows.out(0), keyframes_per_pass=2)
+    return g.finalize()
+
+
 WORKFLOWS = {
     "tokenflow_edit": tokenflow_edit,
     "tokenflow_on_tuned": tokenflow_on_tuned,
+    "tokenflow_long_clip": tokenflow_long_clip,
 }
