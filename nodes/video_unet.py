@@ -187,9 +187,13 @@ def inflate(model, temporal_state: dict | None = None, frame_groupnorm: bool = T
     Re-inflating an inflated MODEL replaces its temporal layers.
     """
     unet = require_sd1_unet(model)
-    layers = TemporalLayers(temporal_layer_specs(unet), mask)
-    if temporal_state is not None:
+    if temporal_state is None:
+        layers = TemporalLayers(temporal_layer_specs(unet), mask)
+    else:  # built without the random initialisation the state replaces
+        with torch.device("meta"):
+            layers = TemporalLayers(temporal_layer_specs(unet), mask)
         check_temporal_state(layers, temporal_state, what)
+        layers = layers.to_empty(device="cpu")
         layers.load_state_dict(temporal_state, strict=True)
     layers.requires_grad_(False)
     clone = model.clone()
