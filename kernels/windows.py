@@ -3,9 +3,9 @@ frames a window's cross-frame attention reads when the clip's anchor frame lies 
 
 A window is a run of consecutive frame indices. Windows of ``length`` frames overlap by ``overlap`` frames; the
 last one ends on the clip's last frame and may be shorter (it still overlaps the one before by ``overlap``), so
-the frames computed are ``frames + overlap`` per extra window, no more. Where windows
-overlap, each frame's results are averaged with weights that ramp linearly across the overlap, so a frame's
-weight moves smoothly from one window to the next.
+the frames computed are ``frames + overlap`` per extra window, no more. Where windows overlap, each frame's
+results are averaged with weights that ramp linearly across the overlap, so a frame's weight moves smoothly from
+one window to the next.
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
 """ComfyUI glue. Node modules, one per capability, each expose ``NODES`` (V3 node classes) and import only the
 shared modules, never each other: ``files`` (model folders, atomic saves, checked loads), ``socket_types``,
 ``model_helpers`` (input guards, weight and attention-slot plumbing), ``training`` (the training loop inside
-ComfyUI's sampler), ``video_unet`` (the inflated UNet and tuned weights), ``motion_lora_files``, ``plots``, ``windowing`` (what context windows share with attention patches)."""
+ComfyUI's sampler), ``video_unet`` (the inflated UNet and tuned weights), ``motion_lora_files``, ``plots``,
+``windowing`` (what context windows share with attention patches)."""
 
 from comfy_api.latest import ComfyExtension
 
-from . import (compare, context_windows, fatezero, fatezero_capture, inflate, inversion, loss_plot, motion_lora_io, motiondirector,
-               sparse_causal, tokenflow, tuned_io, tuning, video_io)
+from . import (compare, context_windows, fatezero, fatezero_capture, inflate, inversion, loss_plot, motion_lora_io,
+               motiondirector, sparse_causal, tokenflow, tuned_io, tuning, video_io)
 
 NODE_MODULES = [video_io, compare, sparse_causal, inflate, tuning, loss_plot, tuned_io, inversion, fatezero_capture,
                 fatezero, motiondirector, motion_lora_io, tokenflow, context_windows]

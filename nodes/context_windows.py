@@ -18,7 +18,9 @@ from comfy.context_windows import ContextHandlerABC, create_prepare_sampling_wra
 from comfy_api.latest import io
 
 from ..kernels.windows import frame_windows, window_weights
+from .model_helpers import controlnets
 from .windowing import BORROWED_OPTION, BorrowedFrames, FrameWindow
+
 
 def per_frame(value, frames: int) -> bool:
     return torch.is_tensor(value) and value.ndim > 0 and value.shape[0] == frames
@@ -28,15 +30,11 @@ def per_frame(value, frames: int) -> bool:
 def window_hints(conds, index: list[int], frames: int):
     """While a window runs, every ControlNet in the conds whose hint has one image per frame sees only the window's."""
     swapped = []
-    for cond in filter(None, conds):
-        for entry in cond:
-            control = entry.get("control")
-            while control is not None:
-                hint = getattr(control, "cond_hint_original", None)
-                if per_frame(hint, frames) and all(control is not c for c, _ in swapped):
-                    swapped.append((control, hint))
-                    control.cond_hint_original, control.cond_hint = hint[index], None
-                control = getattr(control, "previous_controlnet", None)
+    for control in controlnets(conds):
+        hint = getattr(control, "cond_hint_original", None)
+        if per_frame(hint, frames) and all(control is not c for c, _ in swapped):
+            swapped.append((control, hint))
+            control.cond_hint_original, control.cond_hint = hint[index], None
     try:
         yield
     finally:

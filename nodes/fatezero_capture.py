@@ -116,8 +116,8 @@ class AttentionCaptureConfig(io.ComfyNode):
                 io.Int.Input("max_query_tokens", default=1024, min=1, max=1 << 20,
                              tooltip="Capture blocks whose token grid h*w is at most this (FateZero: 32*32)."),
                 io.Float.Input("memory_limit_gb", default=0.0, min=0.0, max=4096.0, step=0.5,
-                               tooltip="Refuse to start if the maps need more (on disk, in ComfyUI's temp folder); 0 = 80% "
-                                       "of the free space there."),
+                               tooltip="Refuse to start if the maps need more (on disk, in ComfyUI's temp "
+                                       "folder); 0 = 80% of the free space there."),
             ],
             outputs=[CaptureType.Output(display_name="attention_capture")],
         )

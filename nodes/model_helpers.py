@@ -78,19 +78,25 @@ def set_wrapper(model, wrapper_type: str, key: str, wrapper):
     model.add_wrapper_with_key(wrapper_type, key, wrapper)
 
 
-def _check_control_hint_frames(executor, noise, latent_image, *args, **kwargs):
-    """OUTER_SAMPLE wrapper: a ControlNet must get one hint per frame (or a single image for all frames)."""
-    frames = latent_image.shape[0]
-    for conds in executor.class_obj.conds.values():
+def controlnets(cond_lists):
+    """Every ControlNet (each one of every chain) in lists of cond entries; ``None`` lists are skipped."""
+    for conds in filter(None, cond_lists):
         for cond in conds:
             control = cond.get("control")
             while control is not None:
-                hint = getattr(control, "cond_hint_original", None)
-                if hint is not None and hint.shape[0] not in (1, frames):
-                    raise ValueError(
-                        f"ControlNet hint: {hint.shape[0]} hint frames for a {frames}-frame clip. Give the ControlNet "
-                        "one hint per frame (the same VE Load Video settings as the clip) or a single image.")
+                yield control
                 control = getattr(control, "previous_controlnet", None)
+
+
+def _check_control_hint_frames(executor, noise, latent_image, *args, **kwargs):
+    """OUTER_SAMPLE wrapper: a ControlNet must get one hint per frame (or a single image for all frames)."""
+    frames = latent_image.shape[0]
+    for control in controlnets(executor.class_obj.conds.values()):
+        hint = getattr(control, "cond_hint_original", None)
+        if hint is not None and hint.shape[0] not in (1, frames):
+            raise ValueError(
+                f"ControlNet hint: {hint.shape[0]} hint frames for a {frames}-frame clip. Give the ControlNet "
+                "one hint per frame (the same VE Load Video settings as the clip) or a single image.")
     return executor(noise, latent_image, *args, **kwargs)
 
 

@@ -3,8 +3,9 @@
 Every model call of a standard sampler becomes TokenFlow's step (kernels/tokenflow.py): an APPLY_MODEL wrapper
 prepends the source branch (the inverted clip at the current sigma, inversion prompt) to the sampler's batch,
 runs a keyframe pass, then a pass over all frames, and drops the source rows. For long clips
-(``keyframes_per_pass``) it runs those two passes for a few keyframes and their frames at a time. Self-attention patches do the
-extended attention and the propagation; an injected wrapper around one decoder conv does the conv injection.
+(``keyframes_per_pass``) it runs those two passes for a few keyframes and their frames at a time. Self-attention
+patches do the extended attention and the propagation; an injected wrapper around one decoder conv does the conv
+injection.
 """
 
 from __future__ import annotations

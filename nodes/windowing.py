@@ -43,15 +43,10 @@ class BorrowedFrames:
 
 
 class FrameWindow:
-    """The frames of one window; ComfyUI's patches read ``index_list`` from ``transformer_options["context_window"]``."""
+    """The frames of one window, as patches read it from ``transformer_options["context_window"]``."""
 
     def __init__(self, index_list: list[int]):
         self.index_list = index_list
-        self.context_length = len(index_list)
-        self.dim = 0
-
-    def get_tensor(self, full: torch.Tensor, device=None, dim=0, **_) -> torch.Tensor:
-        return full[(slice(None),) * dim + (self.index_list,)].to(device)
 
 
 def clip_rows(extra_options, frames: int) -> list[int] | slice:

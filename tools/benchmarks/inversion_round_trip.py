@@ -32,7 +32,8 @@ MODELS = REPO_ROOT / ".cache" / "tiny_models"
 EARLIER_CLEAN_SIGMA = 1e-4  # the pack's earlier start level (ComfyUI's FlipSigmas value)
 
 
-def load():
+def load_tiny():
+    """The tiny SD1.5 (model, CLIP), loaded by ComfyUI on the CPU."""
     from comfy_server import default_comfyui_path
 
     sys.path.insert(0, str(default_comfyui_path()))
@@ -42,6 +43,11 @@ def load():
     import comfy.sd
 
     model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(str(tiny_sd15_checkpoint(MODELS)), output_clip=True)
+    return model, clip
+
+
+def load():
+    model, clip = load_tiny()
     return model, clip.encode_from_tokens_scheduled(clip.tokenize(""))
 
 

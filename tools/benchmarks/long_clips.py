@@ -26,7 +26,8 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
+
+from inversion_round_trip import load_tiny  # noqa: E402
 METHODS = ("tune_a_video", "fatezero", "tokenflow", "motiondirector")
 WINDOW, OVERLAP, KEYFRAME_CHUNK, KEYFRAMES_PER_PASS, SIZE = 16, 2, 8, 2, 8
 # One glibc arena that hands freed memory back: RSS then follows live memory instead of the allocator's caches
@@ -59,22 +60,6 @@ def sample(model, latent, positive, negative, steps: int, cfg: float = 7.5):
 
     return comfy.sample.sample(model, torch.zeros_like(latent), steps, cfg, "ddim", "ddim_uniform", positive, negative,
                                latent, disable_noise=True, seed=0, disable_pbar=True)
-
-
-def load():
-    """The tiny SD1.5 (model, CLIP) in ComfyUI, on the CPU."""
-    from comfy_server import default_comfyui_path
-    from tiny_models import tiny_sd15_checkpoint
-
-    sys.path.insert(0, str(default_comfyui_path()))
-    from comfy.cli_args import args
-
-    args.cpu = True
-    import comfy.sd
-
-    models = HERE.parents[1] / ".cache" / "tiny_models"
-    model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(str(tiny_sd15_checkpoint(models)), output_clip=True)
-    return model, clip
 
 
 def edit(model, clip_model, method: str, frames: int, windowed: bool, steps: int):
@@ -128,7 +113,7 @@ def edit(model, clip_model, method: str, frames: int, windowed: bool, steps: int
 
 
 def one(method: str, frames: int, windowed: bool, steps: int) -> dict:
-    model, clip_model = load()
+    model, clip_model = load_tiny()
     run = edit(model, clip_model, method, frames, windowed, steps)
     edit(model, clip_model, method, 8, windowed, steps)()  # loads the model into ComfyUI, warms the kernels
     gc.collect()
