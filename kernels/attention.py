@@ -84,6 +84,11 @@ def cross_frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hea
     return attention_to_rows(q, k, v, rows, heads, attention, query_tokens_per_call)
 
 
+def records_for_backward(*tensors: torch.Tensor) -> bool:
+    """Whether autograd keeps what an operation on ``tensors`` saves (grad mode on and an input needs a gradient)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def attention_to_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor, heads: int,
                       attention: AttentionFn = sdpa_attention,
                       query_tokens_per_call: int | None = None) -> torch.Tensor:
@@ -91,10 +96,12 @@ def attention_to_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: t
 
     With ``query_tokens_per_call``, ``attention`` runs on a few frames (as many as fit that many query tokens, at
     least one) and a quarter of the heads at a time, gathering only those frames' reference keys/values of those
-    heads: peak memory stays near the output's instead of growing with the clip. The result is the same.
+    heads: peak memory stays near the output's instead of growing with the clip. The result is the same. While
+    autograd records (training), everything goes in one call: each call's gathered keys/values are kept for the
+    backward pass anyway, so smaller calls would save no memory and cost a backward per call.
     """
     rows = rows.to(k.device)
-    if query_tokens_per_call is None:
+    if query_tokens_per_call is None or records_for_backward(q, k, v):
         return attention(q, k[rows].flatten(1, 2), v[rows].flatten(1, 2), heads)
     step = max(1, query_tokens_per_call // q.shape[1])
     group = max(1, heads // HEAD_GROUPS_PER_CALL)

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from video_edit.kernels.attention import bank_rows, cross_frame_attention, reference_frames
+from video_edit.kernels.attention import (HEAD_GROUPS_PER_CALL, bank_rows, cross_frame_attention, reference_frames,
+                                         sdpa_attention)
 from video_edit.kernels.inversion import Inversion, inversion_sigmas, invert
 from video_edit.kernels.temporal import TemporalAttention, TemporalLayers, TemporalMask, frame_spanning_group_norm
 
@@ -216,3 +217,30 @@ def test_frames_a_few_at_a_time_give_the_same_attention(mode):
         for per_call in (16, 48, 1):  # 1 frame, 3 frames (uneven last call), and below one frame's tokens
             torch.testing.assert_close(cross_frame_attention(q, k, v, heads, 2, mode, query_tokens_per_call=per_call),
                                        whole, rtol=1e-6, atol=1e-6)
+
+
+def test_attention_goes_in_one_call_while_autograd_records():
+    """Chunking bounds inference memory only: under autograd every call's gathered keys/values are kept for the
+    backward pass, so training runs one call (and one backward), and inference still goes a frame at a time."""
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(4, 16, 40, generator=g) for _ in range(3))
+    calls = []
+
+    def counting(*args):
+        calls.append(args[0].shape[0])
+        return sdpa_attention(*args)
+
+    def run(*tensors):
+        calls.clear()
+        out = cross_frame_attention(*tensors, heads=8, chunks=1, mode="sparse_causal", attention=counting,
+                                    query_tokens_per_call=16)
+        return out, len(calls)
+
+    inference, inference_calls = run(q, k, v)
+    assert inference_calls == 4 * HEAD_GROUPS_PER_CALL
+    trained = [t.clone().requires_grad_() for t in (q, k, v)]
+    training, training_calls = run(*trained)
+    assert training_calls == 1
+    torch.testing.assert_close(training.detach(), inference, rtol=1e-6, atol=1e-6)
+    with torch.no_grad():
+        assert run(*trained)[1] == 4 * HEAD_GROUPS_PER_CALL
