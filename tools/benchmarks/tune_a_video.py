@@ -1,7 +1,8 @@
 """Benchmark: Tune-A-Video tuning step and cross-frame attention, ours vs a baseline, side by side in one run.
 
 1. One-shot tuning step on the same model and clip, at two sizes: ours (inside ComfyUI) vs the straightforward
-   formulation (the diffusers reference of tests/reference, no checkpointing), same trainable set. Time: ours
+   formulation (the diffusers reference of tests/reference, no checkpointing, with Tune-A-Video's temporal layers
+   and frame-spanning GroupNorm as ours inflates by default), the same trainable set (checked). Time: ours
    without gradient checkpointing against the reference (like with like), and ours with it; memory: the peak
    of one step above what lived before it, ours with checkpointing (the node's default) against the reference.
 2. One self-attention at SD1.5's 64x64 level against frame count: sparse-causal as the node runs it (frames a
@@ -19,6 +20,7 @@ measure.py). Prints times, memory and ratios. No GPU needed.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -29,7 +31,7 @@ REPO_ROOT = TOOLS.parent
 sys.path[:0] = [str(TOOLS), str(TOOLS / "benchmarks"), str(REPO_ROOT / "tests")]
 
 from measure import peak_bytes, seconds  # noqa: E402
-from reference.tav_diffusers import ReferenceTAV  # noqa: E402
+from reference.tav_diffusers import ReferenceTAV, build_reference_unet, ldm_to_diffusers_block_paths  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from tiny_models import full_size_sd15_checkpoint, tiny_sd15_checkpoint, tiny_unet_diffusers_config  # noqa: E402
 
@@ -54,7 +56,12 @@ def ours_step(checkpoint: Path, frames: int, size: int, steps: int = 1, checkpoi
     cond = clip.encode_from_tokens_scheduled(clip.tokenize("a man is skiing"))
     video = sparse_causal.with_cross_frame_attention(video_unet.inflate(model), "sparse_causal")
     latent = {"samples": torch.randn(frames, 4, size // 8, size // 8)}
-    return lambda: tuning.one_shot_tune(video, latent, cond, steps, 3e-5, 0, gradient_checkpointing=checkpointing)
+    tune = functools.partial(tuning.one_shot_tune, video, latent, cond, steps, 3e-5, 0,
+                             gradient_checkpointing=checkpointing)
+    queries = video_unet.query_weight_shapes(video.model.diffusion_model).values()
+    tune.trainable = (sum(shape.numel() for shape in queries)
+                      + sum(p.numel() for p in video_unet.require_inflated(video).layers.tunable_parameters()))
+    return tune
 
 
 def ours_step_peak(checkpoint: Path, frames: int, size: int) -> float:
@@ -82,11 +89,28 @@ def ours_step_peak(checkpoint: Path, frames: int, size: int) -> float:
     return measured["peak"]
 
 
+def official_temporal_init(unet) -> dict:
+    """Temporal layers as Tune-A-Video inflates them: LayerNorm 1/0, random q/k/v, zero output projection."""
+    generator = torch.Generator().manual_seed(0)
+    state = {}
+    for ldm, path in ldm_to_diffusers_block_paths(unet).items():
+        attention = unet.get_submodule(path).attn1
+        dim, inner = attention.to_q.in_features, attention.to_q.out_features
+        state[f"{ldm}.norm_temp.weight"], state[f"{ldm}.norm_temp.bias"] = torch.ones(dim), torch.zeros(dim)
+        for name in ("to_q", "to_k", "to_v"):
+            state[f"{ldm}.attn_temp.{name}.weight"] = (torch.rand(inner, dim, generator=generator) - 0.5) * dim ** -0.5
+        state[f"{ldm}.attn_temp.to_out.0.weight"] = torch.zeros(dim, inner)
+        state[f"{ldm}.attn_temp.to_out.0.bias"] = torch.zeros(dim)
+    return state
+
+
 def reference_step(checkpoint: Path, frames: int, size: int, full_size: bool):
-    """One tuning step of the formulation as written: diffusers UNet + TAV attention, plain autograd."""
+    """One tuning step of the formulation as written: diffusers UNet + TAV's temporal layers, sparse-causal
+    attention and frame-spanning GroupNorm (as ours inflates by default), plain autograd."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     ldm = {k: v for k, v in load_file(str(checkpoint)).items() if k.startswith("model.diffusion_model.")}
-    reference = ReferenceTAV.from_ldm(ldm, tiny_unet_diffusers_config(full_size), None, mode="sparse_causal").to(device)
+    unet = build_reference_unet(ldm, tiny_unet_diffusers_config(full_size))
+    reference = ReferenceTAV(unet, official_temporal_init(unet), mode="sparse_causal", frame_groupnorm=True).to(device)
     reference.requires_grad_(False)
     trainable = [p for n, p in reference.named_parameters()
                  if n.endswith(("attn1.to_q.weight", "attn2.to_q.weight")) or ".attn_temp." in n]
@@ -104,6 +128,7 @@ def reference_step(checkpoint: Path, frames: int, size: int, full_size: bool):
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
 
+    step.trainable = sum(p.numel() for p in trainable)
     return step
 
 
@@ -131,7 +156,12 @@ def main(argv=None) -> int:
 
     # Ours runs as the node does, one call per tuning: a call's setup (clone, trainable copies, optimiser) is
     # excluded from the time by timing 1 and 4 steps, and from the memory by measuring its second step alone.
-    print("\n1. one-shot tuning step, ours vs the reference (same trainable set)")
+    trained = (ours_step(checkpoint, args.frames, args.size).trainable,
+               reference_step(checkpoint, 1, 8, args.full_size).trainable)
+    if trained[0] != trained[1]:
+        raise SystemExit(f"the trainable sets differ: ours {trained[0]} parameters, the reference {trained[1]}")
+    print(f"\n1. one-shot tuning step, ours vs the reference (the same {trained[0] / 1e6:.1f} M trainable parameters: "
+          "query projections and temporal attention)")
     print("   frames  size | time s/step: ours no ckpt / ref  ratio | ours ckpt | step peak MiB: ours ckpt / ref  ratio")
     for frames, size in ((args.frames, args.size), (2 * args.frames, 2 * args.size)):
         reference = reference_step(checkpoint, frames, size, args.full_size)
