@@ -98,7 +98,8 @@ def attention_to_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: t
     least one) and a quarter of the heads at a time, gathering only those frames' reference keys/values of those
     heads: peak memory stays near the output's instead of growing with the clip. The result is the same. While
     autograd records (training), everything goes in one call: each call's gathered keys/values are kept for the
-    backward pass anyway, so smaller calls would save no memory and cost a backward per call.
+    backward pass anyway (with gradient checkpointing, by the recompute), so smaller calls would save no memory
+    and cost a backward per call.
     """
     rows = rows.to(k.device)
     if query_tokens_per_call is None or records_for_backward(q, k, v):
