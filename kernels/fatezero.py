@@ -7,8 +7,8 @@ Storage. Inversion keeps, for the conditional pass of every captured block and e
   source Q and K and its own V. That is exactly ``P_source · V`` and needs no materialised map;
 - cross-attention as post-softmax probabilities ``(F, heads, n, T)``, read by prompt-to-prompt and the mask.
 All in fp16, in a temporary file read back one level at a time (RAM does not grow with the clip). Level ``j``
-(1..N) holds the UNet call that produced the inversion latent at ``sigmas[j]``: the official "same timestep" pairing, so editing step ``k`` (at ``sigmas[N-k]``) reads
-level ``N-k``, i.e. store entry ``N-1-k``.
+(1..N) holds the UNet call that produced the inversion latent at ``sigmas[j]``: the official "same timestep"
+pairing, so editing step ``k`` (at ``sigmas[N-k]``) reads level ``N-k``, i.e. store entry ``N-1-k``.
 """
 
 from __future__ import annotations

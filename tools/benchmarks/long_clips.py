@@ -36,6 +36,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from inversion_round_trip import load_tiny  # noqa: E402
+from measure import seconds  # noqa: E402
+
 METHODS = ("tune_a_video", "fatezero", "tokenflow", "motiondirector")
 WINDOW, OVERLAP, KEYFRAME_CHUNK, KEYFRAMES_PER_PASS = 16, 2, 8, 2
 # One glibc arena that hands freed memory back: RSS then follows live memory instead of the allocator's caches
@@ -160,13 +162,7 @@ def batch_cost(frame_counts: list[int], size: int) -> dict:
             with torch.inference_mode():
                 video_model.model.apply_model(x, sigma, c_crossattn=context.expand(frames, -1, -1),
                                               transformer_options=options)
-        call()
-        best = float("inf")
-        for _ in range(3):
-            start = time.perf_counter()
-            call()
-            best = min(best, time.perf_counter() - start)
-        cost[frames] = best / frames
+        cost[frames] = seconds(call, 3) / frames
     return cost
 
 

@@ -31,7 +31,7 @@ REPO_ROOT = TOOLS.parent
 sys.path[:0] = [str(TOOLS), str(TOOLS / "benchmarks"), str(REPO_ROOT / "tests")]
 
 from measure import peak_bytes, seconds  # noqa: E402
-from reference.tav_diffusers import ReferenceTAV, build_reference_unet, ldm_to_diffusers_block_paths  # noqa: E402
+from reference.tav_diffusers import ReferenceTAV  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from tiny_models import full_size_sd15_checkpoint, tiny_sd15_checkpoint, tiny_unet_diffusers_config  # noqa: E402
 
@@ -58,9 +58,10 @@ def ours_step(checkpoint: Path, frames: int, size: int, steps: int = 1, checkpoi
     latent = {"samples": torch.randn(frames, 4, size // 8, size // 8)}
     tune = functools.partial(tuning.one_shot_tune, video, latent, cond, steps, 3e-5, 0,
                              gradient_checkpointing=checkpointing)
+    layers = video_unet.require_inflated(video).layers
     queries = video_unet.query_weight_shapes(video.model.diffusion_model).values()
-    tune.trainable = (sum(shape.numel() for shape in queries)
-                      + sum(p.numel() for p in video_unet.require_inflated(video).layers.tunable_parameters()))
+    tune.trainable = sum(shape.numel() for shape in queries) + sum(p.numel() for p in layers.tunable_parameters())
+    tune.temporal = layers.state_dict()  # Tune-A-Video's initialisation: the reference starts from it too
     return tune
 
 
@@ -89,28 +90,14 @@ def ours_step_peak(checkpoint: Path, frames: int, size: int) -> float:
     return measured["peak"]
 
 
-def official_temporal_init(unet) -> dict:
-    """Temporal layers as Tune-A-Video inflates them: LayerNorm 1/0, random q/k/v, zero output projection."""
-    generator = torch.Generator().manual_seed(0)
-    state = {}
-    for ldm, path in ldm_to_diffusers_block_paths(unet).items():
-        attention = unet.get_submodule(path).attn1
-        dim, inner = attention.to_q.in_features, attention.to_q.out_features
-        state[f"{ldm}.norm_temp.weight"], state[f"{ldm}.norm_temp.bias"] = torch.ones(dim), torch.zeros(dim)
-        for name in ("to_q", "to_k", "to_v"):
-            state[f"{ldm}.attn_temp.{name}.weight"] = (torch.rand(inner, dim, generator=generator) - 0.5) * dim ** -0.5
-        state[f"{ldm}.attn_temp.to_out.0.weight"] = torch.zeros(dim, inner)
-        state[f"{ldm}.attn_temp.to_out.0.bias"] = torch.zeros(dim)
-    return state
-
-
-def reference_step(checkpoint: Path, frames: int, size: int, full_size: bool):
-    """One tuning step of the formulation as written: diffusers UNet + TAV's temporal layers, sparse-causal
-    attention and frame-spanning GroupNorm (as ours inflates by default), plain autograd."""
+def reference_step(checkpoint: Path, frames: int, size: int, full_size: bool, temporal: dict):
+    """One tuning step of the formulation as written: diffusers UNet + TAV's temporal layers (starting from
+    ``temporal``, the state ours inflates with), sparse-causal attention and frame-spanning GroupNorm (as ours
+    inflates by default), plain autograd."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     ldm = {k: v for k, v in load_file(str(checkpoint)).items() if k.startswith("model.diffusion_model.")}
-    unet = build_reference_unet(ldm, tiny_unet_diffusers_config(full_size))
-    reference = ReferenceTAV(unet, official_temporal_init(unet), mode="sparse_causal", frame_groupnorm=True).to(device)
+    reference = ReferenceTAV.from_ldm(ldm, tiny_unet_diffusers_config(full_size), temporal, mode="sparse_causal",
+                                      frame_groupnorm=True).to(device)
     reference.requires_grad_(False)
     trainable = [p for n, p in reference.named_parameters()
                  if n.endswith(("attn1.to_q.weight", "attn2.to_q.weight")) or ".attn_temp." in n]
@@ -156,15 +143,15 @@ def main(argv=None) -> int:
 
     # Ours runs as the node does, one call per tuning: a call's setup (clone, trainable copies, optimiser) is
     # excluded from the time by timing 1 and 4 steps, and from the memory by measuring its second step alone.
-    trained = (ours_step(checkpoint, args.frames, args.size).trainable,
-               reference_step(checkpoint, 1, 8, args.full_size).trainable)
+    ours = ours_step(checkpoint, args.frames, args.size)
+    trained = ours.trainable, reference_step(checkpoint, 1, 8, args.full_size, ours.temporal).trainable
     if trained[0] != trained[1]:
         raise SystemExit(f"the trainable sets differ: ours {trained[0]} parameters, the reference {trained[1]}")
     print(f"\n1. one-shot tuning step, ours vs the reference (the same {trained[0] / 1e6:.1f} M trainable parameters: "
           "query projections and temporal attention)")
     print("   frames  size | time s/step: ours no ckpt / ref  ratio | ours ckpt | step peak MiB: ours ckpt / ref  ratio")
     for frames, size in ((args.frames, args.size), (2 * args.frames, 2 * args.size)):
-        reference = reference_step(checkpoint, frames, size, args.full_size)
+        reference = reference_step(checkpoint, frames, size, args.full_size, ours.temporal)
         ref_s = seconds(reference, args.steps)
         ref_mb = peak_bytes(reference) / 2**20
 
