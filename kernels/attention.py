@@ -84,6 +84,15 @@ def cross_frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hea
     return attention_to_rows(q, k, v, rows, heads, attention, query_tokens_per_call)
 
 
+def gather_rows(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``(b, refs*n, d)``: for each b, rows ``rows[b]`` of ``t`` ``(rows, n, d)`` concatenated along the tokens.
+
+    ``index_select`` rather than ``t[rows]``: the same values, but its backward adds the gradients back with
+    ``index_add_``, where advanced indexing's accumulating ``index_put_`` sorts the indices first (several
+    times slower on a CPU, see tools/benchmarks/tune_a_video.py)."""
+    return t.index_select(0, rows.flatten()).unflatten(0, rows.shape).flatten(1, 2)
+
+
 def records_for_backward(*tensors: torch.Tensor) -> bool:
     """Whether autograd keeps what an operation on ``tensors`` saves (grad mode on and an input needs a gradient)."""
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
@@ -103,7 +112,7 @@ def attention_to_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: t
     """
     rows = rows.to(k.device)
     if query_tokens_per_call is None or records_for_backward(q, k, v):
-        return attention(q, k[rows].flatten(1, 2), v[rows].flatten(1, 2), heads)
+        return attention(q, gather_rows(k, rows), gather_rows(v, rows), heads)
     step = max(1, query_tokens_per_call // q.shape[1])
     group = max(1, heads // HEAD_GROUPS_PER_CALL)
     width = q.shape[2] // heads
@@ -114,6 +123,6 @@ def attention_to_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: t
             count = min(group, heads - first)
             channels = slice(first * width, (first + count) * width)  # these heads, in (heads x dim) order
             out[start:start + step, :, channels] = attention(
-                q[start:start + step, :, channels], k[..., channels][part].flatten(1, 2),
-                v[..., channels][part].flatten(1, 2), count)
+                q[start:start + step, :, channels], gather_rows(k[..., channels], part),
+                gather_rows(v[..., channels], part), count)
     return out
