@@ -9,4 +9,5 @@ import torch
 @torch.no_grad()
 def decay_delta_(delta: torch.Tensor, base: torch.Tensor, learning_rate: float, weight_decay: float) -> torch.Tensor:
     """In place: ``W <- W - lr * wd * W`` for ``W = base + delta``, applied to ``delta`` (``base`` is frozen)."""
-    return delta.sub_(learning_rate * weight_decay * (base.to(delta) + delta))
+    rate = learning_rate * weight_decay
+    return delta.mul_(1 - rate).sub_(base.to(delta.device), alpha=rate)  # = delta - rate * (base + delta), in place

@@ -30,7 +30,7 @@ from ..kernels.lora import (LoRASet, debiased_temporal_loss, join_spatial_sets, 
 from .model_helpers import PatcherKeys, require_sd1_unet, require_video_latent
 from .motion_lora_files import SPATIAL_PREFIX, save_motion_lora
 from .socket_types import InversionType, MotionLoRA, VideoSet
-from .training import TrainingSampler, predict_eps, train_in_guider
+from .training import TrainingSampler, adamw, predict_eps, train_in_guider
 from .video_unet import bypass_temporal, require_inflated
 
 
@@ -76,14 +76,13 @@ class MotionDirectorSampler(TrainingSampler):
 
     def __init__(self, videos: list[torch.Tensor], spatial: list[LoRASet], temporal: LoRASet, steps: int,
                  learning_rate: float, weight_decay: float, seed: int, gradient_checkpointing: bool,
-                 spatial_mask_probability: float, checkpoint=None, checkpoint_every: int = 0):
+                 spatial_mask_probability: float, device: torch.device, checkpoint=None, checkpoint_every: int = 0):
         super().__init__(steps, seed, gradient_checkpointing)
         self.videos = videos
         self.spatial, self.temporal = spatial, temporal
         self.mask_probability = spatial_mask_probability
         self.checkpoint, self.checkpoint_every = checkpoint, checkpoint_every
-        optimizers = [torch.optim.AdamW(s.parameters(), lr=learning_rate, betas=(0.9, 0.999), eps=1e-8,
-                                        weight_decay=weight_decay) for s in spatial + [temporal]]
+        optimizers = [adamw(s.parameters(), learning_rate, weight_decay, device) for s in spatial + [temporal]]
         self.spatial_optimizers, self.temporal_optimizer = optimizers[:-1], optimizers[-1]
 
     def trainable_parameters(self):
@@ -188,7 +187,7 @@ def train_motion_director(model, videos: tuple[TrainingVideo, ...], steps: int, 
         trainer = model.clone()
         trainer.set_injections(PatcherKeys.MOTION_LORA_TRAINING, [_hook_injection(spatial, temporal, inflation.layers)])
         sampler = MotionDirectorSampler([c.samples.clone() for c in videos], spatial, temporal, steps, learning_rate,
-                                        weight_decay, seed, gradient_checkpointing, spatial_mask_probability,
+                                        weight_decay, seed, gradient_checkpointing, spatial_mask_probability, device,
                                         checkpoint if checkpoint_name.strip() else None, checkpoint_every)
         guider = VideoGuider(trainer)
         guider.set_video_conds([c.conditioning for c in videos])

@@ -21,6 +21,24 @@ from tqdm import tqdm
 GRADIENT_CHECKPOINTING = contextvars.ContextVar("video_edit_gradient_checkpointing", default=False)
 
 
+def adamw(params, learning_rate: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW as the official trainers set it up (β 0.9/0.999, eps 1e-8), run by torch's fused kernel when
+    training runs on a device that has one (CPU and CUDA do): the same update, to float rounding, in one pass over
+    all parameters instead of several per parameter (tools/benchmarks/tune_a_video.py); elsewhere torch's default
+    implementation."""
+    fused = torch.device(device).type in _fused_adamw_devices()
+    return torch.optim.AdamW(params, lr=learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay,
+                             fused=fused or None)
+
+
+def _fused_adamw_devices() -> list[str]:
+    try:  # not public API; a torch without it gets the default implementation
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:
+        return []
+    return _get_fused_kernels_supported_devices()
+
+
 def remove_weight_wrappers(patcher, wrappers):
     """Take training wrappers off the shared modules: ComfyUI keeps a fully loaded model's weight functions
     when it switches to another clone, which would otherwise apply the deltas twice."""

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..kernels.weight_decay import decay_delta_
 from .model_helpers import require_sd1_unet, require_video_latent
-from .training import TrainingSampler, predict_eps, remove_weight_wrappers, train_in_guider
+from .training import TrainingSampler, adamw, predict_eps, remove_weight_wrappers, train_in_guider
 from .video_unet import TunedWeights, apply_tuned, bypass_temporal, inflate, query_weight_shapes, require_inflated
 
 class QueryDelta(nn.Module):
@@ -38,7 +38,8 @@ class OneShotTuningSampler(TrainingSampler):
     title = "one-shot tuning"
 
     def __init__(self, deltas: list[QueryDelta], temporal_params: list[nn.Parameter], steps: int, learning_rate: float,
-                 weight_decay: float, seed: int, gradient_checkpointing: bool, image_mix: float = 0.0):
+                 weight_decay: float, seed: int, gradient_checkpointing: bool, device: torch.device,
+                 image_mix: float = 0.0):
         super().__init__(steps, seed, gradient_checkpointing)
         self.deltas = deltas
         self.image_mix = image_mix
@@ -47,10 +48,8 @@ class OneShotTuningSampler(TrainingSampler):
         self.weight_decay = weight_decay
         # AdamW's decay on the full weight W = base + delta is applied by hand to the deltas (see _decay_queries),
         # so the optimiser decays only the temporal parameters.
-        self.optimizer = torch.optim.AdamW(
-            [{"params": [d.delta for d in deltas], "weight_decay": 0.0},
-             {"params": temporal_params, "weight_decay": weight_decay}],
-            lr=learning_rate, betas=(0.9, 0.999), eps=1e-8)
+        self.optimizer = adamw([{"params": [d.delta for d in deltas], "weight_decay": 0.0},
+                                {"params": temporal_params}], learning_rate, weight_decay, device)
 
     def trainable_parameters(self):
         return self.params
@@ -112,7 +111,7 @@ def one_shot_tune(model, latent: dict, positive, steps: int, learning_rate: floa
         for key, delta in deltas.items():
             trainer.add_weight_wrapper(key, delta)
         sampler = OneShotTuningSampler(list(deltas.values()), temporal_params, steps, learning_rate, weight_decay, seed,
-                                       gradient_checkpointing, image_mix)
+                                       gradient_checkpointing, device, image_mix)
         guider = Guider_Basic(trainer)
         guider.set_conds(positive)
         try:

@@ -187,6 +187,33 @@ def test_only_the_trainable_weights_get_gradients(tav, tiny_models):
     assert all(torch.equal(p, before[name]) for name, p in unet.named_parameters())
 
 
+def test_the_trainers_adamw_takes_torchs_default_adamw_steps(comfy_lib):
+    """Tuning and MotionDirector step with torch's fused AdamW on a CPU (one pass over all parameters); its
+    steps, with the official settings and a group without weight decay, are the default implementation's."""
+    from video_edit.nodes.training import adamw
+
+    g = torch.Generator().manual_seed(6)
+    start = [torch.randn(shape, generator=g) for shape in ((8, 8), (8,), (4, 8))]
+    grads = [[torch.randn(p.shape, generator=g) for p in start] for _ in range(5)]
+
+    def trained(make_optimizer):
+        params = [torch.nn.Parameter(p.clone()) for p in start]
+        optimizer = make_optimizer([{"params": params[:1], "weight_decay": 0.0}, {"params": params[1:]}])
+        for step in grads:
+            for p, grad in zip(params, step):
+                p.grad = grad.clone()
+            optimizer.step()
+        return optimizer, [p.detach() for p in params]
+
+    fused, ours = trained(lambda groups: adamw(groups, 3e-2, 1e-2, torch.device("cpu")))
+    assert all(group["fused"] for group in fused.param_groups)
+    _, default = trained(lambda groups: torch.optim.AdamW(groups, lr=3e-2, betas=(0.9, 0.999), eps=1e-8,
+                                                          weight_decay=1e-2))
+    for p, expected, first in zip(ours, default, start):
+        torch.testing.assert_close(p, expected, rtol=1e-6, atol=1e-7)
+        assert not torch.equal(p, first)
+
+
 def test_causal_temporal_mask_in_the_unet_and_the_tuned_file(tav, tmp_path):
     """Make-Your-Video's causal mask (VE_InflateUNet temporal_mask causal) with per-frame GroupNorm and
     sparse-causal attention: the whole UNet is causal, frame i's output ignores later frames. One-shot tuning
