@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from reference.tav_diffusers import ReferenceTAV
+from reference.tav_diffusers import ReferenceTAV, official_ddim_loop
 from safetensors.torch import load_file
 from tiny_models import tiny_unet_diffusers_config
 
@@ -77,25 +77,6 @@ def test_fatezero_zero_shot_model_matches_the_official_config(setup):
     assert (everywhere - official).norm() / official.norm() > 1e-2  # the 320-channel blocks do matter
     with pytest.raises(ValueError, match="min_channels: no block has 1280 channels"):
         sparse_causal.with_cross_frame_attention(inflated, "middle_frame", min_channels=1280)
-
-
-def official_ddim_loop(eps_model, latent: torch.Tensor, steps: int) -> list[torch.Tensor]:
-    """Tune-A-Video's ``ddim_loop``/``next_step`` (tuneavideo/util.py), re-derived on diffusers' SD scheduler."""
-    from diffusers import DDIMScheduler
-
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)
-    scheduler.set_timesteps(steps)
-    levels = [latent]
-    for i in range(steps):
-        t = int(scheduler.timesteps[len(scheduler.timesteps) - i - 1])
-        previous = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
-        alpha = scheduler.alphas_cumprod[previous] if previous >= 0 else scheduler.final_alpha_cumprod
-        alpha_next = scheduler.alphas_cumprod[t]
-        eps = eps_model(levels[-1], t)
-        clean = (levels[-1] - (1 - alpha) ** 0.5 * eps) / alpha ** 0.5
-        levels.append(alpha_next ** 0.5 * clean + (1 - alpha_next) ** 0.5 * eps)
-    return levels
 
 
 @pytest.mark.parametrize("steps", [10, 50])

@@ -439,3 +439,42 @@ class ReferenceTAV(nn.Module):
             return self.unet(latents, t, encoder_hidden_states=ehs, return_dict=False)[0]
         finally:
             self._state.frames = None
+
+
+# --------------------------------------------------------------------------------------------------
+# The official inversion and sampling loops (tuneavideo/util.py, tuneavideo/pipelines)
+# --------------------------------------------------------------------------------------------------
+
+def sd_ddim_scheduler(steps: int):
+    """diffusers' DDIM scheduler with SD1.x's configuration, set to ``steps``."""
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+def official_ddim_loop(eps_model, latent: torch.Tensor, steps: int) -> list[torch.Tensor]:
+    """Tune-A-Video's ``ddim_loop``/``next_step`` (tuneavideo/util.py), re-derived on diffusers' SD scheduler."""
+    scheduler = sd_ddim_scheduler(steps)
+    levels = [latent]
+    for i in range(steps):
+        t = int(scheduler.timesteps[len(scheduler.timesteps) - i - 1])
+        previous = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+        alpha = scheduler.alphas_cumprod[previous] if previous >= 0 else scheduler.final_alpha_cumprod
+        alpha_next = scheduler.alphas_cumprod[t]
+        eps = eps_model(levels[-1], t)
+        clean = (levels[-1] - (1 - alpha) ** 0.5 * eps) / alpha ** 0.5
+        levels.append(alpha_next ** 0.5 * clean + (1 - alpha_next) ** 0.5 * eps)
+    return levels
+
+
+def official_ddim_sample(eps_model, latent: torch.Tensor, steps: int, guidance_scale: float) -> torch.Tensor:
+    """The Tune-A-Video pipeline's denoising loop: DDIM (eta 0) with classifier-free guidance from ``latent``;
+    ``eps_model(x, t)`` returns the unconditional and the conditional ε."""
+    scheduler = sd_ddim_scheduler(steps)
+    for t in scheduler.timesteps:
+        uncond, cond = eps_model(latent, t)
+        latent = scheduler.step(uncond + guidance_scale * (cond - uncond), t, latent).prev_sample
+    return latent
