@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-VERSION = "3"  # bump when the generated weights change, so cached files are rebuilt
+VERSION = "4"  # bump when the generated weights change, so cached files are rebuilt
 
 # The tiny UNet in ComfyUI's openaimodel.UNetModel terms: exactly the config ComfyUI's model detection
 # reads back from the checkpoint (plus SD15's num_heads / num_head_channels).
@@ -242,8 +242,8 @@ def _write(path: Path, build, seed: int, kind: str) -> Path:
     return path
 
 
-def _build_checkpoint(seed: int) -> dict[str, torch.Tensor]:
-    sd = _unet_state_dict(seed)
+def _build_checkpoint(seed: int, unet_config: dict = TINY_UNET_CONFIG) -> dict[str, torch.Tensor]:
+    sd = _unet_state_dict(seed, unet_config)
     sd.update(_clip_state_dict(seed))
     sd.update(_vae_state_dict(seed))
     return sd
@@ -251,11 +251,8 @@ def _build_checkpoint(seed: int) -> dict[str, torch.Tensor]:
 
 def full_size_sd15_checkpoint(models_dir: Path, seed: int = 0) -> Path:
     """``models_dir/full_size_sd15_seed{seed}.safetensors``: random weights in the real SD1.5 shapes (~2 GB)."""
-
-    def build(seed):
-        return {**_build_checkpoint(seed), **_unet_state_dict(seed, FULL_UNET_CONFIG)}
-
-    return _write(Path(models_dir) / f"full_size_sd15_seed{seed}.safetensors", build, seed, "sd15-full-size")
+    return _write(Path(models_dir) / f"full_size_sd15_seed{seed}.safetensors",
+                  lambda seed: _build_checkpoint(seed, FULL_UNET_CONFIG), seed, "sd15-full-size")
 
 
 def tiny_sd15_checkpoint(models_dir: Path, seed: int = 0) -> Path:
