@@ -17,19 +17,32 @@ from torch import nn
 from ..kernels.weight_decay import decay_delta_
 from .model_helpers import require_sd1_unet, require_video_latent
 from .training import TrainingSampler, adamw, predict_eps, remove_weight_wrappers, train_in_guider
-from .video_unet import TunedWeights, apply_tuned, bypass_temporal, inflate, query_weight_shapes, require_inflated
+from .video_unet import TunedWeights, apply_tuned, bypass_temporal, inflate, query_layers, require_inflated
 
 class QueryDelta(nn.Module):
-    """Weight wrapper ``W -> W + delta`` with a trainable delta; remembers W for decoupled weight decay."""
+    """Weight wrapper ``W -> W + delta`` on ``layer``, with a trainable delta; remembers W for decoupled weight
+    decay (``base``)."""
 
-    def __init__(self, shape, device):
+    def __init__(self, shape, device, layer: nn.Module):
         super().__init__()
         self.delta = nn.Parameter(torch.zeros(shape, device=device))
-        self.base = None
+        self.layers = [layer]  # in a list, not a submodule: the layer's weights are not the wrapper's
+        self.used = None
 
     def forward(self, weight):
-        self.base = weight.detach()
+        # ComfyUI hands weight wrappers a copy of the weight. Kept until the step's decay, the copies of all
+        # query projections would add up to their whole size; when the copy is just the layer's own weight
+        # (this wrapper comes first, same device and dtype), the layer's weight serves instead.
+        layer = self.layers[0]
+        own = (layer.weight_function[0] is self and layer.weight.device == weight.device
+               and layer.weight.dtype == weight.dtype)
+        self.used = None if own else weight.detach()
         return weight + self.delta.to(weight.dtype)
+
+    @property
+    def base(self) -> torch.Tensor:
+        """W as the last forward pass used it, before the delta."""
+        return self.layers[0].weight.detach() if self.used is None else self.used
 
 
 class OneShotTuningSampler(TrainingSampler):
@@ -107,7 +120,7 @@ def one_shot_tune(model, latent: dict, positive, steps: int, learning_rate: floa
         temporal_params = trainer_layers.tunable_parameters()
         for p in temporal_params:
             p.requires_grad_(True)
-        deltas = {key: QueryDelta(shape, device) for key, shape in query_weight_shapes(unet).items()}
+        deltas = {key: QueryDelta(layer.weight.shape, device, layer) for key, layer in query_layers(unet).items()}
         for key, delta in deltas.items():
             trainer.add_weight_wrapper(key, delta)
         sampler = OneShotTuningSampler(list(deltas.values()), temporal_params, steps, learning_rate, weight_decay, seed,

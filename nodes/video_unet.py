@@ -226,10 +226,15 @@ class TunedWeights:
     mask: TemporalMask = TemporalMask()
 
 
-def query_weight_shapes(unet: nn.Module) -> dict[str, torch.Size]:
-    """Model key -> shape of Tune-A-Video's tuned query projections: attn1.to_q and attn2.to_q of every block."""
-    return {f"diffusion_model.{path}.{attn}.to_q.weight": getattr(block, attn).to_q.weight.shape
+def query_layers(unet: nn.Module) -> dict[str, nn.Module]:
+    """Model key of the weight -> Tune-A-Video's tuned query projections: attn1.to_q and attn2.to_q of every block."""
+    return {f"diffusion_model.{path}.{attn}.to_q.weight": getattr(block, attn).to_q
             for _, path, _, block in iter_transformer_blocks(unet) for attn in ("attn1", "attn2")}
+
+
+def query_weight_shapes(unet: nn.Module) -> dict[str, torch.Size]:
+    """Model key -> shape of the tuned query projections (``query_layers``)."""
+    return {key: layer.weight.shape for key, layer in query_layers(unet).items()}
 
 
 def apply_tuned(model, tuned: TunedWeights, what: str = "tuned weights"):

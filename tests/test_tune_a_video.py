@@ -214,6 +214,27 @@ def test_the_trainers_adamw_takes_torchs_default_adamw_steps(comfy_lib):
         assert not torch.equal(p, first)
 
 
+def test_a_query_delta_holds_no_copy_of_its_layers_own_weight(comfy_lib):
+    """ComfyUI hands weight wrappers a copy of the weight. When that is the layer's own weight (the wrapper comes
+    first), the weight decay reads the layer's weight instead of keeping the copy through the step; after
+    another function (e.g. a LoRA patched on the fly), it keeps the weight as it was used."""
+    from video_edit.nodes.tuning import QueryDelta
+
+    layer = torch.nn.Linear(4, 4, bias=False)
+    delta = QueryDelta(layer.weight.shape, "cpu", layer)
+    with torch.no_grad():
+        delta.delta.fill_(0.5)
+    layer.weight_function = [delta]
+    out = delta(layer.weight.detach().clone())
+    assert delta.used is None and torch.equal(delta.base, layer.weight)
+    torch.testing.assert_close(out, layer.weight + 0.5)
+    patched = layer.weight.detach() + 1
+    layer.weight_function = [lambda weight: weight + 1, delta]
+    out = delta(patched)
+    assert delta.used is not None and torch.equal(delta.base, patched)
+    torch.testing.assert_close(out, layer.weight + 1.5)
+
+
 def test_causal_temporal_mask_in_the_unet_and_the_tuned_file(tav, tmp_path):
     """Make-Your-Video's causal mask (VE_InflateUNet temporal_mask causal) with per-frame GroupNorm and
     sparse-causal attention: the whole UNet is causal, frame i's output ignores later frames. One-shot tuning
