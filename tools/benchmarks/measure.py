@@ -28,16 +28,19 @@ def peak_bytes(fn) -> int:
     return peak
 
 
+def now() -> float:
+    """``time.perf_counter()`` once the GPU's queued work is done."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 def seconds(fn, repeats: int = 2) -> float:
     """Best wall time of ``repeats`` calls of ``fn`` after one warm-up call."""
     fn()
     best = float("inf")
     for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+        start = now()
         fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, now() - start)
     return best

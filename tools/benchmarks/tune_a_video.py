@@ -36,7 +36,6 @@ import contextlib
 import functools
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -45,7 +44,7 @@ TOOLS = Path(__file__).resolve().parents[1]
 REPO_ROOT = TOOLS.parent
 sys.path[:0] = [str(TOOLS), str(TOOLS / "benchmarks"), str(REPO_ROOT / "tests")]
 
-from measure import peak_bytes, seconds  # noqa: E402
+from measure import now, peak_bytes, seconds  # noqa: E402
 from reference.tav_diffusers import ReferenceTAV, official_ddim_loop, official_ddim_sample  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from tiny_models import full_size_sd15_checkpoint, tiny_sd15_checkpoint, tiny_unet_diffusers_config  # noqa: E402
@@ -100,19 +99,13 @@ def patched(cls, name: str, method):
         setattr(cls, name, original)
 
 
-def now() -> float:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter()
-
-
 def step_seconds(checkpoint: Path, frames: int, size: int, repeats: int, checkpointing: bool, reference):
     """Best wall times of one iteration of ours' tuning loop (train step, optimiser, progress bar, Cancel check)
     and of one ``reference`` step, taking turns: a reference step runs after each of ours' iterations, in one
     VE_OneShotTune call of ``repeats`` + 1 steps, so both see the same machine; the first of each is a warm-up.
     Also the median ratio of an iteration to the reference step right after it (robust to a machine whose speed
-    drifts), and the call's wall time beyond its steps (clone, trainable copies, optimiser, model load, the first step's
-    warm-up: paid once per tuning, not per step)."""
+    drifts), and the call's wall time beyond its steps (clone, trainable copies, optimiser, model load, the first
+    step's warm-up: paid once per tuning, not per step)."""
     tune = ours_step(checkpoint, frames, size, repeats + 1, checkpointing)
     from video_edit.nodes.tuning import OneShotTuningSampler
 
@@ -264,15 +257,15 @@ def tuning_step_section(checkpoint: Path, frames: int, size: int, steps: int, fu
     # a reference step (the call's setup is printed apart: it is paid once per tuning), and its memory the peak
     # of its second step alone.
     ours = ours_step(checkpoint, frames, size)
-    trained = ours.trainable, reference_step(checkpoint, 1, 8, full_size, ours.temporal).trainable
-    if trained[0] != trained[1]:
-        raise SystemExit(f"the trainable sets differ: ours {trained[0]} parameters, the reference {trained[1]}")
-    print(f"\n1. one-shot tuning step, ours vs the reference (the same {trained[0] / 1e6:.1f} M trainable parameters: "
-          "query projections and temporal attention)")
+    print(f"\n1. one-shot tuning step, ours vs the reference (the same {ours.trainable / 1e6:.1f} M trainable "
+          "parameters: query projections and temporal attention)")
     print("   frames  size | time s/step: ours no ckpt / ref  best  paired | ours ckpt | step peak MiB: ours ckpt / ref"
           "  ratio | ours' call setup s")
     for frames, size in ((frames, size),) if full_size else ((frames, size), (2 * frames, 2 * size)):
         reference = reference_step(checkpoint, frames, size, full_size, ours.temporal)
+        if reference.trainable != ours.trainable:
+            raise SystemExit(f"the trainable sets differ: ours {ours.trainable} parameters, the reference "
+                             f"{reference.trainable}")
         reference()  # its optimiser state exists before the measured step, as ours' does
         ref_mb = peak_bytes(reference) / 2**20
         plain_s, ref_s, ratio, setup_s = step_seconds(checkpoint, frames, size, steps, False, reference)
@@ -292,7 +285,8 @@ def attention_section():
     print("   frames   sparse_causal MiB (ours / whole batch / ratio)   full MiB   "
           "sparse_causal s (ours / whole batch)   full s")
     for frames in (4, 8, 16, 32):
-        ours, whole = attention_call(frames, "sparse_causal", QUERY_TOKENS_PER_CALL), attention_call(frames, "sparse_causal")
+        ours = attention_call(frames, "sparse_causal", QUERY_TOKENS_PER_CALL)
+        whole = attention_call(frames, "sparse_causal")
         full = attention_call(frames, "full")
         ours_mb, whole_mb, full_mb = (peak_bytes(call) / 2**20 for call in (ours, whole, full))
         ours_s, whole_s, full_s = (seconds(call, 1) for call in (ours, whole, full))
