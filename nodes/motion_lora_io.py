@@ -54,6 +54,18 @@ def spatial_set_of(spatial: dict, spatial_set: int, spatial_name: str) -> tuple[
     return sets[spatial_set], f"spatial: set {spatial_set} of {len(sets)} (one per training video)"
 
 
+def strength_input(name: str, default: float):
+    """A LoRA strength, as core Load LoRA offers it."""
+    return io.Float.Input(name, default=default, min=-10.0, max=10.0, step=0.01)
+
+
+def spatial_set_input():
+    """Which video's spatial set to apply, for spatial LoRAs trained with one set per video."""
+    return io.Int.Input("spatial_set", default=0, min=0, max=1023, optional=True,
+                        tooltip="For spatial LoRAs trained with one set per video (official): whose set to "
+                                "apply, 0 = the first video's. A shared set is set 0.")
+
+
 def apply_motion_lora(model, spatial: dict | None, spatial_strength: float, temporal: dict | None,
                       temporal_strength: float, spatial_name: str = "spatial_lora", temporal_name: str = "temporal_lora",
                       spatial_set: int = 0):
@@ -88,12 +100,10 @@ class ApplyMotionLoRA(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The inflated model the LoRAs were trained on."),
                 io.LoraModel.Input("spatial_lora", optional=True),
-                io.Float.Input("spatial_strength", default=0.0, min=-10.0, max=10.0, step=0.01),
+                strength_input("spatial_strength", 0.0),
                 MotionLoRA.Input("temporal_lora", optional=True),
-                io.Float.Input("temporal_strength", default=1.0, min=-10.0, max=10.0, step=0.01),
-                io.Int.Input("spatial_set", default=0, min=0, max=1023, optional=True,
-                             tooltip="For spatial LoRAs trained with one set per video (official): whose set to "
-                                     "apply, 0 = the first video's. A shared set is set 0."),
+                strength_input("temporal_strength", 1.0),
+                spatial_set_input(),
             ],
             outputs=[io.Model.Output()],
         )
@@ -147,12 +157,10 @@ class LoadMotionLoRA(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The inflated model (VE_InflateUNet) the LoRAs were trained on."),
                 io.Combo.Input("spatial_file", options=[NONE] + folder_paths.get_filename_list(SPATIAL_FOLDER)),
-                io.Float.Input("spatial_strength", default=0.0, min=-10.0, max=10.0, step=0.01),
+                strength_input("spatial_strength", 0.0),
                 io.Combo.Input("temporal_file", options=[NONE] + folder_paths.get_filename_list(TEMPORAL_FOLDER)),
-                io.Float.Input("temporal_strength", default=1.0, min=-10.0, max=10.0, step=0.01),
-                io.Int.Input("spatial_set", default=0, min=0, max=1023, optional=True,
-                             tooltip="For spatial LoRAs trained with one set per video (official): whose set to "
-                                     "apply, 0 = the first video's. A shared set is set 0."),
+                strength_input("temporal_strength", 1.0),
+                spatial_set_input(),
             ],
             outputs=[io.Model.Output()],
         )
