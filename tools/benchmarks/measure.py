@@ -35,9 +35,10 @@ def now() -> float:
     return time.perf_counter()
 
 
-def seconds(fn, repeats: int = 2) -> float:
-    """Best wall time of ``repeats`` calls of ``fn`` after one warm-up call."""
-    fn()
+def seconds(fn, repeats: int = 2, warm_up=None) -> float:
+    """Best wall time of ``repeats`` calls of ``fn`` after one warm-up call (of ``warm_up`` if given: a shorter run
+    of the same work)."""
+    (warm_up or fn)()
     best = float("inf")
     for _ in range(repeats):
         start = now()

@@ -14,7 +14,8 @@
 3. Gathering the sparse-causal keys for tuning, forward and backward: ours (index_select) vs the official
    advanced indexing.
 4. Inversion + edit (--edit-steps each, cfg 12.5): ours (VE DDIM Invert, then KSampler Advanced with ddim) vs
-   the official loops (``ddim_loop``, then the pipeline's DDIM loop) on the reference model.
+   the official loops (``ddim_loop``, then the pipeline's DDIM loop) on the reference model, each the best of
+   --steps runs after a 2-step warm-up.
 
 On a GPU the reference runs as the official configuration does, under fp16 autocast; ours as ComfyUI loads it.
 
@@ -26,8 +27,8 @@ measure.py). Prints times, memory and ratios. No GPU needed.
 
 --full-size uses a random-weight UNet with the real SD1.5 shapes (slow on a CPU; meant for a GPU machine) and times
 the tuning step at the given size only; Tune-A-Video's setting is --frames 24 --size 512. Section 1 also prints 500
-steps' time and, on a GPU, the memory allocated at a step's peak; section 4 times one run after a warm-up. For a GPU
-machine without network: tools/benchmarks/offline_gpu.sh.
+steps' time and, on a GPU, the memory allocated at a step's peak; section 4 times one run. For a GPU machine without
+network: tools/benchmarks/offline_gpu.sh.
 """
 
 from __future__ import annotations
@@ -202,16 +203,16 @@ def reference_step(checkpoint: Path, frames: int, size: int, full_size: bool, te
     return step
 
 
-def ours_invert_and_edit(checkpoint: Path, frames: int, size: int, steps: int, guidance: float):
+def ours_invert_and_edit(checkpoint: Path, frames: int, size: int, guidance: float):
     """Ours' inversion and edit as the Tune-A-Video workflow runs them: VE DDIM Invert with the empty prompt, then
-    KSampler Advanced (ddim, ddim_uniform, cfg ``guidance``) from the inverted latent, ``steps`` each."""
+    KSampler Advanced (ddim, ddim_uniform, cfg ``guidance``) from the inverted latent; ``run(steps)`` each."""
     video, cond, empty = ours_model(checkpoint)
     import nodes as core_nodes
     from video_edit.nodes import inversion, video_unet
 
     latent = {"samples": torch.randn(frames, 4, size // 8, size // 8)}
 
-    def run():
+    def run(steps: int):
         noisy = inversion.ddim_invert(video, latent, empty, steps).noisiest
         core_nodes.KSamplerAdvanced().sample(video, "disable", 0, steps, guidance, "ddim", "ddim_uniform", cond, empty,
                                              {"samples": noisy}, 0, 10000, "disable")
@@ -220,15 +221,16 @@ def ours_invert_and_edit(checkpoint: Path, frames: int, size: int, steps: int, g
     return run
 
 
-def reference_invert_and_edit(checkpoint: Path, frames: int, size: int, steps: int, guidance: float,
-                              full_size: bool, temporal: dict):
-    """The official ``ddim_loop`` inversion with the empty prompt, then the pipeline's DDIM loop with CFG."""
+def reference_invert_and_edit(checkpoint: Path, frames: int, size: int, guidance: float, full_size: bool,
+                              temporal: dict):
+    """The official ``ddim_loop`` inversion with the empty prompt, then the pipeline's DDIM loop with CFG;
+    ``run(steps)`` each."""
     reference = reference_model(checkpoint, full_size, temporal)
     latents = torch.randn(frames, 4, size // 8, size // 8, device=DEVICE)
     text, empty = (torch.randn(1, 77, 768, device=DEVICE) for _ in range(2))
     pair = torch.cat([empty, text])
 
-    def run():
+    def run(steps: int):
         with torch.no_grad(), official_precision():
             noisy = official_ddim_loop(lambda x, t: reference(x, t, empty), latents, steps)[-1]
             official_ddim_sample(lambda x, t: reference(torch.cat([x, x]), t, pair, chunks=2).chunk(2), noisy, steps,
@@ -316,10 +318,10 @@ def gather_section(steps: int):
 
 
 def edit_section(checkpoint: Path, frames: int, size: int, steps: int, repeats: int, full_size: bool):
-    ours = ours_invert_and_edit(checkpoint, frames, size, steps, 12.5)
-    reference = reference_invert_and_edit(checkpoint, frames, size, steps, 12.5, full_size, ours.temporal)
-    repeats = 1 if full_size else repeats  # each call is 2 x 50 UNet calls on the whole clip
-    ours_s, ref_s = seconds(ours, repeats), seconds(reference, repeats)
+    ours = ours_invert_and_edit(checkpoint, frames, size, 12.5)
+    reference = reference_invert_and_edit(checkpoint, frames, size, 12.5, full_size, ours.temporal)
+    repeats = 1 if full_size else repeats  # each run is 2 x steps UNet calls on the whole clip
+    ours_s, ref_s = (seconds(lambda: run(steps), repeats, warm_up=lambda: run(2)) for run in (ours, reference))
     print(f"\n4. inversion + edit, {steps} steps each (cfg 12.5), {frames} frames {size}x{size}: seconds")
     print(f"   ours {ours_s:.2f} / official loops {ref_s:.2f}  {ours_s / ref_s:5.2f}x")
 
