@@ -23,9 +23,9 @@ class QueryDelta(nn.Module):
     """Weight wrapper ``W -> W + delta`` on ``layer``, with a trainable delta; remembers W for decoupled weight
     decay (``base``)."""
 
-    def __init__(self, shape, device, layer: nn.Module):
+    def __init__(self, layer: nn.Module, device):
         super().__init__()
-        self.delta = nn.Parameter(torch.zeros(shape, device=device))
+        self.delta = nn.Parameter(torch.zeros(layer.weight.shape, device=device))
         self.layers = [layer]  # in a list, not a submodule: the layer's weights are not the wrapper's
         self.used = None
 
@@ -120,7 +120,7 @@ def one_shot_tune(model, latent: dict, positive, steps: int, learning_rate: floa
         temporal_params = trainer_layers.tunable_parameters()
         for p in temporal_params:
             p.requires_grad_(True)
-        deltas = {key: QueryDelta(layer.weight.shape, device, layer) for key, layer in query_layers(unet).items()}
+        deltas = {key: QueryDelta(layer, device) for key, layer in query_layers(unet).items()}
         for key, delta in deltas.items():
             trainer.add_weight_wrapper(key, delta)
         sampler = OneShotTuningSampler(list(deltas.values()), temporal_params, steps, learning_rate, weight_decay, seed,

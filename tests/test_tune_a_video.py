@@ -221,7 +221,7 @@ def test_a_query_delta_holds_no_copy_of_its_layers_own_weight(comfy_lib):
     from video_edit.nodes.tuning import QueryDelta
 
     layer = torch.nn.Linear(4, 4, bias=False)
-    delta = QueryDelta(layer.weight.shape, "cpu", layer)
+    delta = QueryDelta(layer, "cpu")
     with torch.no_grad():
         delta.delta.fill_(0.5)
     layer.weight_function = [delta]
