@@ -112,11 +112,12 @@ def object_info(comfy):
 
 
 @pytest.fixture(scope="session")
-def tiny_workflow_inputs(comfy):
-    """Inputs that shrink any workflow to the tiny model: a sample clip, 4 frames of 64x64, 2 steps."""
+def demo_settings(comfy):
+    """The demo's settings (tools/demo.py) at the smallest size the tests run workflows at: the tiny models, a
+    sample clip, 4 frames of 64x64, 2 steps (every workflow is cut by workflow_graphs.shrink, as the demo cuts it)."""
+    from demo import Settings
     from sample_clip import write_sample_clip
 
     write_sample_clip(comfy.input_dir / "skier.mp4", frames=20, size=96)
-    return dict(ckpt_name=comfy.checkpoint_name, control_net_name=comfy.controlnet_name, file="skier.mp4",
-                n_frames=4, width=64, height=64, steps=2, keep_steps=0, batch_size=4, keyframe_chunk_size=2)
-
+    files = dict(ckpt_name=comfy.checkpoint_name, control_net_name=comfy.controlnet_name, file="skier.mp4")
+    return Settings(files, frames=4, size=64, steps=2)

@@ -39,7 +39,7 @@ def load_video(g, **inputs):
 # ----- reads confined to ComfyUI's folders ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def outside(comfy, tiny_workflow_inputs):
+def outside(comfy, demo_settings):
     """A real video outside ComfyUI's folders, and a symlink to it from the input folder."""
     folder = comfy.base_dir.parent / f"outside_{uuid.uuid4().hex[:6]}"
     folder.mkdir()
@@ -114,7 +114,7 @@ def test_memory_estimate_refuses_before_decoding(comfy, graph):
 # ----- saves: numbered, all or nothing ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def produced(comfy, graph, tiny_workflow_inputs):
+def produced(comfy, graph, demo_settings):
     """Through the executor: a one-step tuning saved twice under one name, a one-step motion LoRA pair."""
     g = graph()
     ckpt = g.node("CheckpointLoaderSimple", ckpt_name=comfy.checkpoint_name)

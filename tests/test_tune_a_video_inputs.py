@@ -139,7 +139,7 @@ def graph(comfy_lib):
     return GraphBuilder
 
 
-def test_controlnet_hints_must_match_the_clip(comfy, graph, tiny_workflow_inputs):
+def test_controlnet_hints_must_match_the_clip(comfy, graph, demo_settings):
     g = graph(prefix="")
     ckpt = g.node("CheckpointLoaderSimple", ckpt_name=comfy.checkpoint_name)
     clip4 = g.node("VE_LoadVideo", file="skier.mp4", n_frames=4, start_frame=0, frame_stride=1, width=64, height=64, path="")
@@ -158,7 +158,7 @@ def test_controlnet_hints_must_match_the_clip(comfy, graph, tiny_workflow_inputs
         comfy.run(g.finalize())
 
 
-def test_cancelled_tuning_saves_nothing(comfy, graph, tiny_workflow_inputs):
+def test_cancelled_tuning_saves_nothing(comfy, graph, demo_settings):
     g = graph(prefix="")
     ckpt = g.node("CheckpointLoaderSimple", ckpt_name=comfy.checkpoint_name)
     clip = g.node("VE_LoadVideo", file="skier.mp4", n_frames=4, start_frame=0, frame_stride=1, width=64, height=64, path="")

@@ -1,4 +1,5 @@
-"""Every workflows/*.json runs end to end in the real ComfyUI executor, shrunk to the tiny model."""
+"""Every workflows/*.json runs end to end in the real ComfyUI executor, through the demo's own entry point and cut
+to the tiny model by the same code as the demo (workflow_graphs.shrink)."""
 
 import json
 from pathlib import Path
@@ -32,28 +33,48 @@ def test_there_are_workflows():
     assert {"tune_a_video_edit", "tune_a_video_controlnet", "tune_a_video_reuse"} <= {p.stem for p in WORKFLOWS}
 
 
-@pytest.mark.parametrize("path", ORDERED, ids=lambda p: p.stem)
-def test_workflow_runs_end_to_end(comfy, comfy_lib, tiny_workflow_inputs, path):
-    """The workflow's API graph (tools/workflow_graphs, which the frontend check ties to the shipped JSON)."""
-    from workflow_graphs import all_workflows, set_inputs
+@pytest.mark.parametrize("frames,size,steps", [(2, 64, 1), (4, 64, 2), (8, 128, 10), (24, 512, 50)])
+def test_shrink_keeps_every_workflow_consistent(comfy_lib, frames, size, steps):
+    """At the tests' sizes and the demo's defaults (8 frames of 128², 10 steps): every clip and batch has the
+    frames, an inversion keeps only levels its own steps reach, keyframe chunks and context windows fit the clip.
+    (The demo once cut the inversion to 10 steps but kept TokenFlow's keep_steps 50, which ComfyUI refused.)"""
+    from workflow_graphs import all_workflows, shrink
 
-    prompt = set_inputs(all_workflows()[path.stem](), **tiny_workflow_inputs)
-    outputs = comfy.run(prompt)
-    videos = [p for p in comfy.output_files(outputs) if p.suffix in (".mp4", ".gif", ".webp")]
-    assert videos, f"{path.name} saved no video: {outputs}"
+    for name, build in all_workflows().items():
+        for node in shrink(build(), frames, size, steps).values():
+            inputs = {k: v for k, v in node["inputs"].items() if not isinstance(v, list)}
+            assert inputs.get("n_frames", frames) == inputs.get("batch_size", frames) == frames, name
+            assert inputs.get("width", size) == inputs.get("height", size) == size, name
+            assert inputs.get("steps", steps) == steps, name
+            assert inputs.get("keep_steps", 0) in (0, steps), name
+            assert inputs.get("keyframe_chunk_size", 1) <= max(1, frames // 2), name
+            if "context_length" in inputs:
+                assert 0 <= inputs["context_overlap"] < inputs["context_length"] <= frames, name
+
+
+@pytest.mark.parametrize("path", ORDERED, ids=lambda p: p.stem)
+def test_workflow_runs_from_the_demo(comfy, demo_settings, path):
+    """The demo's entry point for one workflow (tools/demo.py run_with_producer) on the test server, at the
+    smallest settings: it finishes and every video it saves has every frame."""
+    from demo import run_with_producer
+
+    videos = run_with_producer(path.stem, comfy, demo_settings)
+    assert videos, f"{path.name} saved no video"
     for video in videos:
         assert video.is_file()
-        assert frame_count(video) == tiny_workflow_inputs["n_frames"]
+        assert frame_count(video) == demo_settings.frames
 
 
-def test_long_clip_workflow_runs_in_windows_and_passes(comfy, comfy_lib, tiny_workflow_inputs):
+def test_long_clip_workflow_runs_in_windows_and_passes(comfy, demo_settings):
     """tokenflow_long_clip on 12 frames: the inversion in 4 context windows of up to 4 frames, the edit in 6 passes
     of one keyframe; every saved video has all 12 frames."""
-    from workflow_graphs import all_workflows, set_inputs
+    from dataclasses import replace
 
-    inputs = {**tiny_workflow_inputs, "n_frames": 12, "context_length": 4, "context_overlap": 1,
-              "keyframes_per_pass": 1}
-    outputs = comfy.run(set_inputs(all_workflows()["tokenflow_long_clip"](), **inputs))
+    from workflow_graphs import set_inputs
+
+    prompt = replace(demo_settings, frames=12).prompt("tokenflow_long_clip")
+    outputs = comfy.run(set_inputs(prompt, context_length=4, context_overlap=1, keyframe_chunk_size=2,
+                                   keyframes_per_pass=1))
     videos = [p for p in comfy.output_files(outputs) if p.suffix == ".mp4"]
     assert len(videos) == 2 and all(frame_count(video) == 12 for video in videos)
     log = comfy.log_tail(200_000)

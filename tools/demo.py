@@ -18,7 +18,9 @@ import re
 import shutil
 import sys
 import threading
+import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 TOOLS = Path(__file__).resolve().parent
@@ -151,11 +153,21 @@ def describe_failure(error, prompt: dict) -> str:
 
 # ----- running ------------------------------------------------------------------------------------------------------
 
-def demo_prompt(name: str, inputs: dict) -> dict:
-    """The workflow's API graph (tools/workflow_graphs: the source of workflows/<name>.json), shrunk by ``inputs``."""
-    from workflow_graphs import all_workflows, set_inputs
+@dataclass(frozen=True)
+class Settings:
+    """What the demo changes in a workflow: the files its loaders name (``ckpt_name``, ``control_net_name``,
+    ``file``) and the size it is cut to."""
+    files: dict
+    frames: int
+    size: int
+    steps: int
 
-    return set_inputs(all_workflows()[name](), **inputs)
+    def prompt(self, name: str) -> dict:
+        """The workflow's API graph (tools/workflow_graphs: the source of workflows/<name>.json) with these files,
+        cut to this size by ``workflow_graphs.shrink``, as the tests cut it."""
+        from workflow_graphs import all_workflows, set_inputs, shrink
+
+        return shrink(set_inputs(all_workflows()[name](), **self.files), self.frames, self.size, self.steps)
 
 
 def missing_files(prompt: dict, server) -> list[str]:
@@ -169,11 +181,12 @@ def missing_files(prompt: dict, server) -> list[str]:
     return missing
 
 
-def run_workflow(name: str, server, inputs: dict) -> list[Path]:
+def run_workflow(name: str, server, settings: Settings) -> list[Path]:
     """Queue one workflow, show its progress, return the videos it saved (SystemExit with ComfyUI's error)."""
     from comfy_server import ExecutionError
 
-    prompt = demo_prompt(name, inputs)
+    prompt = settings.prompt(name)
+    started = time.monotonic()
     client_id = uuid.uuid4().hex
     connected, done = threading.Event(), threading.Event()
     watcher = threading.Thread(target=show_progress, args=(server, client_id, prompt, connected, done), daemon=True)
@@ -187,8 +200,19 @@ def run_workflow(name: str, server, inputs: dict) -> list[Path]:
     finally:
         done.set()
         watcher.join(timeout=5)
-    print(flush=True)
+    print(f"\n{name} finished in {time.monotonic() - started:.0f} s", flush=True)
     return [p for p in server.output_files(outputs) if p.suffix in (".mp4", ".webm", ".gif", ".webp")]
+
+
+def run_with_producer(name: str, server, settings: Settings) -> list[Path]:
+    """Run the workflow, first the one that saves what it loads (a tuned model, motion LoRAs) if that is missing."""
+    from workflow_graphs import PRODUCERS
+
+    producer = PRODUCERS.get(name)
+    if producer and missing_files(settings.prompt(name), server):
+        print(f"{name} loads what {producer} saves, which is not there yet: running {producer} first")
+        run_workflow(producer, server, settings)
+    return run_workflow(name, server, settings)
 
 
 def main(argv=None) -> int:
@@ -200,16 +224,14 @@ def main(argv=None) -> int:
     from sample_clip import write_sample_clip
 
     sys.path.insert(0, str(default_comfyui_path()))
-    from workflow_graphs import PRODUCERS
-
-    server = ComfyServer(args.workdir)
-    inputs = dict(file="demo_source.mp4", n_frames=args.frames, batch_size=args.frames, width=args.size,
-                  height=args.size, steps=args.steps)
     from tiny_models import tiny_controlnet, tiny_sd15_checkpoint
 
+    server = ComfyServer(args.workdir)
     models = REPO_ROOT / ".cache" / "tiny_models"
-    inputs["ckpt_name"] = server.add_model("checkpoints", args.checkpoint or tiny_sd15_checkpoint(models))
-    inputs["control_net_name"] = server.add_model("controlnet", args.controlnet or tiny_controlnet(models))
+    files = dict(file="demo_source.mp4",
+                 ckpt_name=server.add_model("checkpoints", args.checkpoint or tiny_sd15_checkpoint(models)),
+                 control_net_name=server.add_model("controlnet", args.controlnet or tiny_controlnet(models)))
+    settings = Settings(files, args.frames, args.size, args.steps)
     clip = server.input_dir / "demo_source.mp4"
     server.input_dir.mkdir(parents=True, exist_ok=True)
     if args.video:
@@ -219,11 +241,7 @@ def main(argv=None) -> int:
 
     with server:
         print(f"ComfyUI {server.comfyui_path} at {server.url} (log: {server.log_path})", flush=True)
-        producer = PRODUCERS.get(args.workflow)
-        if producer and missing_files(demo_prompt(args.workflow, inputs), server):
-            print(f"{args.workflow} loads what {producer} saves, which is not there yet: running {producer} first")
-            run_workflow(producer, server, inputs)
-        videos = run_workflow(args.workflow, server, inputs)
+        videos = run_with_producer(args.workflow, server, settings)
     for video in videos:
         print(f"edited video: {video}")
     return 0 if videos else 1

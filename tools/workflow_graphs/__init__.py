@@ -33,12 +33,29 @@ def all_workflows() -> dict:
 
 
 def set_inputs(prompt: dict, **values) -> dict:
-    """Set every widget input with one of these names, on every node that has it (links stay links).
-
-    Used to run the full-size workflows on the tiny test model: fewer frames and steps, small frames.
-    """
+    """Set every widget input with one of these names, on every node that has it (links stay links)."""
     for node in prompt.values():
         for name, value in values.items():
             if name in node["inputs"] and not isinstance(node["inputs"][name], list):
                 node["inputs"][name] = value
+    return prompt
+
+
+def shrink(prompt: dict, frames: int, size: int, steps: int) -> dict:
+    """Cut a full-size workflow to a CPU's size, the one way the demo and the tests both use.
+
+    Every clip and latent batch gets ``frames`` frames of ``size``², every tuning, training, inversion and
+    sampling run ``steps`` steps; what depends on those follows: an inversion keeps the levels of a ``steps``-step
+    sampler (TokenFlow's 500 / keep 50 becomes steps / keep steps), keyframe chunks and context windows span at
+    most half the clip (so windows and several keyframes still happen), the causal window at most the clip.
+    """
+    set_inputs(prompt, n_frames=frames, batch_size=frames, width=size, height=size, steps=steps)
+    half = max(1, frames // 2)
+    limits = {"keep_steps": steps, "keyframe_chunk_size": half, "context_length": half,
+              "context_overlap": half // 2, "temporal_window": frames - 1}
+    for node in prompt.values():
+        for name, limit in limits.items():
+            value = node["inputs"].get(name)
+            if isinstance(value, int):
+                node["inputs"][name] = min(value, limit)
     return prompt
