@@ -15,6 +15,7 @@ from comfy_api.latest import io, ui
 
 from ..kernels.metrics import consecutive_cosine, warp_errors
 from .plots import plot_curves
+from .socket_types import VideoEditNode
 
 LAYOUTS = ("side_by_side", "top_bottom")
 
@@ -47,7 +48,7 @@ def stack_frames(before: torch.Tensor, after: torch.Tensor, layout: str, gap: in
     return torch.cat([before, before.new_ones(gap_shape), after], dim=dim)
 
 
-class CompareVideos(io.ComfyNode):
+class CompareVideos(VideoEditNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -105,7 +106,7 @@ def edit_metrics(source: torch.Tensor, edited: torch.Tensor, clip_vision=None) -
     return metrics
 
 
-class EditMetrics(io.ComfyNode):
+class EditMetrics(VideoEditNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

@@ -19,6 +19,7 @@ from comfy_api.latest import io
 
 from ..kernels.windows import frame_windows, window_weights
 from .model_helpers import controlnets
+from .socket_types import VideoEditNode
 from .windowing import BORROWED_OPTION, BorrowedFrames, FrameWindow
 
 
@@ -129,7 +130,7 @@ def with_context_windows(model, length: int, overlap: int):
     return clone
 
 
-class ContextWindows(io.ComfyNode):
+class ContextWindows(VideoEditNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

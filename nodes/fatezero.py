@@ -14,7 +14,7 @@ from ..kernels.fatezero import (AttentionStore, CrossAttentionEdit, PromptTokens
 from ..kernels.inversion import Inversion
 from ..kernels.schedule import in_window, matching
 from .model_helpers import SharedPatch, call_attention, cond_chunks, replace_patch, require_sd1_unet
-from .socket_types import ATTENTION_CAPTURE, InversionType
+from .socket_types import ATTENTION_CAPTURE, InversionType, VideoEditNode
 from .windowing import clip_rows
 
 LATENT_TO_PIXELS = 8
@@ -298,7 +298,7 @@ def attention_fusion(model, inversion: Inversion, clip, source_prompt: str, edit
     return clone, plan
 
 
-class AttentionFusion(io.ComfyNode):
+class AttentionFusion(VideoEditNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

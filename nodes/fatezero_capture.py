@@ -15,7 +15,7 @@ from comfy_api.latest import io
 
 from ..kernels.fatezero import AttentionStore, attention_probs, captured_blocks, chunk_slice
 from .model_helpers import SharedPatch, call_attention, cond_chunks, replace_patch, require_sd1_unet
-from .socket_types import ATTENTION_CAPTURE, CaptureType
+from .socket_types import ATTENTION_CAPTURE, CaptureType, VideoEditNode
 from .windowing import clip_rows
 
 
@@ -99,7 +99,7 @@ class AttentionCapture:
         return with_attention_capture(model, store), store
 
 
-class AttentionCaptureConfig(io.ComfyNode):
+class AttentionCaptureConfig(VideoEditNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

@@ -7,9 +7,10 @@ from comfy_api.latest import io
 
 from ..kernels.temporal import TEMPORAL_MASKS, TemporalMask
 from .video_unet import inflate
+from .socket_types import VideoEditNode
 
 
-class InflateUNet(io.ComfyNode):
+class InflateUNet(VideoEditNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

@@ -11,7 +11,7 @@ from comfy_api.latest import io, ui
 
 from ..kernels.inversion import Inversion, inversion_sigmas, invert
 from .model_helpers import require_sd1_unet, require_video_latent
-from .socket_types import CaptureType, InversionType
+from .socket_types import CaptureType, InversionType, VideoEditNode
 
 
 METHODS = ("ddim", "fixed_point")  # the official inversion, and the one the DDIM sampler undoes
@@ -89,7 +89,7 @@ def ddim_invert(model, latent: dict, positive, steps: int, capture=None, keep_st
     return inversion
 
 
-class DDIMInvert(io.ComfyNode):
+class DDIMInvert(VideoEditNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

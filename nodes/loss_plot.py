@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io, ui
 
 from .plots import plot_curves
+from .socket_types import VideoEditNode
 
 
 def loss_curves(loss: dict) -> dict[str, list[float]]:
@@ -20,7 +21,7 @@ def loss_curves(loss: dict) -> dict[str, list[float]]:
     return curves
 
 
-class PlotLoss(io.ComfyNode):
+class PlotLoss(VideoEditNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

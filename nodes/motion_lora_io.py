@@ -16,7 +16,7 @@ from comfy_api.latest import io, ui
 from ..kernels.lora import check_lora_tensors, linear_targets, spatial_targets, split_spatial_sets
 from .model_helpers import add_weight_patches, require_sd1_unet
 from .motion_lora_files import SPATIAL_FOLDER, SPATIAL_PREFIX, TEMPORAL_FOLDER, read_lora_file, save_motion_lora
-from .socket_types import MotionLoRA
+from .socket_types import MotionLoRA, VideoEditNode
 from .video_unet import require_inflated, temporal_patcher
 
 NONE = "none"
@@ -87,7 +87,7 @@ def apply_motion_lora(model, spatial: dict | None, spatial_strength: float, temp
     return clone
 
 
-class ApplyMotionLoRA(io.ComfyNode):
+class ApplyMotionLoRA(VideoEditNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -115,7 +115,7 @@ class ApplyMotionLoRA(io.ComfyNode):
                                                spatial_set=spatial_set))
 
 
-class SaveMotionLoRA(io.ComfyNode):
+class SaveMotionLoRA(VideoEditNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -142,7 +142,7 @@ class SaveMotionLoRA(io.ComfyNode):
         return io.NodeOutput(spatial_path, temporal_path, ui={"text": [f"{spatial_path} ({held})", temporal_path]})
 
 
-class LoadMotionLoRA(io.ComfyNode):
+class LoadMotionLoRA(VideoEditNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

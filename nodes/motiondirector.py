@@ -29,7 +29,7 @@ from ..kernels.lora import (LoRASet, debiased_temporal_loss, join_spatial_sets, 
                             spatial_targets)
 from .model_helpers import PatcherKeys, require_sd1_unet, require_video_latent
 from .motion_lora_files import SPATIAL_PREFIX, save_motion_lora
-from .socket_types import InversionType, MotionLoRA, VideoSet
+from .socket_types import InversionType, MotionLoRA, VideoEditNode, VideoSet
 from .training import TrainingSampler, adamw, predict_eps, train_in_guider
 from .video_unet import bypass_temporal, require_inflated
 
@@ -201,7 +201,7 @@ def train_motion_director(model, videos: tuple[TrainingVideo, ...], steps: int, 
     return spatial_tensors(), temporal.file_tensors(), losses
 
 
-class MotionClipSet(io.ComfyNode):
+class MotionClipSet(VideoEditNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -224,7 +224,7 @@ class MotionClipSet(io.ComfyNode):
         return io.NodeOutput(add_video(clip_set, latent, conditioning))
 
 
-class TrainMotionDirector(io.ComfyNode):
+class TrainMotionDirector(VideoEditNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -308,7 +308,7 @@ def inversion_noise(model, inversion, noise_prior_strength: float, seed: int) ->
     return InversionNoise(inverted, noise_prior_strength, seed)
 
 
-class MotionNoisePrior(io.ComfyNode):
+class MotionNoisePrior(VideoEditNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

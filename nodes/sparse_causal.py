@@ -13,6 +13,7 @@ from ..kernels.windows import anchor_frames, window_references
 from .windowing import BORROWED_OPTION
 from .model_helpers import (PER_FRAME_OPTION, CrossFramePatch, check_video_inputs_when_sampling, require_sd1_unet,
                             restore_slot, slot_attention, slot_patch)
+from .socket_types import VideoEditNode
 
 
 class CrossFrameAttentionPatch(CrossFramePatch):
@@ -104,7 +105,7 @@ def with_cross_frame_attention(model, mode: str, start_percent: float = 0.0, end
     return clone
 
 
-class SparseCausalAttention(io.ComfyNode):
+class SparseCausalAttention(VideoEditNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

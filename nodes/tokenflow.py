@@ -26,7 +26,7 @@ from ..kernels.tokenflow import (copy_source_branch, keyframe_attention, keyfram
 from ..kernels.unet_layout import iter_transformer_blocks
 from .model_helpers import (CrossFramePatch, PatcherKeys, check_video_inputs_when_sampling, require_sd1_unet,
                             set_wrapper, slot_attention, slot_patch)
-from .socket_types import InversionType
+from .socket_types import InversionType, VideoEditNode
 
 
 
@@ -241,7 +241,7 @@ def tokenflow(model, inversion: Inversion, conditioning, keyframe_chunk_size: in
     return clone, {"samples": start}
 
 
-class TokenFlow(io.ComfyNode):
+class TokenFlow(VideoEditNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

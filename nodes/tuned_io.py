@@ -23,6 +23,7 @@ from ..kernels.temporal import TemporalMask
 from .files import model_folder, numbered_paths, read_safetensors, register_model_folder, save_safetensors_group
 from .model_helpers import PatcherKeys
 from .video_unet import TunedWeights, apply_tuned
+from .socket_types import VideoEditNode
 
 FOLDER = "video_edit_tuned"
 FORMAT = "tune_a_video/1"
@@ -61,7 +62,7 @@ def load_tuned(path: str, input_name: str = "tuned_file") -> TunedWeights:
     )
 
 
-class SaveTuned(io.ComfyNode):
+class SaveTuned(VideoEditNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -94,7 +95,7 @@ class SaveTuned(io.ComfyNode):
         return io.NodeOutput(path, ui={"text": [path]})
 
 
-class LoadTuned(io.ComfyNode):
+class LoadTuned(VideoEditNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..kernels.weight_decay import decay_delta_
 from .model_helpers import require_sd1_unet, require_video_latent
+from .socket_types import VideoEditNode
 from .training import TrainingSampler, adamw, predict_eps, remove_weight_wrappers, train_in_guider
 from .video_unet import TunedWeights, apply_tuned, bypass_temporal, inflate, query_layers, require_inflated
 
@@ -142,7 +143,7 @@ def one_shot_tune(model, latent: dict, positive, steps: int, learning_rate: floa
     return apply_tuned(model, tuned), sampler.losses
 
 
-class OneShotTune(io.ComfyNode):
+class OneShotTune(VideoEditNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

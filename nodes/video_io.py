@@ -24,6 +24,7 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from .files import confined_path, prepare_folder, remove_quietly, temp_path_beside
+from .socket_types import VideoEditNode
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +289,7 @@ def select_frames(images: torch.Tensor, fps: float, n_frames: int, start_frame: 
     return np.stack([fit_cover(frame, *size, resize=bool(width or height)) for frame in frames]), fps
 
 
-class VELoadVideo(io.ComfyNode):
+class VELoadVideo(VideoEditNode):
     """Load a video file as an IMAGE batch, picking frames by start/stride and resizing to a multiple of 8."""
 
     @classmethod
@@ -475,7 +476,7 @@ def write_video(frames: np.ndarray, fps: float, fmt: str, target: str) -> str:
     return codec
 
 
-class VESaveVideo(io.ComfyNode):
+class VESaveVideo(VideoEditNode):
     """Save an IMAGE batch as an mp4, webm, gif or webp video in ComfyUI's output folder."""
 
     @classmethod
