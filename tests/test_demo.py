@@ -41,3 +41,38 @@ def test_a_dependent_workflow_runs_its_producer_first(tmp_path, tiny_models):
     assert failed.returncode == 1
     assert "VE_LoadVideo failed" in failed.stderr and "lower n_frames to 24" in failed.stderr
     assert "Traceback" not in failed.stdout + failed.stderr
+
+
+def test_ctrl_c_stops_with_one_line_and_leaves_nothing(tmp_path, tiny_models):
+    """Ctrl-C while the tuning runs: ComfyUI interrupts the graph, its server stops, and the demo says so in one
+    line with no traceback; no file was written."""
+    import signal
+    import threading
+    import urllib.request
+
+    process = subprocess.Popen([sys.executable, str(DEMO), "--frames", "2", "--size", "64", "--steps", "500",
+                                "--workdir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    shown, tuning = [], threading.Event()
+
+    def read_stdout():
+        for chunk in iter(lambda: process.stdout.read1(4096), b""):
+            shown.append(chunk.decode(errors="replace"))
+            if "running VE_OneShotTune" in "".join(shown):
+                tuning.set()
+
+    reader = threading.Thread(target=read_stdout, daemon=True)
+    reader.start()
+    assert tuning.wait(timeout=300), "".join(shown)
+    process.send_signal(signal.SIGINT)
+    stderr = process.communicate(timeout=120)[1].decode()
+    reader.join(timeout=10)
+    stdout = "".join(shown)
+    assert process.returncode == 130, stdout + stderr
+    assert stderr.strip().splitlines()[-1] == "stopped; nothing was written", stderr
+    assert "Traceback" not in stdout + stderr
+    written = [p for p in tmp_path.glob("*/**/*") if p.is_file() and not p.is_symlink()
+               and p.relative_to(tmp_path).parts[0] in ("output", "models")]
+    assert not written
+    url = next(word for word in stdout.split() if word.startswith("http://127.0.0.1:"))
+    with pytest.raises(OSError):  # the server is gone
+        urllib.request.urlopen(f"{url}/system_stats", timeout=5)

@@ -96,16 +96,19 @@ class ComfyServer:
         self.process = subprocess.Popen(cmd, cwd=self.comfyui_path, stdout=log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited with code {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                self.get("/system_stats", timeout=2)
-                return self
-            except (urllib.error.URLError, ConnectionError, OSError):
-                time.sleep(0.5)
-        self.stop()
-        raise TimeoutError(f"ComfyUI did not answer within {timeout:.0f}s:\n{self.log_tail()}")
+        try:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"ComfyUI exited with code {self.process.returncode}:\n{self.log_tail()}")
+                try:
+                    self.get("/system_stats", timeout=2)
+                    return self
+                except (urllib.error.URLError, ConnectionError, OSError):
+                    time.sleep(0.5)
+            raise TimeoutError(f"ComfyUI did not answer within {timeout:.0f}s:\n{self.log_tail()}")
+        except BaseException:  # not answering, or Ctrl-C while waiting: no server is left behind
+            self.stop()
+            raise
 
     def stop(self) -> None:
         """Stop ComfyUI by its own process group (it was started in a new session)."""

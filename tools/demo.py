@@ -193,15 +193,38 @@ def run_workflow(name: str, server, settings: Settings) -> list[Path]:
     print(f"running {name}.json", end="", flush=True)
     watcher.start()
     connected.wait(timeout=10)
+    prompt_id = None
     try:
-        outputs = server.wait(server.queue(prompt, client_id), timeout=6 * 3600)
+        prompt_id = server.queue(prompt, client_id)
+        outputs = server.wait(prompt_id, timeout=6 * 3600)
     except ExecutionError as error:
         raise SystemExit(f"\n{name}: {describe_failure(error, prompt)}\n(full log: {server.log_path})") from None
+    except KeyboardInterrupt:
+        if prompt_id is not None:
+            interrupt(server, prompt_id)
+        raise
     finally:
         done.set()
         watcher.join(timeout=5)
     print(f"\n{name} finished in {time.monotonic() - started:.0f} s", flush=True)
     return [p for p in server.output_files(outputs) if p.suffix in (".mp4", ".webm", ".gif", ".webp")]
+
+
+def interrupt(server, prompt_id: str) -> None:
+    """Ctrl-C: ComfyUI interrupts the graph (a save in progress then writes nothing) before its server stops."""
+    from comfy_server import ExecutionError
+
+    try:
+        server.interrupt()
+        server.wait(prompt_id, timeout=60)
+    except (ExecutionError, TimeoutError, OSError):
+        pass  # interrupted, as asked
+
+
+def saved_files(workdir: Path) -> set[Path]:
+    """Every file written in the demo ComfyUI's output and model folders (not the models it links in)."""
+    return {path for folder in (workdir / "output", workdir / "models") if folder.is_dir()
+            for path in folder.rglob("*") if path.is_file() and not path.is_symlink()}
 
 
 def run_with_producer(name: str, server, settings: Settings) -> list[Path]:
@@ -215,10 +238,8 @@ def run_with_producer(name: str, server, settings: Settings) -> list[Path]:
     return run_workflow(name, server, settings)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.check_args:
-        return 0
+def demo(args: argparse.Namespace) -> int:
+    """Set up the demo ComfyUI (models, clip), run the workflow, print the edited videos' paths."""
     sys.path.insert(0, str(TOOLS))
     from comfy_server import ComfyServer, default_comfyui_path
     from sample_clip import write_sample_clip
@@ -245,6 +266,20 @@ def main(argv=None) -> int:
     for video in videos:
         print(f"edited video: {video}")
     return 0 if videos else 1
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.check_args:
+        return 0
+    before = saved_files(args.workdir)
+    try:
+        return demo(args)
+    except KeyboardInterrupt:  # the server is stopped already (ComfyServer's context)
+        kept = sorted(str(path.relative_to(args.workdir)) for path in saved_files(args.workdir) - before)
+        print(f"\nstopped; {'kept what finished before: ' + ', '.join(kept) if kept else 'nothing was written'}",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
