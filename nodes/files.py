@@ -95,8 +95,9 @@ def check_name(name: str, input_name: str, what: str) -> None:
     problem = name_problem(name)
     if problem:
         shown = name if len(name) <= 60 else name[:40] + "..." + name[-12:]
-        raise ValueError(f"{what}: {input_name} gives the file name {shown!r}, which {problem}. Use a shorter name "
-                         "of letters, digits, '-' and '_' ('/' separates subfolders where the node allows them).")
+        raise ValueError(f"{what}: {input_name} gives the file name {shown!r}, which {problem}. Use another name "
+                         "(letters, digits, '-' and '_' are valid everywhere; '/' separates subfolders where the node "
+                         "allows them).")
 
 
 def file_stem(filename: str, default: str, input_name: str, what: str, extension: str = "") -> str:

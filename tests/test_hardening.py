@@ -3,15 +3,20 @@ overwrite or leave half a pair, and broken model files that must be named with t
 
 from __future__ import annotations
 
+import contextlib
+import ntpath
 import os
 import shutil
+import sys
 import uuid
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from comfy_server import ExecutionError
+from sample_clip import write_sample_clip
 
 OUTSIDE_MESSAGE = "does not name a file inside ComfyUI's input, output or temp folder"
 
@@ -245,3 +250,200 @@ def test_broken_motion_lora_files_are_named(comfy, graph, produced):
             expected = "NaN or Inf" if case == "nan" else "truncated or corrupt"
             for part in (input_name, name, expected):
                 assert part in message, (folder, case, part, message)
+
+
+# ----- in-process: saves that fail, names, limits, Windows rules ----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def files(comfy_lib):
+    from video_edit.nodes import files
+
+    return files
+
+
+@pytest.fixture(scope="module")
+def video_io(comfy_lib):
+    from video_edit.nodes import video_io
+
+    return video_io
+
+
+@pytest.fixture
+def noisy_frames():
+    """Frames that do not compress, so an encoder writes well past a small file-size limit."""
+    return np.random.default_rng(0).integers(0, 255, (12, 128, 128, 3), dtype=np.uint8)
+
+
+@contextlib.contextmanager
+def disk_full_at(size: int):
+    """Writes past ``size`` bytes fail (EFBIG, as a full disk fails them with ENOSPC) in this process."""
+    import resource
+    import signal
+
+    previous_signal = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous_signal)
+
+
+def open_files_in(folder) -> list[str]:
+    """What this process holds open in ``folder`` (deleted files included)."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(folder)):
+            held.append(target)
+    return held
+
+
+def assert_one_line_naming(message: str, *parts: str):
+    assert len(message.splitlines()) == 1, message
+    for part in parts:
+        assert part in message, (part, message)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="file-size limits and /proc/self/fd are Linux's")
+@pytest.mark.parametrize("fmt", ["mp4", "webm", "gif", "webp"])
+def test_save_on_a_full_disk_is_one_line_and_leaks_nothing(video_io, noisy_frames, tmp_path, fmt):
+    target = tmp_path / f"clip_00001_.{fmt}"
+    with disk_full_at(20_000), pytest.raises(OSError) as error:
+        video_io.write_video(noisy_frames, 8.0, fmt, str(target))
+    message = str(error.value)
+    assert_one_line_naming(message, "VE_SaveVideo", target.name, str(tmp_path), "Free space")
+    assert ".partial" not in message and ".tmp" not in message, message
+    assert os.listdir(tmp_path) == []
+    assert open_files_in(tmp_path) == []  # no descriptor left on the deleted temporary file
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="file-size limits are POSIX")
+def test_safetensors_save_on_a_full_disk_is_one_line(files, tmp_path):
+    pair = [({"w": torch.randn(20_000)}, {}, str(tmp_path / "a" / "x_00001_spatial.safetensors")),
+            ({"w": torch.randn(10)}, {}, str(tmp_path / "b" / "x_00001_temporal.safetensors"))]
+    with disk_full_at(20_000), pytest.raises(OSError) as error:
+        files.save_safetensors_group(pair, "VE_SaveMotionLoRA")
+    assert_one_line_naming(str(error.value), "VE_SaveMotionLoRA", "x_00001_spatial.safetensors",
+                           str(tmp_path / "a"), "Free space")
+    assert os.listdir(tmp_path / "a") == [] and os.listdir(tmp_path / "b") == []
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="file-size limits are POSIX")
+def test_attention_store_on_a_full_disk_is_one_line(tmp_path):
+    from video_edit.kernels.fatezero import AttentionStore, BlockSpec
+
+    block = BlockSpec(("input", 1), height=16, width=16, channels=32, heads=1)
+    store = AttentionStore([block], torch.linspace(10, 0, 5), frames=4, context=77, directory=str(tmp_path))
+    rows = torch.randn(4, block.tokens, block.channels)
+    with disk_full_at(1000), pytest.raises(OSError) as error:
+        store.put_self(block.key, 2, rows, rows)
+    assert_one_line_naming(str(error.value), "attention_capture", str(tmp_path), "Free disk space")
+
+
+def test_memory_limit_never_exceeds_the_available_ram(video_io, monkeypatch, tmp_path):
+    import psutil
+
+    real = psutil.virtual_memory()
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: real._replace(available=2**20))  # 1 MiB available
+    assert video_io.memory_limit_bytes(4096.0) <= 2**20
+    clip = tmp_path / "clip.mp4"
+    write_sample_clip(clip, frames=4, size=64)
+    with pytest.raises(MemoryError, match="at most the RAM available now"):
+        video_io.read_video(str(clip), n_frames=4, frame_stride=1, width=256, height=256, memory_limit_gb=4096.0)
+
+
+def test_attention_store_limit_never_exceeds_the_free_disk(comfy_lib, monkeypatch, tmp_path):
+    import shutil as shutil_module
+
+    from video_edit.nodes import fatezero_capture
+
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: shutil_module._ntuple_diskusage(2**40, 2**40 - 2**20,
+                                                                                                   2**20))
+    assert fatezero_capture.store_limit_bytes(4096.0, str(tmp_path)) <= 2**20
+    assert fatezero_capture.store_limit_bytes(0.0, str(tmp_path)) <= 2**20
+
+
+def test_no_save_replaces_a_file(video_io, files, noisy_frames, tmp_path):
+    target = tmp_path / "clip_00001_.gif"
+    target.write_bytes(b"previous")
+    with pytest.raises(FileExistsError, match="not overwritten"):
+        video_io.write_video(noisy_frames, 8.0, "gif", str(target))
+    assert target.read_bytes() == b"previous" and os.listdir(tmp_path) == [target.name]
+
+
+def test_names_are_checked_before_any_file_is_created(video_io, files, noisy_frames, tmp_path):
+    for name, problem in {"a\0b": "'\\x00'", "x" * 256: "bytes long", "CON": "reserves", "lpt1.mp4": "reserves",
+                          "com9 .x": "reserves", "clip.": "ends with a dot", "clip ": "space", "a:b": "':'",
+                          "a<b>": "'<'", "what?": "'?'", 'say"': "'\"'", "a|b": "'|'", "a*": "'*'", "tab\t": "'\\t'",
+                          "a\\b": "'\\\\'"}.items():
+        with pytest.raises(ValueError) as error:
+            files.check_name(name, "filename_prefix", "VE_SaveVideo")
+        assert_one_line_naming(str(error.value), "filename_prefix", problem)
+    for good in ("clip", "CONSOLE", "com10", "a.b", "été_clip", "x" * 240):
+        files.check_name(good, "filename_prefix", "VE_SaveVideo")
+    with pytest.raises(ValueError, match="bytes long"):
+        video_io.write_video(noisy_frames, 8.0, "gif", str(tmp_path / ("x" * 250 + "_00001_.gif")))
+    assert os.listdir(tmp_path) == []
+
+
+def test_names_near_the_length_limit_still_save(video_io, files, noisy_frames, tmp_path):
+    """The temporary file's name must not be longer than the final one (it was: prefixes of ~236-244 failed)."""
+    target = tmp_path / ("x" * 240 + "_00001_.gif")  # 251 characters: fits
+    video_io.write_video(noisy_frames[:2], 8.0, "gif", str(target))
+    assert os.listdir(tmp_path) == [target.name]
+    stem = "y" * 225
+    files.save_safetensors_group([({"w": torch.ones(2)}, {}, str(tmp_path / f"{stem}_00001_spatial.safetensors"))],
+                                 "VE_SaveMotionLoRA")
+    assert f"{stem}_00001_spatial.safetensors" in os.listdir(tmp_path)
+
+
+def test_confinement_follows_windows_paths(files):
+    roots = [r"C:\ComfyUI\input", r"\\server\share\comfy\output"]
+    inside = [r"C:\ComfyUI\input\clip.mp4", r"c:\comfyui\INPUT\sub\clip.mp4", "C:/ComfyUI/input/clip.mp4",
+              r"\\SERVER\share\comfy\output\edit.mp4", r"C:\ComfyUI\input\sub\..\clip.mp4"]
+    outside = [r"C:\ComfyUI\input", r"C:\ComfyUI\input\..\secret.mp4", r"C:\ComfyUI\inputs\clip.mp4",
+               r"D:\ComfyUI\input\clip.mp4", r"\\server\other\comfy\output\x.mp4", r"C:\Windows\win.ini",
+               "C:\\ComfyUI\\input\\a\0.mp4"]
+    for path in inside:
+        assert files.confined_path(path, roots, ntpath) is not None, path
+    for path in outside:
+        assert files.confined_path(path, roots, ntpath) is None, path
+
+
+def test_a_refused_rename_is_one_line_and_leaves_nothing(files, tmp_path, monkeypatch):
+    """Windows refuses to rename onto, or from, a file another program holds open."""
+    def refuse(src, dst):
+        raise PermissionError(13, "The process cannot access the file because it is being used by another process")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    pair = [({"w": torch.ones(2)}, {}, str(tmp_path / "a" / "x_00001_spatial.safetensors")),
+            ({"w": torch.ones(2)}, {}, str(tmp_path / "b" / "x_00001_temporal.safetensors"))]
+    with pytest.raises(OSError) as error:
+        files.save_safetensors_group(pair, "VE_SaveMotionLoRA")
+    assert_one_line_naming(str(error.value), "VE_SaveMotionLoRA", "x_00001_spatial.safetensors", "Close any program")
+    assert os.listdir(tmp_path / "a") == [] and os.listdir(tmp_path / "b") == []
+
+
+def test_non_float_and_invalid_files_are_named(comfy_lib, tmp_path):
+    from video_edit.nodes import tuned_io
+    from video_edit.nodes.files import read_safetensors
+
+    for dtype in (torch.bool, torch.int8, torch.float64):
+        path = tmp_path / f"weights_{str(dtype)[6:]}.safetensors"
+        save_file({"query_delta.w": torch.zeros(2, 2, dtype=dtype)}, str(path))
+        with pytest.raises(ValueError) as error:
+            read_safetensors(str(path), "temporal_file")
+        assert_one_line_naming(str(error.value), "temporal_file", path.name, str(dtype)[6:], "float32")
+    for key, value, part in [("temporal_mask", '"evil"', "evil"), ("temporal_window", '"many"', "many"),
+                             ("frame_groupnorm", '"yes"', "yes"), ("steps", "{not json", "invalid metadata")]:
+        path = tmp_path / f"tuned_{key}.safetensors"
+        metadata = {"video_edit_format": tuned_io.FORMAT, key: value}
+        save_file({"query_delta.w": torch.zeros(2, 2)}, str(path), metadata=metadata)
+        with pytest.raises(ValueError) as error:
+            tuned_io.load_tuned(str(path))
+        assert_one_line_naming(str(error.value), "tuned_file", path.name, part, "Save the tuning again")
