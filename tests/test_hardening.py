@@ -7,6 +7,7 @@ import contextlib
 import ntpath
 import os
 import shutil
+import signal
 import sys
 import uuid
 
@@ -447,3 +448,174 @@ def test_non_float_and_invalid_files_are_named(comfy_lib, tmp_path):
         with pytest.raises(ValueError) as error:
             tuned_io.load_tuned(str(path))
         assert_one_line_naming(str(error.value), "tuned_file", path.name, part, "Save the tuning again")
+
+
+# ----- through the executor: names, combos, the file list ------------------------------------------------------------------
+
+def output_entries(comfy) -> set[str]:
+    return {str(p.relative_to(comfy.output_dir)) for p in comfy.output_dir.rglob("*")}
+
+
+def test_bad_save_prefixes_are_named_and_create_nothing(comfy, graph, tiny_workflow_inputs):
+    for prefix, part in {"": "has no file name", "ve_sub/": "has no file name", "a\0b": "'\\x00'",
+                         "ve_sub/CON": "reserves", "x" * 250: "bytes long", "a:b": "':'"}.items():
+        before = output_entries(comfy)
+        g = graph()
+        video = g.node("VE_LoadVideo", file="skier.mp4", n_frames=2, start_frame=0, frame_stride=1, width=64,
+                       height=64, path="")
+        g.node("VE_SaveVideo", images=video.out(0), fps=8.0, filename_prefix=prefix, format="mp4")
+        message = refusal(comfy, g.finalize())
+        assert_one_line_naming(message, "filename_prefix", part)
+        assert output_entries(comfy) <= before | {"ve_sub"}, prefix  # no file, temporary or not
+
+
+def test_load_video_names_nul_bytes_and_non_files(comfy, graph, outside):
+    g = graph()
+    load_video(g, path="skier\0.mp4")
+    assert_one_line_naming(refusal(comfy, g.finalize()), "'path'", "NUL byte")
+    folder = comfy.input_dir / "a_folder.mp4"
+    folder.mkdir(exist_ok=True)
+    g = graph()
+    load_video(g, path=folder.name)
+    assert_one_line_naming(refusal(comfy, g.finalize()), "'path'", "a_folder.mp4", "folder, pipe or device")
+
+
+def test_load_video_lists_no_symlink_out_of_comfy_folders(comfy, outside):
+    _, link = outside
+    (comfy.input_dir / "a_folder.mp4").mkdir(exist_ok=True)
+    files = comfy.object_info()["VE_LoadVideo"]["input"]["required"]["file"]
+    options = files[0] if isinstance(files[0], list) else files[1]["options"]
+    assert "skier.mp4" in options
+    assert link.name not in options and "a_folder.mp4" not in options
+
+
+def test_combo_values_are_checked_by_the_node(comfy, graph):
+    g = graph()
+    ckpt = g.node("CheckpointLoaderSimple", ckpt_name=comfy.checkpoint_name)
+    patched = g.node("VE_SparseCausalAttention", model=ckpt.out(0), mode="bogus", start_percent=0.0, end_percent=1.0)
+    g.node("PreviewAny", source=patched.out(0))
+    assert_one_line_naming(refusal(comfy, g.finalize()), "mode", "'bogus'", "sparse_causal")
+
+
+# ----- kill -9 during a save -------------------------------------------------------------------------------------------------
+
+DIE_DURING_SAVE = """
+import os, signal, sys
+sys.path.insert(0, os.environ["COMFYUI_PATH"])
+import comfy.options
+comfy.options.enable_args_parsing()
+from comfy.cli_args import args  # reads --base-directory and --cpu
+assert args.base_directory and args.cpu
+import torch
+from video_edit.nodes import files, motion_lora_files
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+moment = os.environ["DIE_WHILE"]
+if moment == "writing":  # the spatial temporary is whole, the temporal one half written
+    real_save_file, calls = files.save_file, []
+    def save_file(tensors, path, metadata=None):
+        calls.append(path)
+        if len(calls) == 2:
+            with open(path, "wb") as f:
+                f.write(b"half")
+            die()
+        real_save_file(tensors, path, metadata=metadata)
+    files.save_file = save_file
+else:  # renaming: the spatial file is in place, the temporal one still a temporary
+    real_place = files.place
+    def place(tmp, target, what):
+        real_place(tmp, target, what)
+        die()
+    files.place = place
+lora = {"a.lora_up.weight": torch.ones(4, 2), "a.lora_down.weight": torch.ones(2, 4), "a.alpha": torch.tensor(2.0)}
+motion_lora_files.save_motion_lora({"diffusion_model." + k: v for k, v in lora.items()}, lora, "crash_" + moment)
+"""
+
+
+def listed_entries(base) -> set[str]:
+    """Every file in the folders the pack saves to that ComfyUI's extension filter would list as a model or a video."""
+    import folder_paths
+    from video_edit.nodes.video_io import VIDEO_EXTENSIONS
+
+    extensions = folder_paths.supported_pt_extensions | set(VIDEO_EXTENSIONS)
+    return {str(p.relative_to(base)) for folder in ("models/loras", "models/video_edit_motion_lora", "output")
+            for p in (base / folder).rglob("*") if p.is_file() and folder_paths.filter_files_extensions([p.name],
+                                                                                                       extensions)}
+
+
+def test_kill_9_at_any_moment_of_a_save_leaves_nothing_listed(tmp_path, tiny_models, graph):
+    import subprocess
+    import time
+
+    from comfy_server import ComfyServer, default_comfyui_path
+
+    base = tmp_path / "comfyui"
+    server = ComfyServer(base)
+    server.checkpoint_name = server.add_model("checkpoints", tiny_models["checkpoint"])
+    for sub in ("loras", "video_edit_motion_lora"):
+        server.models_dir(sub)
+    journals = base / "user" / "__video_edit_saves"
+
+    # A pair save killed while writing, then one killed between its two renames (each a process of its own).
+    def crash_leftovers():
+        return {p.name for p in (base / "models").rglob("*") if "crash" in p.name or ".partial" in p.name}
+
+    for moment in ("writing", "renaming"):
+        died = subprocess.run([sys.executable, "-P", "-c", DIE_DURING_SAVE, "--base-directory", str(base), "--cpu"],
+                              env={**os.environ, "COMFYUI_PATH": str(default_comfyui_path()), "DIE_WHILE": moment},
+                              capture_output=True, text=True, timeout=600)
+        assert died.returncode == -signal.SIGKILL, died.stderr[-3000:]
+        left = crash_leftovers()
+        assert len(os.listdir(journals)) == 1, os.listdir(journals)
+        if moment == "writing":
+            assert len(left) == 2 and all(name.endswith(".partial") for name in left), left
+        else:  # the next save rolled back the first crash; half of this pair really is in place
+            assert "crash_renaming_00001_spatial.safetensors" in left and len(left) == 2, left
+
+    server.start()
+    try:
+        info = server.object_info()
+        for node, input_name in (("LoraLoader", "lora_name"), ("VE_LoadMotionLoRA", "spatial_file"),
+                                 ("VE_LoadMotionLoRA", "temporal_file")):
+            options = info[node]["input"]["required"][input_name][0]
+            assert not [name for name in options if "crash" in name or "partial" in name], (node, options)
+        assert not [p for p in (base / "models").rglob("*") if "crash" in p.name or ".partial" in p.name]
+        assert os.listdir(journals) == []
+
+        # A real server killed while VE_SaveVideo encodes: kill as soon as its temporary file exists.
+        write_sample_clip(base / "input" / "clip.mp4", frames=20, size=96)
+        g = graph()
+        video = g.node("VE_LoadVideo", file="clip.mp4", n_frames=0, start_frame=0, frame_stride=1, width=256,
+                       height=256, path="")
+        frames = g.node("RepeatImageBatch", image=video.out(0), amount=8)
+        g.node("VE_SaveVideo", images=frames.out(0), fps=8.0, filename_prefix="ve_crash/edit", format="mp4")
+        listed_before = listed_entries(base)
+        caught = None
+        for _ in range(5):  # a save that ends before its temporary file is seen is simply repeated
+            listed_before = listed_entries(base)
+            prompt_id = server.queue(g.finalize())
+            deadline = time.monotonic() + 600
+            while caught is None and time.monotonic() < deadline:
+                folder = base / "output" / "ve_crash"
+                caught = next((p for p in folder.glob(".*.partial")), None) if folder.is_dir() else None
+                if caught is None and prompt_id in server.get(f"/history/{prompt_id}"):
+                    break
+            if caught is not None:
+                break
+        assert caught is not None, "the save never showed its temporary file"
+        os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+        assert caught.exists() and listed_entries(base) == listed_before  # the temporary is listed nowhere
+    finally:
+        server.stop()
+
+    restarted = ComfyServer(base)
+    restarted.start()
+    try:
+        restarted.object_info()
+        assert not caught.exists() and listed_entries(base) == listed_before
+        assert os.listdir(journals) == []
+    finally:
+        restarted.stop()
