@@ -211,13 +211,15 @@ def recover_unfinished_saves() -> list[str]:
     return removed
 
 
-def save_atomically(files: list[tuple[str, Callable[[str], object]]], what: str) -> list:
-    """Write each ``(target, write)`` (``write(path)`` writes the file) all or none, never replacing a file: each
+def save_atomically(files: list[tuple[str, Callable[[str], object]]], what: str,
+                    input_name: str = "filename") -> list:
+    """Write each ``(target, write)`` (``write(path)`` writes the file) all or none, never replacing a file (the
+    names, from input ``input_name``, are checked before anything is created): each
     to a temporary beside its target, then all renamed into place. A failure removes what was written and renamed;
     a crash is rolled back by ``recover_unfinished_saves``. Returns what each ``write`` returned."""
     recover_unfinished_saves()
     for target, _ in files:
-        check_name(os.path.basename(target), "the file name", what)
+        check_name(os.path.basename(target), input_name, what)
         prepare_folder(os.path.dirname(target), what)
         if os.path.lexists(target):
             raise FileExistsError(f"{what}: {target} already exists; it is not overwritten. Run again (the next "

@@ -480,7 +480,7 @@ def write_video(frames: np.ndarray, fps: float, fmt: str, target: str) -> str:
     if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
         raise ValueError(f"VE_SaveVideo: fps must be a positive number, got {fps!r}.")
     (codec,) = save_atomically([(os.path.abspath(target), lambda tmp: ENCODERS[fmt](frames, fps, tmp))],
-                               "VE_SaveVideo")
+                               "VE_SaveVideo", "filename_prefix")
     return codec
 
 
