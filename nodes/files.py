@@ -3,11 +3,12 @@ checked loads.
 
 Every save writes hidden temporary files (``.ve_<hex>.partial``: no ComfyUI folder lists that suffix) beside its
 targets and renames them into place only once all are written, rolling back together on failure. A journal in
-ComfyUI's user folder (``user/__video_edit_saves``) names the files of each save in progress; the saves of a process that died (``kill -9``,
-power loss) are rolled back at start-up and before each save, so a crash leaves neither temporary files nor half a
-pair. Saves are numbered (``name_00001_...``) like core's SaveImage and never replace a file. Names are checked
-to be valid on Windows, macOS and Linux before any file is created. Reads of user-named files are confined to
-ComfyUI's input, output and temp folders; safetensors loads name the input on any defect.
+ComfyUI's user folder (``user/__video_edit_saves``) names the files of each save in progress; the saves of a
+process that died (``kill -9``, power loss) are rolled back at start-up and before each save, so a crash leaves
+neither temporary files nor half a pair. Saves are numbered (``name_00001_...``) like core's SaveImage and
+never replace a file. Names are checked to be valid on Windows, macOS and Linux before any file is created.
+Reads of user-named files are confined to ComfyUI's input, output and temp folders; safetensors loads name the
+input on any defect.
 """
 
 from __future__ import annotations

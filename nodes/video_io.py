@@ -84,7 +84,8 @@ def missing_video_message(video_path: str, which: str) -> str | None:
            else "give a path relative to ComfyUI's input folder, or one inside its output or temp folder")
     name = os.path.basename(video_path)
     if os.path.exists(video_path):
-        return f"VE_LoadVideo: input '{which}' names {name}, which is a folder, pipe or device, not a video file ({fix})."
+        return (f"VE_LoadVideo: input '{which}' names {name}, which is a folder, pipe or device, not a video file "
+                f"({fix}).")
     return f"VE_LoadVideo: video not found for input '{which}': {name} ({fix})."
 
 
@@ -210,8 +211,9 @@ def check_decoded_size(frames: int, width: int, height: int, limit: float, name:
     if need > limit:
         raise MemoryError(
             f"VE_LoadVideo: {frames} frames of {width}x{height} from '{name}' need about {need / 2**30:.1f} GiB of "
-            f"RAM once decoded, over the limit of {limit / 2**30:.1f} GiB (memory_limit_gb, at most the RAM available now). Load fewer "
-            f"frames (n_frames, frame_stride) or a smaller width/height, or raise memory_limit_gb if RAM allows.")
+            f"RAM once decoded, over the limit of {limit / 2**30:.1f} GiB (memory_limit_gb, at most the RAM available "
+            f"now). Load fewer frames (n_frames, frame_stride) or a smaller width/height, or raise memory_limit_gb "
+            f"if RAM allows.")
 
 
 def read_video(video_path: str, n_frames: int = 24, start_frame: int = 0, frame_stride: int = 2, width: int = 512,

@@ -253,7 +253,7 @@ def test_broken_motion_lora_files_are_named(comfy, graph, produced):
                 assert part in message, (folder, case, part, message)
 
 
-# ----- in-process: saves that fail, names, limits, Windows rules ----------------------------------------------------------
+# ----- in-process: saves that fail, names, limits, Windows rules ----------------------------------------------------
 
 @pytest.fixture(scope="module")
 def files(comfy_lib):
@@ -450,7 +450,7 @@ def test_non_float_and_invalid_files_are_named(comfy_lib, tmp_path):
         assert_one_line_naming(str(error.value), "tuned_file", path.name, part, "Save the tuning again")
 
 
-# ----- through the executor: names, combos, the file list ------------------------------------------------------------------
+# ----- through the executor: names, combos, the file list ---------------------------------------------------------
 
 def output_entries(comfy) -> set[str]:
     return {str(p.relative_to(comfy.output_dir)) for p in comfy.output_dir.rglob("*")}
@@ -497,7 +497,7 @@ def test_combo_values_are_checked_by_the_node(comfy, graph):
     assert_one_line_naming(refusal(comfy, g.finalize()), "mode", "'bogus'", "sparse_causal")
 
 
-# ----- kill -9 during a save -------------------------------------------------------------------------------------------------
+# ----- kill -9 during a save --------------------------------------------------------------------------------------
 
 DIE_DURING_SAVE = """
 import os, signal, sys
