@@ -123,8 +123,12 @@ class AttentionStore:
                 self._regions[kind, b.key] = (offset, shape)
                 offset += self.steps * frames * math.prod(shape) * BYTES
         self.nbytes = offset
-        self._file = tempfile.TemporaryFile(dir=directory)
-        os.ftruncate(self._file.fileno(), offset)
+        self.directory = directory or tempfile.gettempdir()
+        try:
+            self._file = tempfile.TemporaryFile(dir=directory)
+            os.ftruncate(self._file.fileno(), offset)
+        except OSError as error:
+            raise self.write_failed(error) from None
 
     @property
     def steps(self) -> int:
@@ -151,8 +155,17 @@ class AttentionStore:
     def write(self, kind: str, key, level: int, rows: torch.Tensor, frames=slice(None)):
         """Store ``rows`` (one per frame of ``frames``, a slice or list of clip frame indices) at ``level``."""
         data = rows.detach().to("cpu", torch.float16).contiguous().numpy()
-        for offset, _, start, end in self._runs(kind, key, level, frames):
-            os.pwrite(self._file.fileno(), data[start:end].data, offset)
+        try:
+            for offset, _, start, end in self._runs(kind, key, level, frames):
+                os.pwrite(self._file.fileno(), data[start:end].data, offset)
+        except OSError as error:
+            raise self.write_failed(error) from None
+
+    def write_failed(self, error: OSError) -> OSError:
+        """One line naming the folder the maps are written to, the cause and the fix (the file itself is unnamed)."""
+        return OSError(f"attention_capture: could not write the attention maps ({self.nbytes / 2**30:.2f} GiB) into "
+                       f"the folder {self.directory} ({error.strerror or error}). Free disk space there, or lower "
+                       "steps, the number of frames, the resolution or max_query_tokens.")
 
     def read(self, kind: str, key, level: int, frames=slice(None)) -> torch.Tensor:
         """The fp16 rows of ``frames`` at ``level``, ``(frames, *shape)``."""

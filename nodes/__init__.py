@@ -4,10 +4,13 @@ shared modules, never each other: ``files`` (model folders, atomic saves, checke
 ComfyUI's sampler), ``video_unet`` (the inflated UNet and tuned weights), ``motion_lora_files``, ``plots``,
 ``windowing`` (what context windows share with attention patches)."""
 
+import logging
+
 from comfy_api.latest import ComfyExtension
 
 from . import (compare, context_windows, fatezero, fatezero_capture, inflate, inversion, loss_plot, motion_lora_io,
                motiondirector, sparse_causal, tokenflow, tuned_io, tuning, video_io)
+from .files import recover_unfinished_saves
 
 NODE_MODULES = [video_io, compare, sparse_causal, inflate, tuning, loss_plot, tuned_io, inversion, fatezero_capture,
                 fatezero, motiondirector, motion_lora_io, tokenflow, context_windows]
@@ -15,4 +18,8 @@ NODE_MODULES = [video_io, compare, sparse_causal, inflate, tuning, loss_plot, tu
 
 class VideoEditExtension(ComfyExtension):
     async def get_node_list(self):
+        # Called once at start-up (ComfyUI 0.3.75 never calls on_load): roll back the saves a crashed ComfyUI left
+        # half done (temporary files, half a pair) before anything lists the model folders.
+        for path in recover_unfinished_saves():
+            logging.info("video_edit: removed %s, left by a save that did not finish", path)
         return [node for module in NODE_MODULES for node in module.NODES]

@@ -62,10 +62,17 @@ def with_attention_capture(model, store: AttentionStore):
     return clone
 
 
+def store_limit_bytes(memory_limit_gb: float, directory: str) -> float:
+    """The most the store may take in ``directory``: ``memory_limit_gb`` (0: 80 %) of its free disk space, never
+    more than that space, whatever the input says."""
+    free = shutil.disk_usage(directory).free
+    return min(memory_limit_gb * 2**30, free) if memory_limit_gb > 0 else 0.8 * free
+
+
 @dataclass(frozen=True)
 class AttentionCapture:
     """Which blocks VE_DDIMInvert stores attention for, and how much disk the store may take in ComfyUI's temp
-    folder (0: 80 % of its free space)."""
+    folder (0: 80 % of its free space; never more than that space)."""
 
     max_query_tokens: int = 1024
     memory_limit_gb: float = 0.0
@@ -83,13 +90,14 @@ class AttentionCapture:
         need = AttentionStore.expected_bytes(blocks, len(sigmas) - 1, frames, context)
         directory = folder_paths.get_temp_directory()
         os.makedirs(directory, exist_ok=True)
-        limit = self.memory_limit_gb * 2**30 or 0.8 * shutil.disk_usage(directory).free
+        limit = store_limit_bytes(self.memory_limit_gb, directory)
         if need > limit:
             raise MemoryError(
                 f"attention_capture: the maps need {need / 2**30:.2f} GiB ({need / (len(sigmas) - 1) / 2**20:.1f} MiB "
                 f"per step x {len(sigmas) - 1} steps, {frames} frames) but {limit / 2**30:.2f} GiB are allowed. Lower "
                 "steps, the number of frames or the resolution, or max_query_tokens on VE Attention Capture Config "
-                "(or raise its memory_limit_gb, or free disk space in ComfyUI's temp folder).")
+                f"(or raise its memory_limit_gb, or free disk space in ComfyUI's temp folder {directory}; the limit is "
+                "never more than the free space there).")
         return AttentionStore(blocks, sigmas, frames, context, directory)
 
     def attach(self, model, samples: torch.Tensor, conditioning, sigmas: torch.Tensor):
@@ -117,7 +125,7 @@ class AttentionCaptureConfig(VideoEditNode):
                              tooltip="Capture blocks whose token grid h*w is at most this (FateZero: 32*32)."),
                 io.Float.Input("memory_limit_gb", default=0.0, min=0.0, max=4096.0, step=0.5,
                                tooltip="Refuse to start if the maps need more (on disk, in ComfyUI's temp "
-                                       "folder); 0 = 80% of the free space there."),
+                                       "folder); 0 = 80% of the free space there. Never more than the free space."),
             ],
             outputs=[CaptureType.Output(display_name="attention_capture")],
         )

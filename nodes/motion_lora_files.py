@@ -11,12 +11,11 @@ under ``video<k>.``, which only VE Load/Apply Motion LoRA read).
 
 from __future__ import annotations
 
-import os
 
 import folder_paths
 
 from ..kernels.lora import split_spatial_sets
-from .files import model_folder, numbered_paths, read_safetensors, register_model_folder, save_safetensors_group
+from .files import file_stem, model_folder, numbered_paths, read_safetensors, register_model_folder, save_safetensors_group
 
 SPATIAL_FOLDER = "loras"
 TEMPORAL_FOLDER = "video_edit_motion_lora"
@@ -31,7 +30,7 @@ def save_motion_lora(spatial: dict, temporal: dict, name: str, metadata: dict | 
     """Write ``<name>_NNNNN_spatial`` into models/loras and ``<name>_NNNNN_temporal`` into
     models/video_edit_motion_lora under the first number free in both: both files appear, or neither. Returns both
     paths."""
-    stem = os.path.basename(name.strip()).removesuffix(".safetensors") or "motion"
+    stem = file_stem(name, "motion", "filename", "VE_SaveMotionLoRA", ".safetensors")
     kinds = {"spatial": (spatial, SPATIAL_FOLDER), "temporal": (temporal, TEMPORAL_FOLDER)}
     paths = numbered_paths(stem, [(model_folder(folder), f"{kind}.safetensors") for kind, (_, folder) in kinds.items()])
     files = []

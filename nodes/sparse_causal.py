@@ -85,6 +85,8 @@ def with_cross_frame_attention(model, mode: str, start_percent: float = 0.0, end
     """A clone of ``model`` whose self-attention uses ``mode`` (see kernels.attention.reference_frames) in every
     block with at least ``min_channels`` channels; smaller blocks keep per-frame self-attention (FateZero's
     ``least_sc_channel``)."""
+    if mode not in CROSS_FRAME_MODES:  # ComfyUI 0.3.75 does not check V3 combo values sent over its API
+        raise ValueError(f"mode: {mode!r} is not one of {', '.join(CROSS_FRAME_MODES)}; pick one of them.")
     unet = require_sd1_unet(model)
     blocks = [(key, block.attn1.to_q.in_features) for key, _, _, block in iter_transformer_blocks(unet)]
     widest = max(channels for _, channels in blocks)

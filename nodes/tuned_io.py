@@ -20,7 +20,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..kernels.temporal import TemporalMask
-from .files import model_folder, numbered_paths, read_safetensors, register_model_folder, save_safetensors_group
+from .files import file_stem, model_folder, numbered_paths, read_safetensors, register_model_folder, save_safetensors_group
 from .model_helpers import PatcherKeys
 from .video_unet import TunedWeights, apply_tuned
 from .socket_types import VideoEditNode
@@ -44,20 +44,27 @@ def save_tuned(tuned: TunedWeights, path: str):
 
 
 def load_tuned(path: str, input_name: str = "tuned_file") -> TunedWeights:
-    """The tuning saved in ``path``; ValueError naming ``input_name`` for a corrupt, foreign or non-finite file."""
+    """The tuning saved in ``path``; ValueError naming ``input_name`` and the file for a corrupt, foreign or
+    non-finite file, one holding non-float tensors, or one with invalid metadata."""
     tensors, metadata = read_safetensors(path, input_name)
+    name = os.path.basename(path)
     if metadata.get("video_edit_format") != FORMAT:
-        raise ValueError(f"{input_name}: {os.path.basename(path)} is not a Tune-A-Video file saved by VE Save Tuned "
+        raise ValueError(f"{input_name}: {name} is not a Tune-A-Video file saved by VE Save Tuned "
                          f"(format {metadata.get('video_edit_format')!r}, expected {FORMAT!r}).")
     try:
         info = {k: json.loads(v) for k, v in metadata.items() if k != "video_edit_format"}
-    except json.JSONDecodeError:
-        raise ValueError(f"{input_name}: {os.path.basename(path)} has unreadable metadata; save it again.") from None
+        mask = TemporalMask(str(info.pop("temporal_mask", "none")), int(info.pop("temporal_window", 0)))
+        frame_groupnorm = info.pop("frame_groupnorm", True)
+        if not isinstance(frame_groupnorm, bool):
+            raise ValueError(f"frame_groupnorm: {frame_groupnorm!r} is not true or false")
+    except (ValueError, TypeError) as error:  # JSON errors are ValueErrors too
+        raise ValueError(f"{input_name}: {name} has invalid metadata ({str(error).rstrip('.')}); it was not written "
+                         "by VE Save Tuned or was edited since. Save the tuning again, or pick another file.") from None
     return TunedWeights(
         query_deltas={k[len(QUERY_PREFIX):]: v for k, v in tensors.items() if k.startswith(QUERY_PREFIX)},
         temporal={k[len(TEMPORAL_PREFIX):]: v for k, v in tensors.items() if k.startswith(TEMPORAL_PREFIX)},
-        frame_groupnorm=bool(info.pop("frame_groupnorm", True)),
-        mask=TemporalMask(str(info.pop("temporal_mask", "none")), int(info.pop("temporal_window", 0))),
+        frame_groupnorm=frame_groupnorm,
+        mask=mask,
         metadata=info,
     )
 
@@ -87,7 +94,7 @@ class SaveTuned(VideoEditNode):
         tuned = model.get_attachment(PatcherKeys.TUNING)
         if tuned is None:
             raise ValueError("model: it carries no tuning; connect the MODEL output of VE One-Shot Tune.")
-        stem = os.path.basename(filename.strip()).removesuffix(".safetensors") or "tuned_clip"
+        stem = file_stem(filename, "tuned_clip", "filename", "VE_SaveTuned", ".safetensors")
         (path,) = numbered_paths(stem, [(model_folder(FOLDER), ".safetensors")])
         tuned = TunedWeights(tuned.query_deltas, tuned.temporal, tuned.frame_groupnorm,
                              {**tuned.metadata, "prompt": prompt}, tuned.mask)

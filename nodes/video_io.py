@@ -23,7 +23,7 @@ from PIL import Image
 import folder_paths
 from comfy_api.latest import io, ui
 
-from .files import confined_path, prepare_folder, remove_quietly, temp_path_beside
+from .files import check_name, confined_path, numbered_paths, save_atomically
 from .socket_types import VideoEditNode
 
 log = logging.getLogger(__name__)
@@ -39,20 +39,25 @@ FALLBACK_FPS = 24.0  # assumed when a container reports no frame rate
 # ----- loading -------------------------------------------------------------------------------------------------------
 
 def list_input_videos() -> list[str]:
-    """Video files directly in ComfyUI's input folder (the ``file`` choices of VE_LoadVideo)."""
+    """Video files directly in ComfyUI's input folder (the ``file`` choices of VE_LoadVideo); symlinks that lead
+    out of ComfyUI's folders are left out, as they would be refused."""
     input_dir = folder_paths.get_input_directory()
     try:
         names = os.listdir(input_dir)
     except OSError:
         return []
-    return sorted(n for n in names
-                  if n.lower().endswith(VIDEO_EXTENSIONS) and os.path.isfile(os.path.join(input_dir, n)))
+    return sorted(n for n in names if n.lower().endswith(VIDEO_EXTENSIONS)
+                  and os.path.isfile(os.path.join(input_dir, n)) and confined_path(os.path.join(input_dir, n)))
 
 
 def resolve_video_path(file: str | None, path: str | None) -> tuple[str, str]:
     """The file VE_LoadVideo reads (symlinks and ``..`` resolved) and the input that named it: ``path`` when set,
     else ``file``. Only files inside ComfyUI's input, output and temp folders are read; anything else is refused
     with one message that does not say whether the file exists."""
+    for which, given in (("path", path), ("file", file)):
+        if given and "\0" in given:
+            raise ValueError(f"VE_LoadVideo: input '{which}' holds a NUL byte, which no file name can hold; remove it "
+                             "(retype the name, or pick the video in 'file').")
     if path and path.strip():
         p = os.path.expanduser(path.strip().strip('"').strip("'"))
         if not os.path.isabs(p):
@@ -71,10 +76,18 @@ def resolve_video_path(file: str | None, path: str | None) -> tuple[str, str]:
     return confined, which
 
 
-def _missing_message(video_path: str, which: str) -> str:
+def missing_video_message(video_path: str, which: str) -> str | None:
+    """Why ``video_path`` (input ``which``) cannot be read as a file: it does not exist, or it is a folder, a pipe
+    or a device; None when it is a regular file."""
+    if os.path.isfile(video_path):
+        return None
     fix = ("put the video into ComfyUI's input folder or pick another one in 'file'" if which == "file"
            else "give a path relative to ComfyUI's input folder, or one inside its output or temp folder")
-    return f"VE_LoadVideo: video not found for input '{which}': {os.path.basename(video_path)} ({fix})."
+    name = os.path.basename(video_path)
+    if os.path.exists(video_path):
+        return (f"VE_LoadVideo: input '{which}' names {name}, which is a folder, pipe or device, not a video file "
+                f"({fix}).")
+    return f"VE_LoadVideo: video not found for input '{which}': {name} ({fix})."
 
 
 def _check_size(name: str, value: int) -> None:
@@ -171,8 +184,10 @@ BYTES_PER_PIXEL = 3 * (1 + 4)  # RGB, decoded as uint8, then the float32 IMAGE
 
 
 def memory_limit_bytes(memory_limit_gb: float) -> float:
-    """The most the decoded frames may take: ``memory_limit_gb``, or 0 = 80 % of the RAM available now."""
-    return memory_limit_gb * 2**30 if memory_limit_gb > 0 else 0.8 * psutil.virtual_memory().available
+    """The most the decoded frames may take: ``memory_limit_gb`` (0: 80 %) of the RAM available now, never more
+    than that RAM, whatever the input says (the server would be killed)."""
+    available = psutil.virtual_memory().available
+    return min(memory_limit_gb * 2**30, available) if memory_limit_gb > 0 else 0.8 * available
 
 
 def probe_video(video_path: str) -> tuple[int, int, int]:
@@ -197,8 +212,9 @@ def check_decoded_size(frames: int, width: int, height: int, limit: float, name:
     if need > limit:
         raise MemoryError(
             f"VE_LoadVideo: {frames} frames of {width}x{height} from '{name}' need about {need / 2**30:.1f} GiB of "
-            f"RAM once decoded, over the limit of {limit / 2**30:.1f} GiB. Load fewer frames (n_frames, "
-            f"frame_stride) or a smaller width/height, or raise memory_limit_gb.")
+            f"RAM once decoded, over the limit of {limit / 2**30:.1f} GiB (memory_limit_gb, at most the RAM available "
+            f"now). Load fewer frames (n_frames, frame_stride) or a smaller width/height, or raise memory_limit_gb "
+            f"if RAM allows.")
 
 
 def read_video(video_path: str, n_frames: int = 24, start_frame: int = 0, frame_stride: int = 2, width: int = 512,
@@ -207,15 +223,15 @@ def read_video(video_path: str, n_frames: int = 24, start_frame: int = 0, frame_
 
     Returns the frames and the source frame rate. Raises ValueError naming the input to fix, and MemoryError
     before decoding (and while decoding, where the container did not tell) when the frames would take more than
-    ``memory_limit_gb`` (0: 80 % of the available RAM).
+    ``memory_limit_gb`` (0: 80 % of the available RAM; never more than the available RAM).
     """
     _check_size("width", width)
     _check_size("height", height)
     if n_frames < 0 or start_frame < 0 or frame_stride < 1:
         raise ValueError(f"VE_LoadVideo: need n_frames >= 0, start_frame >= 0 and frame_stride >= 1 "
                          f"(got {n_frames}, {start_frame}, {frame_stride}).")
-    if not os.path.isfile(video_path):
-        raise ValueError(_missing_message(video_path, which))
+    if problem := missing_video_message(video_path, which):
+        raise ValueError(problem)
     name = os.path.basename(video_path)
     last = None if n_frames == 0 else start_frame + (n_frames - 1) * frame_stride
     limit = memory_limit_bytes(memory_limit_gb)
@@ -318,7 +334,7 @@ class VELoadVideo(VideoEditNode):
                                         "(absolute, or relative to the input folder); overrides 'file'."),
                 io.Float.Input("memory_limit_gb", default=0.0, min=0.0, max=4096.0, step=0.5, optional=True,
                                tooltip="Refuse, before decoding, a request whose frames would take more RAM than "
-                                       "this; 0 = 80% of the RAM available now."),
+                                       "this; 0 = 80% of the RAM available now. Never more than the RAM available."),
                 io.Video.Input("video", optional=True,
                                tooltip="A VIDEO from core Load Video (or another pack); when connected, frames are "
                                        "picked from it and 'file' / 'path' are ignored."),
@@ -368,9 +384,7 @@ class VELoadVideo(VideoEditNode):
             video_path, which = resolve_video_path(file, path)
         except ValueError as error:
             return str(error)
-        if not os.path.isfile(video_path):
-            return _missing_message(video_path, which)
-        return True
+        return missing_video_message(video_path, which) or True
 
 
 # ----- saving --------------------------------------------------------------------------------------------------------
@@ -418,13 +432,18 @@ def _encode_av(frames: np.ndarray, fps: float, path: str, fmt: str) -> str:
     if w % 2 or h % 2:
         log.warning("VE_SaveVideo: %s needs an even size; cropping %dx%d to %dx%d", fmt, w, h, w // 2 * 2, h // 2 * 2)
         w, h = w // 2 * 2, h // 2 * 2
-    with av.open(path, mode="w", format=fmt, options=container_options) as container:
-        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001), options=codec_options)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        for frame in frames:
-            _check_interrupt()
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:h, :w]), "rgb24")))
-        container.mux(stream.encode())
+    # The file is opened here, not by FFmpeg, so that it is closed on every failure (a full disk made FFmpeg's own
+    # close fail and keep the descriptor open).
+    try:
+        with open(path, "w+b") as file, av.open(file, mode="w", format=fmt, options=container_options) as container:
+            stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001), options=codec_options)
+            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+            for frame in frames:
+                _check_interrupt()
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:h, :w]), "rgb24")))
+            container.mux(stream.encode())
+    except av.error.PyAVCallbackError as error:  # the file's own error (disk full), raised inside FFmpeg
+        raise (error.__context__ if isinstance(error.__context__, OSError) else OSError(str(error))) from None
     return codec
 
 
@@ -455,25 +474,33 @@ ENCODERS = {"mp4": lambda *args: _encode_av(*args, "mp4"), "webm": lambda *args:
 
 
 def write_video(frames: np.ndarray, fps: float, fmt: str, target: str) -> str:
-    """Write uint8 RGB frames to ``target`` atomically (temp file in the same folder, then ``os.replace``).
+    """Write uint8 RGB frames to ``target`` atomically (files.save_atomically: never replacing a file).
 
-    Returns the codec used. On any failure or interruption the temp file is removed and ``target`` is untouched.
+    Returns the codec used. On any failure or interruption nothing is left and ``target`` is untouched.
     """
     if fmt not in ENCODERS:
         raise ValueError(f"VE_SaveVideo: format must be one of {', '.join(SAVE_FORMATS)}, got {fmt!r}.")
     if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
         raise ValueError(f"VE_SaveVideo: fps must be a positive number, got {fps!r}.")
-    prepare_folder(os.path.dirname(os.path.abspath(target)), "VE_SaveVideo")
-    tmp = temp_path_beside(os.path.abspath(target))
-    try:
-        codec = ENCODERS[fmt](frames, fps, tmp)
-        if not os.path.isfile(tmp) or os.path.getsize(tmp) == 0:
-            raise RuntimeError(f"VE_SaveVideo: the {fmt} encoder wrote nothing to {tmp}.")
-        os.replace(tmp, target)
-    except BaseException:
-        remove_quietly(tmp)
-        raise
+    (codec,) = save_atomically([(os.path.abspath(target), lambda tmp: ENCODERS[fmt](frames, fps, tmp))],
+                               "VE_SaveVideo", "filename_prefix")
     return codec
+
+
+def save_target(filename_prefix: str, fmt: str, width: int, height: int) -> tuple[str, str, str]:
+    """(path, file name, subfolder) of the next numbered ``<prefix>_NNNNN_.<fmt>`` in the output folder; the
+    prefix's names are checked (valid on every system, inside the output folder) before anything is created."""
+    parts = filename_prefix.replace(os.sep, "/").split("/")
+    if not parts[-1].strip():
+        raise ValueError("VE_SaveVideo: filename_prefix has no file name (it is empty or ends with '/'); give one, "
+                         "e.g. video_edit/edit.")
+    for part in parts:
+        if part not in ("", ".", ".."):  # the output folder's confinement refuses what climbs out
+            check_name(part, "filename_prefix", "VE_SaveVideo")
+    folder, filename, _, subfolder, _ = folder_paths.get_save_image_path(
+        filename_prefix, folder_paths.get_output_directory(), width, height)
+    (target,) = numbered_paths(filename, [(folder, f".{fmt}")])
+    return target, os.path.basename(target), subfolder
 
 
 class VESaveVideo(VideoEditNode):
@@ -502,10 +529,7 @@ class VESaveVideo(VideoEditNode):
     def execute(cls, images, fps, filename_prefix, format) -> io.NodeOutput:
         frames = images_to_uint8(images)
         height, width = frames.shape[1:3]
-        folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
-            filename_prefix, folder_paths.get_output_directory(), width, height)
-        file = f"{filename}_{counter:05}_.{format}"
-        target = os.path.join(folder, file)
+        target, file, subfolder = save_target(filename_prefix, format, width, height)
         codec = write_video(frames, float(fps), format, target)
         log.info("VE_SaveVideo: saved %s (%d frames, %dx%d, %.3g fps, %s)", target, len(frames), width, height, fps,
                  codec)

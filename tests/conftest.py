@@ -28,8 +28,9 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(scope="session")
-def comfy_lib():
-    """ComfyUI's own modules in this process (``import comfy.sd`` etc.), on the CPU."""
+def comfy_lib(tmp_path_factory):
+    """ComfyUI's own modules in this process (``import comfy.sd`` etc.), on the CPU, with a user folder of its own
+    (saves journal there, never in the ComfyUI checkout)."""
     import sys
 
     path = str(default_comfyui_path())
@@ -39,6 +40,9 @@ def comfy_lib():
 
     args.cpu = True
     import comfy.model_management  # noqa: F401 (importing it selects the CPU device)
+    import folder_paths
+
+    folder_paths.set_user_directory(str(tmp_path_factory.mktemp("comfy_user")))
 
     return path
 

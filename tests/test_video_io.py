@@ -101,7 +101,8 @@ def files_with_prefix(comfy, prefix: str) -> list[str]:
     """Every entry (hidden ones included) in the prefix's output subfolder that belongs to it or is a temp file."""
     folder = comfy.output_dir / os.path.dirname(prefix)
     stem = os.path.basename(prefix)
-    return sorted(n for n in os.listdir(folder) if n.startswith(stem) or n.startswith("." + stem) or ".tmp" in n)
+    return sorted(n for n in os.listdir(folder) if n.startswith(stem) or n.startswith("." + stem) or ".tmp" in n
+                  or n.endswith(".partial"))
 
 
 # ----- fixtures -------------------------------------------------------------------------------------------------------
@@ -393,8 +394,9 @@ def test_successful_save_leaves_exactly_one_file(video_io, frames_u8, tmp_path, 
 
 @pytest.mark.parametrize("fmt", ["mp4", "webm", "gif", "webp"])
 def test_interrupted_save_leaves_nothing(video_io, frames_u8, tmp_path, monkeypatch, fmt):
-    target = tmp_path / f"clip_00001_.{fmt}"
-    target.write_bytes(b"previous")  # an existing file must survive a failed save untouched
+    previous = tmp_path / f"clip_00001_.{fmt}"
+    previous.write_bytes(b"previous")  # an existing file must survive a failed save untouched
+    target = tmp_path / f"clip_00002_.{fmt}"
     calls = []
 
     class Interrupted(Exception):
@@ -409,8 +411,8 @@ def test_interrupted_save_leaves_nothing(video_io, frames_u8, tmp_path, monkeypa
     with pytest.raises(Interrupted):
         video_io.write_video(frames_u8, 6.0, fmt, str(target))
     assert len(calls) == 4  # stopped mid-way, after three frames were encoded
-    assert os.listdir(tmp_path) == [target.name]
-    assert target.read_bytes() == b"previous"
+    assert os.listdir(tmp_path) == [previous.name]
+    assert previous.read_bytes() == b"previous"
 
 
 def test_failing_encoder_leaves_nothing(video_io, frames_u8, tmp_path, monkeypatch):
