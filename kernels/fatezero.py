@@ -14,7 +14,6 @@ pairing, so editing step ``k`` (at ``sigmas[N-k]``) reads level ``N-k``, i.e. st
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 from dataclasses import dataclass, field
 
@@ -104,8 +103,9 @@ class AttentionStore:
     """Per-block, per-level fp16 maps of the conditional pass, in an anonymous temporary file.
 
     Only what a model call writes or reads (one level of one block, for the frames of the call) is ever in memory,
-    so RAM does not grow with frames x steps. The file has no name (it disappears when the store is dropped or the
-    process ends) and lives in ``directory`` (ComfyUI's temp folder; None: the system's).
+    so RAM does not grow with frames x steps. The file is ``tempfile.TemporaryFile``: nameless on Unix, deleted on
+    close on Windows, so it disappears when the store is dropped or the process ends; it lives in ``directory``
+    (ComfyUI's temp folder; None: the system's). Reads and writes are seek + readinto/write, which every system has.
     """
 
     KINDS = ("queries", "keys", "cross")
@@ -126,7 +126,7 @@ class AttentionStore:
         self.directory = directory or tempfile.gettempdir()
         try:
             self._file = tempfile.TemporaryFile(dir=directory)
-            os.ftruncate(self._file.fileno(), offset)
+            self._file.truncate(offset)
         except OSError as error:
             raise self.write_failed(error) from None
 
@@ -157,12 +157,13 @@ class AttentionStore:
         data = rows.detach().to("cpu", torch.float16).contiguous().numpy()
         try:
             for offset, _, start, end in self._runs(kind, key, level, frames):
-                os.pwrite(self._file.fileno(), data[start:end].data, offset)
+                self._file.seek(offset)
+                self._file.write(data[start:end].data)
         except OSError as error:
             raise self.write_failed(error) from None
 
     def write_failed(self, error: OSError) -> OSError:
-        """One line naming the folder the maps are written to, the cause and the fix (the file itself is unnamed)."""
+        """One line naming the folder the maps are written to, the cause and the fix (the file itself has no name to give)."""
         return OSError(f"attention_capture: could not write the attention maps ({self.nbytes / 2**30:.2f} GiB) into "
                        f"the folder {self.directory} ({error.strerror or error}). Free disk space there, or lower "
                        "steps, the number of frames, the resolution or max_query_tokens.")
@@ -173,7 +174,8 @@ class AttentionStore:
         runs = list(self._runs(kind, key, level, frames))
         out = np.empty((runs[-1][3] if runs else 0, *shape), dtype=np.float16)
         for offset, size, start, end in runs:
-            if os.preadv(self._file.fileno(), [out[start:end].data.cast("B")], offset) != size:
+            self._file.seek(offset)
+            if self._file.readinto(out[start:end].data.cast("B")) != size:
                 raise RuntimeError(f"attention store: short read at level {level} of block {key}")
         return torch.from_numpy(out)
 

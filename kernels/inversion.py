@@ -60,13 +60,19 @@ def invert(denoise: Callable[[torch.Tensor, float], torch.Tensor], clean: torch.
 def anderson(step: Callable[[torch.Tensor], torch.Tensor], guess: torch.Tensor, iterations: int,
              memory: int = 3) -> torch.Tensor:
     """The fixed point of ``step`` after ``iterations`` calls, by Anderson acceleration (type II) over the last
-    ``memory`` iterates: the mix of their images whose residuals mix to the smallest norm."""
+    ``memory`` iterates: the mix of their images whose residuals mix to the smallest norm.
+
+    The small least-squares system is solved in the latents' own precision, at least float32: never float64 on
+    a model's device (MPS has none); float32 keeps the round trip at its float32 floor
+    (tools/benchmarks/inversion_round_trip.py)."""
+    dtype = torch.promote_types(guess.dtype, torch.float32)
+    ridge = max(1e-10, torch.finfo(dtype).eps)  # relative to the largest residual: keeps the solve well-posed
     guesses, images = [], []
     for _ in range(iterations):
         guesses, images = (guesses + [guess])[-memory:], (images + [step(guess)])[-memory:]
-        residuals = torch.stack([(image - g).flatten().double() for g, image in zip(guesses, images)])
+        residuals = torch.stack([(image - g).flatten().to(dtype) for g, image in zip(guesses, images)])
         gram = residuals @ residuals.T
-        gram += torch.eye(len(guesses), dtype=gram.dtype, device=gram.device) * (1e-10 * gram.diagonal().max() + 1e-30)
+        gram += torch.eye(len(guesses), dtype=gram.dtype, device=gram.device) * (ridge * gram.diagonal().max() + 1e-30)
         weights = torch.linalg.solve(gram, gram.new_ones(len(guesses)))
         weights = (weights / weights.sum()).to(guess.dtype)
         guess = sum(w * image for w, image in zip(weights, images))

@@ -5,6 +5,11 @@ frame axis at each fixed spatial position, no positional encoding, residual; by 
 optionally Make-Your-Video's causal mask (``TemporalMask``). Its output projection is zero-initialised, weight
 *and* bias (the official code leaves the bias random), so an untuned inflated UNet computes exactly what the
 image UNet computes.
+
+The layers are built from ``ops``, a namespace with ``Linear`` and ``LayerNorm`` classes: ``torch.nn`` by default;
+the nodes pass ComfyUI's ``comfy.ops`` classes, which cast the weights to the input's dtype and device when ComfyUI
+asks them to (half-precision compute, low-VRAM partial loading). Those skip torch's initialisation (ComfyUI loads
+every weight); ``initialised`` restores it, so any ``ops`` give the same layers.
 """
 
 from __future__ import annotations
@@ -47,18 +52,27 @@ class TemporalMask:
         return allowed
 
 
+def initialised(layer: nn.Module) -> nn.Module:
+    """``layer`` with torch's default initialisation, also where its class (a ``comfy.ops`` one) skips it. A plain
+    torch layer already has it and is returned as it is, so the random stream is the same for any ``ops``."""
+    torch_class = next(c for c in type(layer).__mro__ if c.__module__.startswith("torch.nn."))
+    if type(layer) is not torch_class:
+        torch_class.reset_parameters(layer)
+    return layer
+
+
 class TemporalAttention(nn.Module):
-    def __init__(self, dim: int, heads: int, dim_head: int, mask: TemporalMask = TemporalMask()):
+    def __init__(self, dim: int, heads: int, dim_head: int, mask: TemporalMask = TemporalMask(), ops=nn):
         super().__init__()
         inner = heads * dim_head
         self.heads = heads
         self.mask = mask
-        self.norm_temp = nn.LayerNorm(dim)
+        self.norm_temp = initialised(ops.LayerNorm(dim))
         self.attn_temp = nn.Module()
-        self.attn_temp.to_q = nn.Linear(dim, inner, bias=False)
-        self.attn_temp.to_k = nn.Linear(dim, inner, bias=False)
-        self.attn_temp.to_v = nn.Linear(dim, inner, bias=False)
-        self.attn_temp.to_out = nn.ModuleList([nn.Linear(inner, dim)])
+        self.attn_temp.to_q = initialised(ops.Linear(dim, inner, bias=False))
+        self.attn_temp.to_k = initialised(ops.Linear(dim, inner, bias=False))
+        self.attn_temp.to_v = initialised(ops.Linear(dim, inner, bias=False))
+        self.attn_temp.to_out = nn.ModuleList([initialised(ops.Linear(inner, dim))])
         nn.init.zeros_(self.attn_temp.to_out[0].weight)
         nn.init.zeros_(self.attn_temp.to_out[0].bias)
 
@@ -91,8 +105,9 @@ class TemporalLayers(nn.Module):
     state-dict keys read like the official ones: ``input_blocks.1.1.transformer_blocks.0.attn_temp.to_q.weight``.
     """
 
-    def __init__(self, specs: dict[str, tuple[int, int, int]], mask: TemporalMask = TemporalMask()):
-        """``specs``: block path -> (dim, heads, dim_head); ``mask``: every layer's temporal mask."""
+    def __init__(self, specs: dict[str, tuple[int, int, int]], mask: TemporalMask = TemporalMask(), ops=nn):
+        """``specs``: block path -> (dim, heads, dim_head); ``mask``: every layer's temporal mask; ``ops``: the
+        layer classes (module docstring)."""
         super().__init__()
         self.paths = list(specs)
         self.mask = mask
@@ -103,7 +118,7 @@ class TemporalLayers(nn.Module):
                 if not hasattr(parent, name):
                     parent.add_module(name, nn.Module())
                 parent = getattr(parent, name)
-            parent.add_module(leaf, TemporalAttention(dim, heads, dim_head, mask))
+            parent.add_module(leaf, TemporalAttention(dim, heads, dim_head, mask, ops))
 
     def layer(self, path: str) -> TemporalAttention:
         return self.get_submodule(path)

@@ -50,6 +50,18 @@ def require_video_latent(latent: dict, input_name: str = "latent", min_frames: i
     return samples
 
 
+def injected_layer_ops(model):
+    """The ``comfy.ops`` layer classes for layers this pack injects into ``model``'s UNet, picked as ComfyUI picks
+    its own (``comfy.ops.pick_operations``): the injected weights are float32 (trained, small) and compute in the
+    UNet's compute dtype, so they are cast per call when that is half precision. Either choice takes part in
+    low-VRAM partial loading (ComfyUI casts such layers' weights to the device per call when they do not fit)."""
+    import comfy.ops
+    import torch
+
+    compute = model.model.manual_cast_dtype or model.model.get_dtype()
+    return comfy.ops.pick_operations(torch.float32, compute, model.load_device, disable_fast_fp8=True)
+
+
 def add_weight_patches(model, patches: dict, strength: float = 1.0):
     """``model.add_patches`` that also works while another clone of the same UNet is loaded with injected layers.
 

@@ -3,7 +3,9 @@
 
 The temporal layers live in their own ModelPatcher, loaded with the MODEL as an additional model, injected
 into the UNet when ComfyUI loads it and ejected when it unloads (AnimateDiff-Evolved's pattern): the shared
-UNet is never edited outside that window, and LoRA/offload logic never sees our modules.
+UNet is never edited outside that window, and the UNet's LoRA/offload logic never sees our modules. ComfyUI
+counts them as a model of their own when it plans memory, and they are ``comfy.ops`` layers
+(``injected_layer_ops``), so they compute in the UNet's compute dtype and can be partially loaded in low VRAM.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch import nn
 from ..kernels.temporal import TemporalLayers, TemporalMask, frame_spanning_group_norm
 from ..kernels.unet_layout import iter_resnet_norms, iter_transformer_blocks
 from .model_helpers import (PER_FRAME_OPTION, PatcherKeys, add_weight_patches, check_video_inputs_when_sampling,
-                            require_sd1_unet, set_wrapper)
+                            injected_layer_ops, require_sd1_unet, set_wrapper)
 from .training import GRADIENT_CHECKPOINTING
 
 # Set around every UNet call by the DIFFUSION_MODEL wrapper: how many videos (cond/uncond chunks) share the batch.
@@ -55,8 +57,7 @@ class InflatedTransformerBlock(nn.Module):
         if bypass:  # the image UNet: the frames are independent images, in attention too
             return self.block(x, context=context, transformer_options={**transformer_options, PER_FRAME_OPTION: True})
         x = self.block(x, context=context, transformer_options=transformer_options)
-        dtype = self.temporal.norm_temp.weight.dtype
-        return self.temporal(x.to(dtype), chunks).to(x.dtype)
+        return self.temporal(x, chunks)  # comfy.ops layers: computed in x's dtype (injected_layer_ops)
 
     def forward(self, x, context=None, transformer_options={}):
         # The context is read here, not inside _forward: a checkpointed recompute runs in the backward pass,
@@ -187,11 +188,12 @@ def inflate(model, temporal_state: dict | None = None, frame_groupnorm: bool = T
     Re-inflating an inflated MODEL replaces its temporal layers.
     """
     unet = require_sd1_unet(model)
+    ops = injected_layer_ops(model)
     if temporal_state is None:
-        layers = TemporalLayers(temporal_layer_specs(unet), mask)
+        layers = TemporalLayers(temporal_layer_specs(unet), mask, ops)
     else:  # built without the random initialisation the state replaces
         with torch.device("meta"):
-            layers = TemporalLayers(temporal_layer_specs(unet), mask)
+            layers = TemporalLayers(temporal_layer_specs(unet), mask, ops)
         check_temporal_state(layers, temporal_state, what)
         layers = layers.to_empty(device="cpu")
         layers.load_state_dict(temporal_state, strict=True)

@@ -60,3 +60,53 @@ def test_half_precision_weights_tune_in_fp32_and_the_edit_runs(half):
     noisy = inversion.ddim_invert(tuned, latent, cond, 3).noisiest
     edited = sample_back(tuned, noisy, cond, 3)
     assert edited.shape == video.shape and torch.isfinite(edited).all()
+
+
+def test_injected_layers_are_comfy_ops_counted_and_partially_loadable(sd15):
+    """The temporal layers are comfy.ops layers in a ModelPatcher of their own: ComfyUI counts their size when it
+    loads the MODEL, and low-VRAM partial loading casts them per call with the MODEL's patches (a motion LoRA)
+    applied, giving what a full load gives. Plain torch layers would neither be cast nor patched there."""
+    import comfy.model_management
+    import comfy.ops
+    import comfy.sampler_helpers
+    from video_edit.nodes import motion_lora_io, video_unet
+
+    inflated = video_unet.inflate(sd15[0])
+    layers = video_unet.require_inflated(inflated).layers
+    with_weights = [m for m in layers.modules() if list(m.parameters(recurse=False))]
+    assert with_weights and all(isinstance(m, comfy.ops.CastWeightBiasOp) for m in with_weights)
+
+    comfy.sampler_helpers.prepare_sampling(inflated, (2, 4, 8, 8), {}, inflated.model_options)  # as sampling does
+    loaded = [m.model for m in comfy.model_management.current_loaded_models]
+    temporal = video_unet.temporal_patcher(inflated)
+    assert any(m is temporal for m in loaded)
+    assert temporal.model_size() == comfy.model_management.module_size(layers) > 0
+    comfy.model_management.unload_all_models()
+
+    shapes = motion_lora_io.temporal_lora_shapes(inflated)
+    generator = torch.Generator().manual_seed(3)
+    lora = {}
+    for key, (out_features, in_features) in shapes.items():
+        lora[f"{key}.lora_up.weight"] = torch.randn(out_features, 2, generator=generator)
+        lora[f"{key}.lora_down.weight"] = torch.randn(2, in_features, generator=generator)
+        lora[f"{key}.alpha"] = torch.tensor(2.0)
+    patcher = video_unet.temporal_patcher(motion_lora_io.apply_motion_lora(inflated, None, 0.0, lora, 1.0))
+    path = layers.paths[0]
+    x = torch.randn(4, 16, layers.layer(path).norm_temp.normalized_shape[0], generator=generator)
+    cpu = torch.device("cpu")
+
+    def temporal_output(**load):
+        patcher.load(cpu, **load)
+        try:
+            with torch.no_grad():
+                return layers.layer(path)(x, 1), [m.comfy_cast_weights for m in with_weights]
+        finally:
+            patcher.unpatch_model(cpu)
+
+    with torch.no_grad():
+        bare = layers.layer(path)(x, 1)
+    full, _ = temporal_output(full_load=True)
+    partial, cast = temporal_output(lowvram_model_memory=1)
+    assert all(cast)  # nothing fitted: every layer is cast (and patched) per call
+    assert not torch.allclose(full, bare)  # the LoRA changes the output
+    torch.testing.assert_close(partial, full)
