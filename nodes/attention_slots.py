@@ -32,6 +32,7 @@ WRAP, REPLACE, INSIDE = "wrap", "replace", "inside"
 
 _TWO_EDITS = "TokenFlow and FateZero's fusion are two editing methods that each own the sampling; use one of them"
 _ONE_FUSION = "one fusion per model; connect the second one to the MODEL that went into the first"
+_INVERT_FIRST = "invert with the MODEL that went into {old}, not with the one it returned"
 # (slot, role of the new patch, role of the patch there) -> wrap, replace, inside, or the reason it is refused
 # (with the order that works). Pairs not listed wrap.
 SLOT_TABLE = {
@@ -45,6 +46,8 @@ SLOT_TABLE = {
     ("attn1", TOKENFLOW, FUSION): _TWO_EDITS,
     ("attn1", FUSION, TOKENFLOW): _TWO_EDITS,
     ("attn1", FUSION, FUSION): _ONE_FUSION,
+    ("attn1", CAPTURE, FUSION): _INVERT_FIRST,
+    ("attn2", CAPTURE, FUSION): _INVERT_FIRST,
     ("attn2", FUSION, FUSION): _ONE_FUSION,
     ("attn2", FUSION, FOREIGN): ("fusion edits the cross-attention maps themselves, which that patch computes its own "
                                  "way; connect {new} first and {old} after it (packs that add to the slot, as "
@@ -149,9 +152,33 @@ def placed(kind: str, key: tuple, new: SlotPatch, old):
                      + action.format(new=NODE_NAMES[new.role], old=describe(old)) + ".")
 
 
+class SlotDict(dict):
+    """``patches_replace[kind]`` of a MODEL of ours: it also answers ComfyUI's short block key ``(block, number)``
+    with the patch at ``(block, number, 0)`` (SD1.x has one transformer per block, so both name the same slot), so a
+    pack that looks up a slot by the short key (IPAdapter_plus) finds our patch and calls its ``add``."""
+
+    def _full(self, key):
+        short = isinstance(key, tuple) and len(key) == 2 and not dict.__contains__(self, key)
+        return (*key, 0) if short else key
+
+    def __contains__(self, key):
+        return dict.__contains__(self, self._full(key))
+
+    def __getitem__(self, key):
+        return dict.__getitem__(self, self._full(key))
+
+    def get(self, key, default=None):
+        return dict.get(self, self._full(key), default)
+
+    def copy(self):
+        return SlotDict(self)
+
+
 def install(clone, kind: str, key: tuple, patch: SlotPatch):
     """Put ``patch`` into ``clone``'s ``kind`` slot of block ``key`` by SLOT_TABLE (it may refuse)."""
     clone.set_model_patch_replace(placed(kind, key, patch, replace_patch(clone, kind, key)), kind, *key)
+    slots = clone.model_options["transformer_options"]["patches_replace"]
+    slots[kind] = SlotDict(slots[kind])
 
 
 def remove(clone, kind: str, key: tuple, role: str):
@@ -170,33 +197,50 @@ def remove(clone, kind: str, key: tuple, role: str):
         _slots(clone, kind).pop(key, None)
 
 
+def _refusal(kind: str, key: tuple, ours: str, later, what: str) -> ValueError:
+    works = SLOT_TABLE.get((kind, ours, role_of(later)), WRAP) == WRAP
+    fix = (f"connect {describe(later)} before {NODE_NAMES[ours]}" if works else
+           f"{NODE_NAMES[ours]} and {describe(later)} cannot share the slot; use one of them")
+    return ValueError(f"model: {describe(later)}, connected after {NODE_NAMES[ours]}, {what} (block {key}, {kind}); "
+                      f"{fix}.")
+
+
 class SlotGuard:
     """OUTER_SAMPLE wrapper: every slot still holds the patches of ours it held when our last node returned the
-    MODEL (wrapped or added to by a later pack is fine); a pack that replaced one is refused by name."""
+    MODEL (wrapped or added to by a later pack is fine). A later pack's patch that replaced one of ours, or that
+    sits at the short key ``(block, number)`` where ComfyUI never calls it (ours holds the full key), is refused
+    by name."""
 
-    def __init__(self, roles: dict):
-        self.roles = roles  # (kind, key) -> the roles of ours in that slot
+    def __init__(self, roles: dict, shadowed: set):
+        self.roles = roles  # (kind, full key) -> the roles of ours in that slot
+        self.shadowed = shadowed  # (kind, short key) holding a patch when our node returned the MODEL
 
     def __call__(self, executor, *args, **kwargs):
         options = executor.class_obj.model_options.get("transformer_options", {}).get("patches_replace", {})
         for (kind, key), roles in self.roles.items():
-            top = options.get(kind, {}).get(key)
+            slots = options.get(kind, {})
+            top = dict.get(slots, key)
             missing = roles - {role_of(p) for p in chain(top)}
             if missing:
-                ours = NODE_NAMES[min(missing)]
-                works = SLOT_TABLE.get((kind, min(missing), role_of(top)), WRAP)
-                fix = (f"connect {describe(top)} before {ours}" if works == WRAP else
-                       f"{ours} and {describe(top)} cannot share the slot; use one of them")
-                raise ValueError(f"model: {describe(top)} replaced {ours}'s {kind} patch in block {key} (it was "
-                                 f"connected after it); {fix}.")
+                raise _refusal(kind, key, min(missing), top, "replaced its patch")
+            hidden = dict.get(slots, key[:2])
+            if hidden is not None and (kind, key[:2]) not in self.shadowed:
+                raise _refusal(kind, key, top.role, hidden, "sits at the short key (block, number), which ComfyUI "
+                                                            "never calls while ours holds the full key")
         return executor(*args, **kwargs)
 
 
 def guard_slots(clone):
-    """Make sampling ``clone`` refuse, by name, a later node that replaced one of our patches in its slot."""
-    roles = {(kind, key): {p.role for p in chain(patch) if isinstance(p, SlotPatch)}
-             for kind in ("attn1", "attn2") for key, patch in _slots(clone, kind).items()}
-    set_wrapper(clone, WrappersMP.OUTER_SAMPLE, PatcherKeys.SLOTS, SlotGuard({k: r for k, r in roles.items() if r}))
+    """Make sampling ``clone`` refuse, by name, a later node whose patch replaced or is hidden by ours."""
+    roles, shadowed = {}, set()
+    for kind in ("attn1", "attn2"):
+        slots = _slots(clone, kind)
+        for key, patch in slots.items():
+            if len(key) == 2:
+                shadowed.add((kind, key))
+            elif isinstance(patch, SlotPatch):
+                roles[kind, key] = {p.role for p in chain(patch) if isinstance(p, SlotPatch)}
+    set_wrapper(clone, WrappersMP.OUTER_SAMPLE, PatcherKeys.SLOTS, SlotGuard(roles, shadowed))
 
 
 class SharedPatch:
