@@ -18,6 +18,7 @@ from comfy.context_windows import ContextHandlerABC, create_prepare_sampling_wra
 from comfy_api.latest import io
 
 from ..kernels.windows import frame_windows, window_weights
+from .attention_slots import chain
 from .model_helpers import controlnets
 from .socket_types import VideoEditNode
 from .windowing import BORROWED_OPTION, BorrowedFrames, FrameWindow
@@ -63,12 +64,10 @@ def window_cond(cond_in, window: FrameWindow, frames: int):
 
 
 def attn1_patches(model_options):
-    """Every attn1 replace patch in the options, with the patches each one wraps (``inner``)."""
+    """Every attn1 replace patch in the options, with the patches of ours each one wraps."""
     slots = model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
     for patch in slots.values():
-        while patch is not None:
-            yield patch
-            patch = getattr(patch, "inner", None)
+        yield from chain(patch)
 
 
 class VideoWindows(ContextHandlerABC):

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import torch
-from comfy.ldm.modules.attention import optimized_attention
 from comfy_api.latest import io
 from einops import rearrange
 
@@ -13,7 +12,8 @@ from ..kernels.fatezero import (AttentionStore, CrossAttentionEdit, PromptTokens
                                 latent_blend_active, mask_blocks, word_attention)
 from ..kernels.inversion import Inversion
 from ..kernels.schedule import in_window, matching
-from .model_helpers import SharedPatch, call_attention, cond_chunks, replace_patch, require_sd1_unet
+from .attention_slots import FUSION, AddsToOutput, SharedPatch, SlotPatch, guard_slots, install
+from .model_helpers import cond_chunks, require_sd1_unet
 from .socket_types import ATTENTION_CAPTURE, InversionType, VideoEditNode
 from .windowing import clip_rows
 
@@ -160,11 +160,14 @@ class FusionPlan(SharedPatch):
         return self.source_mask(max(1, self.store.steps - first_step), (height, width)).clone()
 
 
-class SelfAttentionFusion(SharedPatch):
+class SelfAttentionFusion(SlotPatch):
     """attn1 replace patch: inside the window the conditional pass attends with the *source* queries and keys and
     its own values (= source map x edited values), through the block's own attn1 patch, so the key frames are
     exactly the cross-frame patch's (middle_frame, sparse_causal ...). With self-attention blending, query tokens
-    inside the source mask keep the edited attention: ``mask * edited + (1 - mask) * source`` per query."""
+    inside the source mask keep the edited attention: ``mask * edited + (1 - mask) * source`` per query.
+    A cross-frame patch connected after the fusion goes inside it (attention_slots.SLOT_TABLE)."""
+
+    role = FUSION
 
     def __init__(self, plan: FusionPlan, key: tuple, inner=None):
         self.plan, self.key, self.inner = plan, key, inner
@@ -173,15 +176,15 @@ class SelfAttentionFusion(SharedPatch):
         level, step = self.plan.step(extra_options)
         chunks, frames, rows = self.plan.frames_of(q.shape[0], extra_options)
         if not chunks or not in_window(step, self.plan.store.steps, self.plan.self_replace):
-            return call_attention(self.inner, q, k, v, extra_options)
+            return self.attention(q, k, v, extra_options)
         source_q, source_k = q.clone(), k.clone()
         stored_q, stored_k = (self.plan.store.read(kind, self.key, level, rows) for kind in ("queries", "keys"))
         for chunk in chunks:
             part = chunk_slice(chunk, frames)
             source_q[part], source_k[part] = stored_q.to(q), stored_k.to(k)
-        out = call_attention(self.inner, source_q, source_k, v, extra_options)
+        out = self.attention(source_q, source_k, v, extra_options)
         if self.plan.blends_self_attention:
-            edited = call_attention(self.inner, q, k, v, extra_options)
+            edited = self.attention(q, k, v, extra_options)
             block = self.plan.store.blocks[self.key]
             keep_edit = rearrange(self.plan.source_mask(level, (block.height, block.width))[rows], "f h w -> f (h w) 1")
             keep_edit = keep_edit.to(out)
@@ -191,20 +194,26 @@ class SelfAttentionFusion(SharedPatch):
         return out
 
 
-class CrossAttentionFusion(SharedPatch):
+class CrossAttentionFusion(AddsToOutput):
     """attn2 replace patch: prompt-to-prompt on the conditional pass while the cross window is open; at the mask
-    blocks it also records the edit words' attention for the latent mask."""
+    blocks it also records the edit words' attention for the latent mask. What a later pack ``add``s (IPAdapter's
+    image attention) is added to the fused output; the text maps it edits are untouched by it."""
+
+    role = FUSION
 
     def __init__(self, plan: FusionPlan, key: tuple):
         self.plan, self.key = plan, key
 
     def __call__(self, q, k, v, extra_options):
+        return self.with_added(self.fused(q, k, v, extra_options), q, k, v, extra_options)
+
+    def fused(self, q, k, v, extra_options):
         heads = extra_options["n_heads"]
         level, step = self.plan.step(extra_options)
         chunks, frames, rows = self.plan.frames_of(q.shape[0], extra_options)
         alpha = cross_alpha(step, self.plan.store.steps, self.plan.cross_replace)
         record = self.key in self.plan.edit_mask_keys
-        out = optimized_attention(q, k, v, heads)
+        out = self.attention(q, k, v, extra_options)
         if not chunks or (alpha == 0 and not record):
             return out
         if k.shape[1] != self.plan.store.context:
@@ -289,10 +298,9 @@ def attention_fusion(model, inversion: Inversion, clip, source_prompt: str, edit
                       blend_start, blend_end, blend_source)
     clone = model.clone()
     for key in store.blocks:
-        if replace_patch(model, "attn2", key) is not None:
-            raise ValueError(f"model: block {key} already has a cross-attention replace patch; fusion needs that slot.")
-        clone.set_model_attn1_replace(SelfAttentionFusion(plan, key, replace_patch(model, "attn1", key)), *key)
-        clone.set_model_attn2_replace(CrossAttentionFusion(plan, key), *key)
+        install(clone, "attn2", key, CrossAttentionFusion(plan, key))
+        install(clone, "attn1", key, SelfAttentionFusion(plan, key))
+    guard_slots(clone)
     if plan.blends_latents:
         clone.set_model_sampler_post_cfg_function(LatentBlend(plan))
     return clone, plan

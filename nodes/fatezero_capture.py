@@ -14,15 +14,18 @@ import torch
 from comfy_api.latest import io
 
 from ..kernels.fatezero import AttentionStore, attention_probs, captured_blocks, chunk_slice
-from .model_helpers import SharedPatch, call_attention, cond_chunks, replace_patch, require_sd1_unet
+from .attention_slots import CAPTURE, AddsToOutput, SlotPatch, install
+from .model_helpers import cond_chunks, require_sd1_unet
 from .socket_types import ATTENTION_CAPTURE, CaptureType, VideoEditNode
 from .windowing import clip_rows
 
 
-class CapturePatch(SharedPatch):
+class CapturePatch(SlotPatch):
     """A replace patch used during inversion: records what ``record`` keeps of the conditional pass, then computes
     the block's attention with the patch that was in the slot (or ComfyUI's kernel), so capturing changes no bit
     of the inversion."""
+
+    role = CAPTURE
 
     def __init__(self, store: AttentionStore, key: tuple, inner=None):
         self.store, self.key, self.inner = store, key, inner
@@ -36,7 +39,7 @@ class CapturePatch(SharedPatch):
         if chunks and level is not None:
             part = chunk_slice(chunks[0], frames)
             self.record(level, q[part], k[part], extra_options["n_heads"], clip_rows(extra_options, frames))
-        return call_attention(self.inner, q, k, v, extra_options)
+        return self.attention(q, k, v, extra_options)
 
 
 class SelfAttentionCapture(CapturePatch):
@@ -46,8 +49,11 @@ class SelfAttentionCapture(CapturePatch):
         self.store.put_self(self.key, level, q, k, frames)
 
 
-class CrossAttentionCapture(CapturePatch):
-    """attn2: the conditional post-softmax maps."""
+class CrossAttentionCapture(CapturePatch, AddsToOutput):
+    """attn2: the conditional post-softmax maps (of the text keys; what a pack ``add``s comes on top)."""
+
+    def __call__(self, q, k, v, extra_options):
+        return self.with_added(super().__call__(q, k, v, extra_options), q, k, v, extra_options)
 
     def record(self, level, q, k, heads, frames):
         self.store.put_cross(self.key, level, attention_probs(q, k, heads), frames)
@@ -57,8 +63,8 @@ def with_attention_capture(model, store: AttentionStore):
     """A clone of ``model`` that fills ``store`` while it inverts; other blocks and the temporal layers untouched."""
     clone = model.clone()
     for key in store.blocks:
-        clone.set_model_attn1_replace(SelfAttentionCapture(store, key, replace_patch(model, "attn1", key)), *key)
-        clone.set_model_attn2_replace(CrossAttentionCapture(store, key, replace_patch(model, "attn2", key)), *key)
+        install(clone, "attn1", key, SelfAttentionCapture(store, key))
+        install(clone, "attn2", key, CrossAttentionCapture(store, key))
     return clone
 
 

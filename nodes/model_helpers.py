@@ -1,9 +1,7 @@
-"""Helpers the nodes share: input checks with clear errors, weight patching that tolerates injection, and the
-plumbing of attention replace patches."""
+"""Helpers the nodes share: input checks with clear errors, weight patching that tolerates injection, the keys
+this pack uses on a ModelPatcher (attention slots: nodes/attention_slots.py)."""
 
 from __future__ import annotations
-
-from comfy.ldm.modules.attention import optimized_attention
 
 
 # transformer_options flag under which the inflated UNet runs as the image UNet (nodes/video_unet.py
@@ -21,6 +19,7 @@ class PatcherKeys:
     TOKENFLOW = "video_edit_tokenflow"  # PnP feature injection and the APPLY_MODEL wrapper of TokenFlow's passes
     TOKENFLOW_SOURCE = "video_edit_tokenflow_source"  # the cond uuid of TokenFlow's source branch
     MOTION_LORA_TRAINING = "video_edit_motion_lora_training"  # injection of the LoRAs being trained
+    SLOTS = "video_edit_slots"  # OUTER_SAMPLE wrapper: our attention patches are still in their slots
 
 
 def require_sd1_unet(model, input_name: str = "model"):
@@ -117,53 +116,6 @@ def check_video_inputs_when_sampling(model):
     from comfy.patcher_extension import WrappersMP
 
     set_wrapper(model, WrappersMP.OUTER_SAMPLE, PatcherKeys.HINT_CHECKS, _check_control_hint_frames)
-
-
-class SharedPatch:
-    """An attention patch holding large state (a store, a plan): shared by reference, also under a deep-copying
-    ``ModelPatcher.clone``."""
-
-    def __deepcopy__(self, memo):
-        return self
-
-
-def replace_patch(model, kind: str, key: tuple):
-    """The attn1/attn2 replace patch ComfyUI would call for block ``key`` (full key first, as ComfyUI does)."""
-    patches = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get(kind, {})
-    return patches.get(key, patches.get(key[:2]))
-
-
-class CrossFramePatch:
-    """This pack's attn1 patches that make self-attention look across frames (sparse-causal, TokenFlow's keyframe
-    attention): a later one replaces an earlier one in its slot, where any other patch is wrapped and called."""
-
-
-def slot_patch(model, kind: str, key: tuple, replaces: type | None = None):
-    """The patch already in ``model``'s ``kind`` slot of block ``key``, which a new patch there must call (wrap);
-    None when the slot is empty or holds a ``replaces`` patch that the new one takes the place of."""
-    patch = replace_patch(model, kind, key)
-    return None if replaces is not None and isinstance(patch, replaces) else patch
-
-
-def restore_slot(model, kind: str, key: tuple, patch):
-    """Put ``patch`` (what a slot held before a patch of ours) back in ``model``'s slot; None empties it."""
-    if patch is not None:
-        model.set_model_patch_replace(patch, kind, *key)
-    else:
-        model.model_options.get("transformer_options", {}).get("patches_replace", {}).get(kind, {}).pop(key, None)
-
-
-def slot_attention(inner, extra_options):
-    """``attention(q, k, v, heads)`` for the kernels: the patch that was in the slot before ours, called with the
-    keys and values ours chose (so IPAdapter-style patches keep working), else ComfyUI's selected fast kernel."""
-    if inner is None:
-        return lambda q, k, v, heads: optimized_attention(q, k, v, heads)
-    return lambda q, k, v, heads: inner(q, k, v, {**extra_options, "n_heads": heads})
-
-
-def call_attention(inner, q, k, v, extra_options):
-    """The patch that was in the slot (``inner``), or ComfyUI's fast kernel, on these q/k/v."""
-    return slot_attention(inner, extra_options)(q, k, v, extra_options["n_heads"])
 
 
 def cond_chunks(extra_options, batch: int) -> tuple[list[int], int]:

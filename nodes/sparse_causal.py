@@ -11,12 +11,12 @@ from ..kernels.attention import (CROSS_FRAME_MODES, QUERY_TOKENS_PER_CALL, atten
 from ..kernels.unet_layout import iter_transformer_blocks
 from ..kernels.windows import anchor_frames, window_references
 from .windowing import BORROWED_OPTION
-from .model_helpers import (PER_FRAME_OPTION, CrossFramePatch, check_video_inputs_when_sampling, require_sd1_unet,
-                            restore_slot, slot_attention, slot_patch)
+from .attention_slots import CROSS_FRAME, SlotPatch, guard_slots, install, remove
+from .model_helpers import PER_FRAME_OPTION, check_video_inputs_when_sampling, require_sd1_unet
 from .socket_types import VideoEditNode
 
 
-class CrossFrameAttentionPatch(CrossFramePatch):
+class CrossFrameAttentionPatch(SlotPatch):
     """attn1 replace patch: frame i's queries attend to the keys/values of its reference frames.
 
     The frames of one clip are the batch divided by the number of cond/uncond chunks ComfyUI runs together.
@@ -26,6 +26,8 @@ class CrossFrameAttentionPatch(CrossFramePatch):
     ``[sigma_end, sigma_start]`` range it is plain per-frame self-attention. The attention itself is that of the
     patch another pack put in the slot before (``inner``), if any, else ComfyUI's kernel.
     """
+
+    role = CROSS_FRAME
 
     def __init__(self, mode: str, sigma_start: float, sigma_end: float, inner=None):
         self.mode = mode
@@ -42,7 +44,7 @@ class CrossFrameAttentionPatch(CrossFramePatch):
 
     def __call__(self, q, k, v, extra_options):
         heads = extra_options["n_heads"]
-        attention = slot_attention(self.inner, extra_options)
+        attention = self.attention_function(extra_options)
         if not self.active(extra_options) or extra_options.get(PER_FRAME_OPTION):
             return attention(q, k, v, heads)
         # Frames a few at a time through ComfyUI's kernel (bounded memory); another pack's patch sees the whole batch.
@@ -98,11 +100,11 @@ def with_cross_frame_attention(model, mode: str, start_percent: float = 0.0, end
     window = sampling.percent_to_sigma(start_percent), sampling.percent_to_sigma(end_percent)
     clone = model.clone()
     for key, channels in blocks:
-        inner = slot_patch(model, "attn1", key, replaces=CrossFramePatch)
         if channels >= min_channels:
-            clone.set_model_attn1_replace(CrossFrameAttentionPatch(mode, *window, inner), *key)
+            install(clone, "attn1", key, CrossFrameAttentionPatch(mode, *window))
         else:
-            restore_slot(clone, "attn1", key, inner)
+            remove(clone, "attn1", key, CROSS_FRAME)
+    guard_slots(clone)
     check_video_inputs_when_sampling(clone)
     return clone
 

@@ -24,8 +24,8 @@ from ..kernels.schedule import in_window, matching, nearest
 from ..kernels.tokenflow import (copy_source_branch, keyframe_attention, keyframe_schedule, pnp_output_block,
                                  pnp_resnet, propagate, same_token_count, start_latent, with_source_branch)
 from ..kernels.unet_layout import iter_transformer_blocks
-from .model_helpers import (CrossFramePatch, PatcherKeys, check_video_inputs_when_sampling, require_sd1_unet,
-                            set_wrapper, slot_attention, slot_patch)
+from .attention_slots import TOKENFLOW, SlotPatch, guard_slots, install
+from .model_helpers import PatcherKeys, check_video_inputs_when_sampling, require_sd1_unet, set_wrapper
 from .socket_types import InversionType, VideoEditNode
 
 
@@ -50,34 +50,37 @@ class TokenFlowStep:
 CURRENT = contextvars.ContextVar("video_edit_tokenflow_step", default=None)
 
 
-class TokenFlowAttention(CrossFramePatch):
-    """attn1 patches: keyframe extended attention (with q/k injection in ``qk_blocks``), then propagation.
+def record_tokens(n, context, value, extra_options):
+    """attn1_patch: keeps the source branch's norm1 output of the current block for TokenFlowAttention."""
+    step = CURRENT.get()
+    if step is not None:
+        step.tokens = n[:n.shape[0] // step.chunks]
+    return n, context, value
 
-    ``record_tokens`` (an attn1_patch) keeps the source branch's norm1 output for the replace patch. Outside
-    VE_TokenFlow's sampling (e.g. inverting with this MODEL) attention is plain. Attention is computed by the
-    patch another pack had put in the block's slot (``inners``), if any, else by ComfyUI's kernel; propagated
+
+class TokenFlowAttention(SlotPatch):
+    """attn1 replace patch of one block: keyframe extended attention (with q/k injection where ``inject_qk``), then
+    propagation.
+
+    Outside VE_TokenFlow's sampling (e.g. inverting with this MODEL) attention is plain. Attention is computed by
+    the patch another pack had put in the block's slot (``inner``), if any, else by ComfyUI's kernel; propagated
     frames take their features from the keyframes, so that patch shapes them too.
     """
 
-    def __init__(self, qk_blocks: set, inners: dict):
-        self.qk_blocks = qk_blocks
-        self.inners = inners
+    role = TOKENFLOW
 
-    def record_tokens(self, n, context, value, extra_options):
-        step = CURRENT.get()
-        if step is not None:
-            step.tokens = n[:n.shape[0] // step.chunks]
-        return n, context, value
+    def __init__(self, inject_qk: bool):
+        self.inject_qk = inject_qk
 
     def __call__(self, q, k, v, extra_options):
         step = CURRENT.get()
         heads = extra_options["n_heads"]
         block = (*extra_options["block"], extra_options.get("block_index", 0))
-        attention = slot_attention(self.inners.get(block), extra_options)
+        attention = self.attention_function(extra_options)
         if step is None:
             return attention(q, k, v, heads)
         if step.keyframe_pass:
-            if step.inject_qk and block in self.qk_blocks:
+            if step.inject_qk and self.inject_qk:
                 q, k = copy_source_branch(q, step.chunks), copy_source_branch(k, step.chunks)
             out = keyframe_attention(q, k, v, heads, step.chunks, attention=attention)
             step.stored[block] = (step.tokens, out)
@@ -223,13 +226,11 @@ def tokenflow(model, inversion: Inversion, conditioning, keyframe_chunk_size: in
         logging.warning("VE TokenFlow: the inversion prompt has %d conditioning entries; only the first is used.",
                         len(conditioning))
     first = pnp_output_block(unet)
-    blocks = [key for key, *_ in iter_transformer_blocks(unet)]
-    inners = {key: slot_patch(model, "attn1", key, replaces=CrossFramePatch) for key in blocks}
-    patch = TokenFlowAttention({key for key in blocks if key[0] == "output" and key[1] >= first}, inners)
     clone = model.clone()
-    clone.set_model_attn1_patch(patch.record_tokens)
-    for key in blocks:
-        clone.set_model_attn1_replace(patch, *key)
+    clone.set_model_attn1_patch(record_tokens)
+    for key, *_ in iter_transformer_blocks(unet):
+        install(clone, "attn1", key, TokenFlowAttention(inject_qk=key[0] == "output" and key[1] >= first))
+    guard_slots(clone)
     clone.set_injections(PatcherKeys.TOKENFLOW, [PatcherInjection(inject=_inject, eject=_eject)])
     set_wrapper(clone, WrappersMP.APPLY_MODEL, PatcherKeys.TOKENFLOW, TokenFlowSampling(
         inversion, conditioning[0][0][:1].detach().cpu(), keyframe_chunk_size, pnp_attention_window,

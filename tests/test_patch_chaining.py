@@ -72,7 +72,7 @@ def test_cross_frame_attention_calls_the_foreign_patch(setup):
 
 def test_narrow_blocks_keep_the_slot_as_it_was(setup):
     """With min_channels, the 320-channel blocks keep a foreign patch, and lose an earlier cross-frame patch of ours."""
-    from video_edit.nodes.model_helpers import replace_patch
+    from video_edit.nodes.attention_slots import replace_patch
     from video_edit.nodes.sparse_causal import CrossFrameAttentionPatch, with_cross_frame_attention
 
     model, _, _, with_foreign, denoise, latents = setup
@@ -125,5 +125,6 @@ def test_fusion_refuses_a_foreign_cross_attention_patch_by_name(setup):
     model, clip, cond, with_foreign, _, latents = setup
     captured = inversion.ddim_invert(model, {"samples": latents}, cond, STEPS, fatezero_capture.AttentionCapture())
     foreign_model, _ = with_foreign(model, "attn2")
-    with pytest.raises(ValueError, match="already has a cross-attention replace patch; fusion needs that slot"):
+    with pytest.raises(ValueError, match="VE Attention Fusion after another pack's patch .*ForeignPatch .*attn2.*"
+                                         "connect VE Attention Fusion first"):
         fatezero.attention_fusion(foreign_model, captured, clip, "a man is skiing", "a panda is skiing", "")
