@@ -50,8 +50,11 @@ def test_ctrl_c_stops_with_one_line_and_leaves_nothing(tmp_path, tiny_models):
     import threading
     import urllib.request
 
+    # a test run started without job control (in the background) passes SIGINT on as ignored: a terminal's
+    # Ctrl-C reaches the demo with the default handler, so the demo gets that back
     process = subprocess.Popen([sys.executable, str(DEMO), "--frames", "2", "--size", "64", "--steps", "500",
-                                "--workdir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                "--workdir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     shown, tuning = [], threading.Event()
 
     def read_stdout():
