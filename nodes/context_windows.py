@@ -18,10 +18,11 @@ from comfy.context_windows import ContextHandlerABC, create_prepare_sampling_wra
 from comfy_api.latest import io
 
 from ..kernels.windows import frame_windows, window_weights
-from .attention_slots import chain
-from .model_helpers import controlnets
-from .socket_types import VideoEditNode
-from .windowing import BORROWED_OPTION, BorrowedFrames, FrameWindow
+from .shared.attention_slots import chain
+from .shared.patcher import controlnets
+from .shared.socket_types import VideoEditNode
+from .shared.unet_call import BORROWED_OPTION
+from .shared.windowing import BorrowedFrames, FrameWindow
 
 
 def per_frame(value, frames: int) -> bool:

@@ -12,10 +12,11 @@ from ..kernels.fatezero import (AttentionStore, CrossAttentionEdit, PromptTokens
                                 latent_blend_active, mask_blocks, word_attention)
 from ..kernels.inversion import Inversion
 from ..kernels.schedule import in_window, matching
-from .attention_slots import FUSION, AddsToOutput, SharedPatch, SlotPatch, guard_slots, install
-from .model_helpers import cond_chunks, require_sd1_unet
-from .socket_types import ATTENTION_CAPTURE, InversionType, VideoEditNode
-from .windowing import clip_rows
+from .shared.attention_slots import FUSION, AddsToOutput, SharedPatch, SlotPatch, guard_slots, install
+from .shared.inputs import require_sd1_unet
+from .shared.unet_call import cond_chunks
+from .shared.socket_types import ATTENTION_CAPTURE, InversionType, VideoEditNode
+from .shared.windowing import clip_rows
 
 LATENT_TO_PIXELS = 8
 BLEND_MODES = ["latents", "self-attention", "both"]  # what the blend words' mask blends

@@ -27,11 +27,12 @@ from comfy_extras.nodes_custom_sampler import Guider_Basic
 
 from ..kernels.lora import (LoRASet, debiased_temporal_loss, join_spatial_sets, linear_targets, noise_prior,
                             spatial_targets)
-from .model_helpers import PatcherKeys, require_sd1_unet, require_video_latent
-from .motion_lora_files import SPATIAL_PREFIX, save_motion_lora
-from .socket_types import InversionType, MotionLoRA, VideoEditNode, VideoSet
-from .training import TrainingSampler, adamw, predict_eps, train_in_guider
-from .video_unet import bypass_temporal, require_inflated
+from .shared.inputs import require_sd1_unet, require_video_latent
+from .shared.patcher import PatcherKeys
+from .shared.motion_lora_files import SPATIAL_PREFIX, save_motion_lora
+from .shared.socket_types import InversionType, MotionLoRA, VideoEditNode, VideoSet
+from .shared.training import TrainingSampler, adamw, predict_eps, train_in_guider
+from .shared.video_unet import bypass_temporal, require_inflated
 
 
 SPATIAL_SETS = ("one per video", "shared")  # official single_spatial_lora False / True

@@ -15,10 +15,10 @@ from comfy_extras.nodes_custom_sampler import Guider_Basic
 from torch import nn
 
 from ..kernels.weight_decay import decay_delta_
-from .model_helpers import require_sd1_unet, require_video_latent
-from .socket_types import VideoEditNode
-from .training import TrainingSampler, adamw, predict_eps, remove_weight_wrappers, train_in_guider
-from .video_unet import TunedWeights, apply_tuned, bypass_temporal, inflate, query_layers, require_inflated
+from .shared.inputs import require_sd1_unet, require_video_latent
+from .shared.socket_types import VideoEditNode
+from .shared.training import TrainingSampler, adamw, predict_eps, remove_weight_wrappers, train_in_guider
+from .shared.video_unet import TunedWeights, apply_tuned, bypass_temporal, inflate, query_layers, require_inflated
 
 class QueryDelta(nn.Module):
     """Weight wrapper ``W -> W + delta`` on ``layer``, with a trainable delta; remembers W for decoupled weight

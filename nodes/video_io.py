@@ -23,8 +23,8 @@ from PIL import Image
 import folder_paths
 from comfy_api.latest import io, ui
 
-from .files import check_name, confined_path, numbered_paths, save_atomically
-from .socket_types import VideoEditNode
+from .shared.files import check_name, confined_path, numbered_paths, save_atomically
+from .shared.socket_types import VideoEditNode
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The slot matrix (nodes/attention_slots.SLOT_TABLE): every ordered pair of our attention nodes (sparse-causal in
+"""The slot matrix (nodes/shared/attention_slots.SLOT_TABLE): every ordered pair of our attention nodes (sparse-causal in
 each mode, TokenFlow, FateZero's capture and fusion), a foreign attn1 and attn2 patch, IPAdapter_plus's real
 ``set_model_patch_replace`` and AnimateDiff-Evolved's Use Evolved Sampling either composes, with its output checked,
 or refuses naming both nodes. The third-party packs come from ``../shared/third_party`` (test fixtures only)."""

@@ -8,8 +8,6 @@ parameters get gradients.
 
 from __future__ import annotations
 
-import contextvars
-
 import comfy.model_management
 import comfy.samplers
 import comfy.utils
@@ -17,8 +15,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-# Set by the training loop: recompute transformer blocks in the backward pass instead of storing activations.
-GRADIENT_CHECKPOINTING = contextvars.ContextVar("video_edit_gradient_checkpointing", default=False)
+from .unet_call import GRADIENT_CHECKPOINTING
 
 
 def adamw(params, learning_rate: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:

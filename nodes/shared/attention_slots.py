@@ -23,7 +23,7 @@ import math
 from comfy.ldm.modules.attention import optimized_attention
 from comfy.patcher_extension import WrappersMP
 
-from .model_helpers import PatcherKeys, set_wrapper
+from .patcher import PatcherKeys, set_wrapper
 
 CROSS_FRAME, TOKENFLOW, CAPTURE, FUSION, FOREIGN = "cross-frame", "tokenflow", "capture", "fusion", "foreign"
 NODE_NAMES = {CROSS_FRAME: "VE Sparse-Causal Attention", TOKENFLOW: "VE TokenFlow",
