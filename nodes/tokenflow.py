@@ -24,6 +24,7 @@ from ..kernels.tokenflow import (copy_source_branch, keyframe_attention, keyfram
                                  pnp_resnet, propagate, same_token_count, start_latent, with_source_branch)
 from ..kernels.unet_layout import iter_transformer_blocks
 from .shared.attention_slots import TOKENFLOW, SlotPatch, guard_slots, install
+from .shared.comfy_internals import wrapped_base_model
 from .shared.inputs import require_sd1_unet
 from .shared.patcher import PatcherKeys, check_video_inputs_when_sampling, set_wrapper
 from .shared.socket_types import InversionType, VideoEditNode
@@ -155,7 +156,7 @@ class TokenFlowSampling:
         sigma = float(t.max())
         step, steps = self.schedule_position(sigma, transformer_options.get("sample_sigmas"))
         keyframes = keyframe_schedule(frames, self.chunk_size, steps, self.seed)[step]
-        source = executor.class_obj.process_latent_in(self.inversion.latent_at(sigma)).to(x)
+        source = wrapped_base_model(executor).process_latent_in(self.inversion.latent_at(sigma)).to(x)
         context, source_context = same_token_count(c_crossattn, self.source_context.to(c_crossattn))
         options = transformer_options.copy()
         options["cond_or_uncond"] = [0] + flags

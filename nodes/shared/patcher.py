@@ -3,6 +3,8 @@ layer classes of injected layers, the ControlNet hint check (attention slots: at
 
 from __future__ import annotations
 
+from .comfy_internals import controlnet_chain, controlnet_hint, ejected, injected_clones_of, wrapped_guider
+
 
 class PatcherKeys:
     """Every key under which this pack hangs something on a ModelPatcher (attachments, additional models,
@@ -37,13 +39,9 @@ def add_weight_patches(model, patches: dict, strength: float = 1.0):
     """
     import contextlib
 
-    import comfy.model_management
-
-    injected = {id(p): p for p in (loaded.model for loaded in comfy.model_management.current_loaded_models)
-                if p is not None and p.model is model.model and p.is_injected}
     with contextlib.ExitStack() as stack:
-        for patcher in injected.values():
-            stack.enter_context(patcher.use_ejected())
+        for patcher in injected_clones_of(model):
+            stack.enter_context(ejected(patcher))
         accepted = set(model.add_patches(patches, strength))
     missing = sorted(set(patches) - accepted)
     if missing:
@@ -61,17 +59,14 @@ def controlnets(cond_lists):
     """Every ControlNet (each one of every chain) in lists of cond entries; ``None`` lists are skipped."""
     for conds in filter(None, cond_lists):
         for cond in conds:
-            control = cond.get("control")
-            while control is not None:
-                yield control
-                control = getattr(control, "previous_controlnet", None)
+            yield from controlnet_chain(cond.get("control"))
 
 
 def _check_control_hint_frames(executor, noise, latent_image, *args, **kwargs):
     """OUTER_SAMPLE wrapper: a ControlNet must get one hint per frame (or a single image for all frames)."""
     frames = latent_image.shape[0]
-    for control in controlnets(executor.class_obj.conds.values()):
-        hint = getattr(control, "cond_hint_original", None)
+    for control in controlnets(wrapped_guider(executor).conds.values()):
+        hint = controlnet_hint(control)
         if hint is not None and hint.shape[0] not in (1, frames):
             raise ValueError(
                 f"ControlNet hint: {hint.shape[0]} hint frames for a {frames}-frame clip. Give the ControlNet "
