@@ -182,7 +182,7 @@ class AttentionStore:
         if index is None:
             raise ValueError(
                 f"sigma {sigma:.5g} is not a step of the inversion ({self.steps} steps, ddim_uniform): sample the "
-                "edit with the same step count as VE DDIM Invert and the ddim_uniform scheduler, no added noise.")
+                "edit with the same step count as the inversion and the ddim_uniform scheduler, no added noise.")
         return index
 
     def stored_level(self, sigma: float) -> int | None:

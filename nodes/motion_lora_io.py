@@ -14,7 +14,7 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from ..kernels.lora import check_lora_tensors, linear_targets, spatial_targets, split_spatial_sets
-from .shared.inputs import require_sd1_unet
+from .shared.inputs import advising, require_sd1_unet
 from .shared.patcher import add_weight_patches
 from .shared.motion_lora_files import SPATIAL_FOLDER, SPATIAL_PREFIX, TEMPORAL_FOLDER, read_lora_file, save_motion_lora
 from .shared.socket_types import MotionLoRA, VideoEditNode
@@ -46,7 +46,8 @@ def _lora_patches(tensors: dict, shapes: dict, what: str) -> dict:
 
 def spatial_set_of(spatial: dict, spatial_set: int, spatial_name: str) -> tuple[dict, str]:
     """The spatial LoRA set ``spatial_set`` of a file or LoRA output, and a line saying what it holds."""
-    sets = split_spatial_sets(spatial, spatial_name)
+    with advising("It was not saved by VE Save Motion LoRA: save the LoRAs again with it."):
+        sets = split_spatial_sets(spatial, spatial_name)
     if not 0 <= spatial_set < len(sets):
         held = "one shared set" if len(sets) == 1 else f"{len(sets)} sets, one per training video"
         raise ValueError(f"spatial_set: {spatial_name} holds {held}; use a spatial_set from 0 to {len(sets) - 1}.")

@@ -1,6 +1,6 @@
 """The layout rules of the pack, read from the source with ast (nothing is imported): node modules in nodes/ import
 the shared machinery in nodes/shared/ and the kernels, never each other; shared modules never import a node
-module; kernels never import ComfyUI or the nodes; every node class is named as its node id without ``VE_``."""
+module; kernels never import ComfyUI or the nodes; every node class is named as its node id without ``VE_``; kernel messages name no node."""
 
 import ast
 import tomllib
@@ -79,3 +79,13 @@ def test_every_package_folder_is_packaged():
     folders = {".".join(("video_edit", *p.parent.relative_to(REPO_ROOT).parts))
                for p in REPO_ROOT.glob("*/**/__init__.py") if p.parts[len(REPO_ROOT.parts)] in ("nodes", "kernels")}
     assert folders | {"video_edit"} == set(packages)
+
+
+def test_kernels_name_no_node():
+    """Kernels raise errors about their own parameters; the node that calls them names itself and its inputs."""
+    import re
+
+    for path in sorted((REPO_ROOT / "kernels").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                assert not re.search(r"\bVE[ _][A-Z]", node.value), f"{path.name}: {node.value!r}"

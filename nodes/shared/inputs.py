@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 
 def require_sd1_unet(model, input_name: str = "model"):
     """Return the SD1.x UNet inside a MODEL, or raise naming the input (SDXL, SD3, Flux ... are refused)."""
@@ -28,3 +30,12 @@ def require_video_latent(latent: dict, input_name: str = "latent", min_frames: i
             f"{input_name}: a clip of at least {min_frames} frames is needed, got {samples.shape[0]}. "
             "Load more frames (VE Load Video n_frames) before VAE Encode.")
     return samples
+
+
+@contextlib.contextmanager
+def advising(advice: str):
+    """Re-raise a kernel's ValueError (about its own parameters) with what to do in the graph appended."""
+    try:
+        yield
+    except ValueError as error:
+        raise ValueError(f"{error} {advice}") from error
