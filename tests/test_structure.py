@@ -1,6 +1,7 @@
 """The layout rules of the pack, read from the source with ast (nothing is imported): node modules in nodes/ import
 the shared machinery in nodes/shared/ and the kernels, never each other; shared modules never import a node
-module; kernels never import ComfyUI or the nodes; every node class is named as its node id without ``VE_``; kernel messages name no node."""
+module; kernels never import ComfyUI or the nodes, nor name a node in a message; every node class is named as its
+node id without ``VE_``."""
 
 import ast
 import tomllib
