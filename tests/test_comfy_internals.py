@@ -144,6 +144,8 @@ def test_replace_patches_and_their_dict(ci, setup):
     for options in (clone.model_options, again.model_options):
         assert type(ci.replace_patches(options, "attn1")) is Slots
         assert set(ci.replace_patches(options, "attn1")) == {("input", 1, 0), ("output", 1, 0)}
+    # ModelPatcher.clone copies the patches: another pack's .add on a clone's patch never reaches the original
+    assert ci.replace_patches(again.model_options, "attn1")[("input", 1, 0)] is not patch
 
 
 def test_register_model_folder(ci, comfy_lib):
