@@ -24,7 +24,7 @@ from einops import rearrange
 from torch import nn
 
 from .schedule import matching
-from .unet_layout import iter_transformer_blocks
+from .unet_layout import DOWNSAMPLE, UPSAMPLE, has_layer, iter_transformer_blocks
 
 BYTES = 2  # fp16
 MASK_TOKENS = 16 * 16  # FateZero's blend mask comes from the 16x16 cross-attention (at 512x512)
@@ -61,18 +61,15 @@ def block_grids(unet: nn.Module, height: int, width: int) -> dict[tuple[str, int
     sizes = [(height, width)]
     grids = {}
 
-    def has(seq, name):
-        return any(type(m).__name__ == name for m in seq.children())
-
     for number, seq in enumerate(unet.input_blocks):
-        if has(seq, "Downsample"):
+        if has_layer(seq, DOWNSAMPLE):
             sizes.append(tuple(-(-s // 2) for s in sizes[-1]))  # stride-2 conv with padding 1: ceil
         grids[("input", number)] = sizes[-1]
     grids[("middle", 0)] = sizes[-1]
     level = len(sizes) - 1
     for number, seq in enumerate(unet.output_blocks):
         grids[("output", number)] = sizes[level]
-        if has(seq, "Upsample"):
+        if has_layer(seq, UPSAMPLE):
             level -= 1
     return grids
 
@@ -185,7 +182,7 @@ class AttentionStore:
         if index is None:
             raise ValueError(
                 f"sigma {sigma:.5g} is not a step of the inversion ({self.steps} steps, ddim_uniform): sample the "
-                "edit with the same step count as VE DDIM Invert and the ddim_uniform scheduler, no added noise.")
+                "edit with the same step count as the inversion and the ddim_uniform scheduler, no added noise.")
         return index
 
     def stored_level(self, sigma: float) -> int | None:

@@ -115,14 +115,14 @@ def split_spatial_sets(tensors: dict[str, torch.Tensor], what: str) -> list[dict
     if not any(matches.values()):
         return [tensors]
     if not all(matches.values()):
-        raise ValueError(f"{what}: it mixes per-video spatial sets (video<k>. keys) with plain LoRA keys; it was not "
-                         "saved by VE Save Motion LoRA. Save the LoRAs again.")
+        raise ValueError(f"{what}: it mixes per-video spatial sets (video<k>. keys) with plain LoRA keys, "
+                         "so it is not one file of spatial sets.")
     sets: dict[int, dict[str, torch.Tensor]] = {}
     for key, match in matches.items():
         sets.setdefault(int(match[1]), {})[match[2]] = tensors[key]
     if sorted(sets) != list(range(len(sets))):
-        raise ValueError(f"{what}: its per-video sets are numbered {sorted(sets)}, not 0 to {len(sets) - 1}; it was "
-                         "not saved by VE Save Motion LoRA. Save the LoRAs again.")
+        raise ValueError(f"{what}: its per-video sets are numbered {sorted(sets)}, not 0 to {len(sets) - 1}, so "
+                         "it is not one file of spatial sets.")
     return [sets[k] for k in range(len(sets))]
 
 

@@ -16,6 +16,7 @@ from einops import rearrange
 from torch import nn
 
 from .attention import AttentionFn, extended_attention, sdpa_attention
+from .unet_layout import UPSAMPLE, has_layer
 
 # Cosine similarities computed at once by the nearest-neighbour search (16 MiB in fp32).
 MAX_SIMILARITIES = 2**22
@@ -132,7 +133,7 @@ def _decoder_levels(unet: nn.Module) -> list[list[int]]:
     levels, current = [], []
     for index, block in enumerate(unet.output_blocks):
         current.append(index)
-        if any(type(layer).__name__ == "Upsample" for layer in block):
+        if has_layer(block, UPSAMPLE):
             levels.append(current)
             current = []
     return levels + [current] if current else levels

@@ -7,6 +7,14 @@ from typing import Iterator
 from torch import nn
 
 STAGES = (("input", "input_blocks"), ("middle", "middle_block"), ("output", "output_blocks"))
+# Class names of the UNet's resampling layers (ComfyUI's openaimodel), matched by name so that kernels import no
+# ComfyUI; tests/test_comfy_internals.py checks them against ComfyUI's UNet.
+DOWNSAMPLE, UPSAMPLE = "Downsample", "Upsample"
+
+
+def has_layer(block: nn.Module, class_name: str) -> bool:
+    """Whether one of ``block``'s direct children is a ``class_name`` layer (DOWNSAMPLE, UPSAMPLE)."""
+    return any(type(layer).__name__ == class_name for layer in block.children())
 
 
 def _stage_blocks(unet: nn.Module, attr: str) -> list[tuple[int, nn.Module]]:

@@ -1,6 +1,8 @@
-"""ComfyUI glue. Node modules, one per capability, each expose ``NODES`` (V3 node classes) and import only the
-shared modules, never each other: ``files`` (model folders, atomic saves, checked loads), ``socket_types``,
-``model_helpers`` (input guards, weight and attention-slot plumbing), ``training`` (the training loop inside
+"""ComfyUI glue. Node modules, one per capability, sit here and each expose ``NODES`` (V3 node classes); they
+import the shared machinery in ``shared/``, never each other: ``files`` (model folders, atomic saves, checked
+loads), ``socket_types``, ``inputs`` (input guards), ``patcher`` (keys, wrappers and weight patches on a
+ModelPatcher), ``unet_call`` (the state carried through one UNet call), ``attention_slots`` (the one owner of the
+attention slots), ``comfy_internals`` (every ComfyUI internal the pack uses), ``training`` (the training loop inside
 ComfyUI's sampler), ``video_unet`` (the inflated UNet and tuned weights), ``motion_lora_files``, ``plots``,
 ``windowing`` (what context windows share with attention patches)."""
 
@@ -10,7 +12,7 @@ from comfy_api.latest import ComfyExtension
 
 from . import (compare, context_windows, fatezero, fatezero_capture, inflate, inversion, loss_plot, motion_lora_io,
                motiondirector, sparse_causal, tokenflow, tuned_io, tuning, video_io)
-from .files import recover_unfinished_saves
+from .shared.files import recover_unfinished_saves
 
 NODE_MODULES = [video_io, compare, sparse_causal, inflate, tuning, loss_plot, tuned_io, inversion, fatezero_capture,
                 fatezero, motiondirector, motion_lora_io, tokenflow, context_windows]

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from comfy_api.latest import io, ui
 
 from ..kernels.metrics import consecutive_cosine, warp_errors
-from .plots import plot_curves
-from .socket_types import VideoEditNode
+from .shared.plots import plot_curves
+from .shared.socket_types import VideoEditNode
 
 LAYOUTS = ("side_by_side", "top_bottom")
 

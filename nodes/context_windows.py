@@ -18,10 +18,12 @@ from comfy.context_windows import ContextHandlerABC, create_prepare_sampling_wra
 from comfy_api.latest import io
 
 from ..kernels.windows import frame_windows, window_weights
-from .attention_slots import chain
-from .model_helpers import controlnets
-from .socket_types import VideoEditNode
-from .windowing import BORROWED_OPTION, BorrowedFrames, FrameWindow
+from .shared.attention_slots import chain
+from .shared.comfy_internals import controlnet_hint, model_cond_rows, replace_patches, set_controlnet_hint
+from .shared.patcher import controlnets
+from .shared.socket_types import VideoEditNode
+from .shared.unet_call import BORROWED_OPTION
+from .shared.windowing import BorrowedFrames, FrameWindow
 
 
 def per_frame(value, frames: int) -> bool:
@@ -33,15 +35,15 @@ def window_hints(conds, index: list[int], frames: int):
     """While a window runs, every ControlNet in the conds whose hint has one image per frame sees only the window's."""
     swapped = []
     for control in controlnets(conds):
-        hint = getattr(control, "cond_hint_original", None)
+        hint = controlnet_hint(control)
         if per_frame(hint, frames) and all(control is not c for c, _ in swapped):
             swapped.append((control, hint))
-            control.cond_hint_original, control.cond_hint = hint[index], None
+            set_controlnet_hint(control, hint[index])
     try:
         yield
     finally:
         for control, hint in swapped:
-            control.cond_hint_original, control.cond_hint = hint, None
+            set_controlnet_hint(control, hint)
 
 
 def window_cond(cond_in, window: FrameWindow, frames: int):
@@ -55,7 +57,7 @@ def window_cond(cond_in, window: FrameWindow, frames: int):
             if per_frame(value, frames):
                 entry[name] = value[window.index_list]
             elif isinstance(value, dict):
-                entry[name] = {key: item._copy_with(item.cond[window.index_list])
+                entry[name] = {key: model_cond_rows(item, window.index_list)
                                if per_frame(getattr(item, "cond", None), frames) else
                                item[window.index_list] if per_frame(item, frames) else item
                                for key, item in value.items()}
@@ -65,8 +67,7 @@ def window_cond(cond_in, window: FrameWindow, frames: int):
 
 def attn1_patches(model_options):
     """Every attn1 replace patch in the options, with the patches of ours each one wraps."""
-    slots = model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
-    for patch in slots.values():
+    for patch in replace_patches(model_options, "attn1").values():
         yield from chain(patch)
 
 

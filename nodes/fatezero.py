@@ -12,10 +12,11 @@ from ..kernels.fatezero import (AttentionStore, CrossAttentionEdit, PromptTokens
                                 latent_blend_active, mask_blocks, word_attention)
 from ..kernels.inversion import Inversion
 from ..kernels.schedule import in_window, matching
-from .attention_slots import FUSION, AddsToOutput, SharedPatch, SlotPatch, guard_slots, install
-from .model_helpers import cond_chunks, require_sd1_unet
-from .socket_types import ATTENTION_CAPTURE, InversionType, VideoEditNode
-from .windowing import clip_rows
+from .shared.attention_slots import FUSION, AddsToOutput, SharedPatch, SlotPatch, guard_slots, install
+from .shared.inputs import advising, require_sd1_unet
+from .shared.unet_call import cond_chunks
+from .shared.socket_types import ATTENTION_CAPTURE, InversionType, VideoEditNode
+from .shared.windowing import clip_rows
 
 LATENT_TO_PIXELS = 8
 BLEND_MODES = ["latents", "self-attention", "both"]  # what the blend words' mask blends
@@ -70,6 +71,12 @@ def require_attention(inversion: Inversion) -> AttentionStore:
     return store
 
 
+def edit_level(store: AttentionStore, sigma: float) -> int:
+    """The inversion level an edit's model call at ``sigma`` reads, or an error saying how to sample."""
+    with advising("The attention came from VE DDIM Invert: use the same step count as VE DDIM Invert."):
+        return store.level(sigma)
+
+
 class FusionPlan(SharedPatch):
     """What the fused model reads at every editing step: the store, the P2P edit, the windows and the masks.
 
@@ -99,7 +106,7 @@ class FusionPlan(SharedPatch):
 
     def step(self, extra_options) -> tuple[int, int]:
         """(level, editing step) of a model call at the sampler's current sigma."""
-        level = self.store.level(float(extra_options["sigmas"].max()))
+        level = edit_level(self.store, float(extra_options["sigmas"].max()))
         return level, self.store.step_of(level)
 
     def frames_of(self, batch: int, extra_options) -> tuple[list[int], int, list[int] | slice]:
@@ -247,7 +254,7 @@ class LatentBlend(SharedPatch):
         self.plan.accumulate_edit_attention(first_step=at == 0)
         sigma_next = float(schedule[at + 1])
         store = self.plan.store
-        level = store.level(sigma)
+        level = edit_level(store, sigma)
         if not latent_blend_active(store.step_of(level), store.steps, self.plan.blend_start, self.plan.blend_end):
             return denoised
         mask = self.plan.latent_mask(level, tuple(x.shape[-2:])).to(x)[:, None]

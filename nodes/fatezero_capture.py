@@ -14,10 +14,11 @@ import torch
 from comfy_api.latest import io
 
 from ..kernels.fatezero import AttentionStore, attention_probs, captured_blocks, chunk_slice
-from .attention_slots import CAPTURE, AddsToOutput, SlotPatch, install
-from .model_helpers import cond_chunks, require_sd1_unet
-from .socket_types import ATTENTION_CAPTURE, CaptureType, VideoEditNode
-from .windowing import clip_rows
+from .shared.attention_slots import CAPTURE, AddsToOutput, SlotPatch, install
+from .shared.inputs import require_sd1_unet
+from .shared.unet_call import cond_chunks
+from .shared.socket_types import ATTENTION_CAPTURE, CaptureType, VideoEditNode
+from .shared.windowing import clip_rows
 
 
 class CapturePatch(SlotPatch):
@@ -106,8 +107,8 @@ class AttentionCapture:
                 "never more than the free space there).")
         return AttentionStore(blocks, sigmas, frames, context, directory)
 
-    def attach(self, model, samples: torch.Tensor, conditioning, sigmas: torch.Tensor):
-        """(the model that records while VE_DDIMInvert inverts, the store it fills)."""
+    def recording_model(self, model, samples: torch.Tensor, conditioning, sigmas: torch.Tensor):
+        """(the model that records while VE_DDIMInvert inverts, the store it fills): the InversionCapture protocol."""
         store = self.allocate(model, samples, conditioning, sigmas)
         logging.info("VE_DDIMInvert: storing attention maps, %s", store.describe())
         return with_attention_capture(model, store), store

@@ -1,13 +1,13 @@
 """VE_InflateUNet: Tune-A-Video's temporal attention after every transformer block's feed-forward
-(nodes/video_unet.py injects it)."""
+(nodes/shared/video_unet.py injects it)."""
 
 from __future__ import annotations
 
 from comfy_api.latest import io
 
 from ..kernels.temporal import TEMPORAL_MASKS, TemporalMask
-from .video_unet import inflate
-from .socket_types import VideoEditNode
+from .shared.video_unet import inflate
+from .shared.socket_types import VideoEditNode
 
 
 class InflateUNet(VideoEditNode):

@@ -10,8 +10,8 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..kernels.inversion import Inversion, inversion_sigmas, invert
-from .model_helpers import require_sd1_unet, require_video_latent
-from .socket_types import CaptureType, InversionType, VideoEditNode
+from .shared.inputs import require_sd1_unet, require_video_latent
+from .shared.socket_types import CaptureType, InversionCapture, InversionType, VideoEditNode
 
 
 METHODS = ("ddim", "fixed_point")  # the official inversion, and the one the DDIM sampler undoes
@@ -37,14 +37,14 @@ def kept_levels(levels: list[float], sampling, steps: int, keep_steps: int) -> l
     return [0] + [index[sigma] for sigma in wanted]
 
 
-def ddim_invert(model, latent: dict, positive, steps: int, capture=None, keep_steps: int = 0, method: str = "ddim",
+def ddim_invert(model, latent: dict, positive, steps: int, capture: InversionCapture | None = None, keep_steps: int = 0, method: str = "ddim",
                 iterations: int = 3) -> Inversion:
     """Invert ``latent`` with ``model``, no CFG, along the levels ComfyUI's ddim_uniform scheduler visits (SD's DDIM
     timesteps 1, 21, ..., 981 for 50 steps): ``ddim`` as the official code does, ``fixed_point`` so that the DDIM
     sampler undoes it (``iterations`` extra model calls per step; kernels/inversion.py).
 
     ``keep_steps`` keeps only the levels a sampler with that many steps visits (0: all). With ``capture``,
-    ``capture.attach(model, samples, positive, sigmas)`` gives the model to invert with and the store it fills, kept
+    ``capture.recording_model(model, samples, positive, sigmas)`` gives the model to invert with and the store it fills, kept
     as ``captures[capture.key]`` once ``store.require_complete()`` passes.
     """
     samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
@@ -58,7 +58,7 @@ def ddim_invert(model, latent: dict, positive, steps: int, capture=None, keep_st
     sigmas = torch.tensor([levels[k] for k in kept])
     store = None
     if capture is not None:
-        model, store = capture.attach(model, samples, positive, sigmas)
+        model, store = capture.recording_model(model, samples, positive, sigmas)
     base_model = model.model
     stored = {}
     progress = comfy.utils.ProgressBar(len(levels) - 1)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
-from .plots import plot_curves
-from .socket_types import VideoEditNode
+from .shared.plots import plot_curves
+from .shared.socket_types import VideoEditNode
 
 
 def loss_curves(loss: dict) -> dict[str, list[float]]:

@@ -4,7 +4,7 @@ The spatial LoRA (ComfyUI's standard LoRA keys, alpha = rank so ComfyUI's alpha/
 self-attention and feed-forward Linears of every spatial transformer block: core *LoraLoaderModelOnly* applies it
 identically. The temporal LoRA covers the Linears of the temporal layers (VE_InflateUNet), named by their path
 there, e.g. ``input_blocks.1.1.transformer_blocks.0.attn_temp.to_q``, and is applied as weight patches on the
-temporal layers' own ModelPatcher. The file format: nodes/motion_lora_files.py.
+temporal layers' own ModelPatcher. The file format: nodes/shared/motion_lora_files.py.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from ..kernels.lora import check_lora_tensors, linear_targets, spatial_targets, split_spatial_sets
-from .model_helpers import add_weight_patches, require_sd1_unet
-from .motion_lora_files import SPATIAL_FOLDER, SPATIAL_PREFIX, TEMPORAL_FOLDER, read_lora_file, save_motion_lora
-from .socket_types import MotionLoRA, VideoEditNode
-from .video_unet import require_inflated, temporal_patcher
+from .shared.inputs import advising, require_sd1_unet
+from .shared.patcher import add_weight_patches
+from .shared.motion_lora_files import SPATIAL_FOLDER, SPATIAL_PREFIX, TEMPORAL_FOLDER, read_lora_file, save_motion_lora
+from .shared.socket_types import MotionLoRA, VideoEditNode
+from .shared.video_unet import require_inflated, temporal_patcher
 
 NONE = "none"
 
@@ -45,7 +46,8 @@ def _lora_patches(tensors: dict, shapes: dict, what: str) -> dict:
 
 def spatial_set_of(spatial: dict, spatial_set: int, spatial_name: str) -> tuple[dict, str]:
     """The spatial LoRA set ``spatial_set`` of a file or LoRA output, and a line saying what it holds."""
-    sets = split_spatial_sets(spatial, spatial_name)
+    with advising("It was not saved by VE Save Motion LoRA: save the LoRAs again with it."):
+        sets = split_spatial_sets(spatial, spatial_name)
     if not 0 <= spatial_set < len(sets):
         held = "one shared set" if len(sets) == 1 else f"{len(sets)} sets, one per training video"
         raise ValueError(f"spatial_set: {spatial_name} holds {held}; use a spatial_set from 0 to {len(sets) - 1}.")

@@ -18,20 +18,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import comfy.samplers
 import torch
 import torch.nn.functional as F
 from comfy.patcher_extension import PatcherInjection
 from comfy_api.latest import io
-from comfy_extras.nodes_custom_sampler import Guider_Basic
 
 from ..kernels.lora import (LoRASet, debiased_temporal_loss, join_spatial_sets, linear_targets, noise_prior,
                             spatial_targets)
-from .model_helpers import PatcherKeys, require_sd1_unet, require_video_latent
-from .motion_lora_files import SPATIAL_PREFIX, save_motion_lora
-from .socket_types import InversionType, MotionLoRA, VideoEditNode, VideoSet
-from .training import TrainingSampler, adamw, predict_eps, train_in_guider
-from .video_unet import bypass_temporal, require_inflated
+from .shared.comfy_internals import BasicGuider, predict_without_cfg, set_guider_conds
+from .shared.inputs import require_sd1_unet, require_video_latent
+from .shared.patcher import PatcherKeys
+from .shared.motion_lora_files import SPATIAL_PREFIX, save_motion_lora
+from .shared.socket_types import InversionType, MotionLoRA, VideoEditNode, VideoSet
+from .shared.training import TrainingSampler, adamw, predict_eps, train_in_guider
+from .shared.video_unet import bypass_temporal, require_inflated
 
 
 SPATIAL_SETS = ("one per video", "shared")  # official single_spatial_lora False / True
@@ -57,16 +57,15 @@ def add_video(clip_set: tuple[TrainingVideo, ...] | None, latent: dict, conditio
     return videos + (TrainingVideo(samples, conditioning),)
 
 
-class VideoGuider(Guider_Basic):
+class VideoGuider(BasicGuider):
     """Conditions each training video on its own prompt; ``active`` picks the video."""
 
     def set_video_conds(self, conditionings: list):
-        self.inner_set_conds({f"video{i}": c for i, c in enumerate(conditionings)})
+        set_guider_conds(self, {f"video{i}": c for i, c in enumerate(conditionings)})
         self.active = 0
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
-        return comfy.samplers.sampling_function(self.inner_model, x, timestep, None, self.conds[f"video{self.active}"],
-                                                1.0, model_options=model_options, seed=seed)
+        return predict_without_cfg(self, x, timestep, self.conds[f"video{self.active}"], model_options, seed)
 
 
 class MotionDirectorSampler(TrainingSampler):

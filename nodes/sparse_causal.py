@@ -10,10 +10,11 @@ from ..kernels.attention import (CROSS_FRAME_MODES, QUERY_TOKENS_PER_CALL, atten
                                  cross_frame_attention)
 from ..kernels.unet_layout import iter_transformer_blocks
 from ..kernels.windows import anchor_frames, window_references
-from .windowing import BORROWED_OPTION
-from .attention_slots import CROSS_FRAME, SlotPatch, guard_slots, install, remove
-from .model_helpers import PER_FRAME_OPTION, check_video_inputs_when_sampling, require_sd1_unet
-from .socket_types import VideoEditNode
+from .shared.attention_slots import CROSS_FRAME, SlotPatch, guard_slots, install, remove
+from .shared.inputs import require_sd1_unet
+from .shared.patcher import check_video_inputs_when_sampling
+from .shared.unet_call import BORROWED_OPTION, PER_FRAME_OPTION
+from .shared.socket_types import VideoEditNode
 
 
 class CrossFrameAttentionPatch(SlotPatch):

@@ -10,7 +10,6 @@ injection.
 
 from __future__ import annotations
 
-import contextvars
 import logging
 from dataclasses import dataclass, field
 
@@ -24,9 +23,12 @@ from ..kernels.schedule import in_window, matching, nearest
 from ..kernels.tokenflow import (copy_source_branch, keyframe_attention, keyframe_schedule, pnp_output_block,
                                  pnp_resnet, propagate, same_token_count, start_latent, with_source_branch)
 from ..kernels.unet_layout import iter_transformer_blocks
-from .attention_slots import TOKENFLOW, SlotPatch, guard_slots, install
-from .model_helpers import PatcherKeys, check_video_inputs_when_sampling, require_sd1_unet, set_wrapper
-from .socket_types import InversionType, VideoEditNode
+from .shared.attention_slots import TOKENFLOW, SlotPatch, guard_slots, install
+from .shared.comfy_internals import wrapped_base_model
+from .shared.inputs import require_sd1_unet
+from .shared.patcher import PatcherKeys, check_video_inputs_when_sampling, set_wrapper
+from .shared.socket_types import InversionType, VideoEditNode
+from .shared.unet_call import TOKENFLOW_STEP
 
 
 
@@ -47,12 +49,9 @@ class TokenFlowStep:
     stored: dict = field(default_factory=dict)  # block -> (keyframe source tokens, keyframe attention outputs)
 
 
-CURRENT = contextvars.ContextVar("video_edit_tokenflow_step", default=None)
-
-
 def record_tokens(n, context, value, extra_options):
     """attn1_patch: keeps the source branch's norm1 output of the current block for TokenFlowAttention."""
-    step = CURRENT.get()
+    step = TOKENFLOW_STEP.get()
     if step is not None:
         step.tokens = n[:n.shape[0] // step.chunks]
     return n, context, value
@@ -73,7 +72,7 @@ class TokenFlowAttention(SlotPatch):
         self.inject_qk = inject_qk
 
     def __call__(self, q, k, v, extra_options):
-        step = CURRENT.get()
+        step = TOKENFLOW_STEP.get()
         heads = extra_options["n_heads"]
         block = (*extra_options["block"], extra_options.get("block_index", 0))
         attention = self.attention_function(extra_options)
@@ -99,7 +98,7 @@ class SourceFeatureInjection(nn.Module):
 
     def forward(self, x):
         out = self.conv(x)
-        step = CURRENT.get()
+        step = TOKENFLOW_STEP.get()
         return copy_source_branch(out, step.chunks) if step is not None and step.inject_conv else out
 
 
@@ -157,7 +156,7 @@ class TokenFlowSampling:
         sigma = float(t.max())
         step, steps = self.schedule_position(sigma, transformer_options.get("sample_sigmas"))
         keyframes = keyframe_schedule(frames, self.chunk_size, steps, self.seed)[step]
-        source = executor.class_obj.process_latent_in(self.inversion.latent_at(sigma)).to(x)
+        source = wrapped_base_model(executor).process_latent_in(self.inversion.latent_at(sigma)).to(x)
         context, source_context = same_token_count(c_crossattn, self.source_context.to(c_crossattn))
         options = transformer_options.copy()
         options["cond_or_uncond"] = [0] + flags
@@ -184,7 +183,7 @@ class TokenFlowSampling:
         passes = keyframe_passes(len(keyframes), self.keyframes_per_pass)
         if step == 0 and len(passes) > 1:
             logging.info("VE TokenFlow: %d keyframes in %d passes", len(keyframes), len(passes))
-        token = CURRENT.set(state)
+        token = TOKENFLOW_STEP.set(state)
         try:
             for chunks in passes:
                 # The previous pass's last keyframe joins the pass: the first chunk blends from it, and its
@@ -198,7 +197,7 @@ class TokenFlowSampling:
                 edited.append(run(rows).unflatten(0, (branches + 1, len(rows)))[1:])
             return torch.cat(edited, dim=1).flatten(0, 1)
         finally:
-            CURRENT.reset(token)
+            TOKENFLOW_STEP.reset(token)
 
 
 def keyframe_passes(keyframes: int, per_pass: int) -> list[range]:

@@ -20,10 +20,10 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..kernels.temporal import TemporalMask
-from .files import file_stem, model_folder, numbered_paths, read_safetensors, register_model_folder, save_safetensors_group
-from .model_helpers import PatcherKeys
-from .video_unet import TunedWeights, apply_tuned
-from .socket_types import VideoEditNode
+from .shared.files import file_stem, model_folder, numbered_paths, read_safetensors, register_model_folder, save_safetensors_group
+from .shared.patcher import PatcherKeys
+from .shared.video_unet import TunedWeights, apply_tuned
+from .shared.socket_types import VideoEditNode
 
 FOLDER = "video_edit_tuned"
 FORMAT = "tune_a_video/1"

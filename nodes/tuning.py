@@ -11,14 +11,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from comfy_api.latest import io
-from comfy_extras.nodes_custom_sampler import Guider_Basic
 from torch import nn
 
 from ..kernels.weight_decay import decay_delta_
-from .model_helpers import require_sd1_unet, require_video_latent
-from .socket_types import VideoEditNode
-from .training import TrainingSampler, adamw, predict_eps, remove_weight_wrappers, train_in_guider
-from .video_unet import TunedWeights, apply_tuned, bypass_temporal, inflate, query_layers, require_inflated
+from .shared.comfy_internals import BasicGuider, weight_functions
+from .shared.inputs import require_sd1_unet, require_video_latent
+from .shared.socket_types import VideoEditNode
+from .shared.training import TrainingSampler, adamw, predict_eps, remove_weight_wrappers, train_in_guider
+from .shared.video_unet import TunedWeights, apply_tuned, bypass_temporal, inflate, query_layers, require_inflated
 
 class QueryDelta(nn.Module):
     """Weight wrapper ``W -> W + delta`` on ``layer``, with a trainable delta; remembers W for decoupled weight
@@ -35,7 +35,7 @@ class QueryDelta(nn.Module):
         # query projections would add up to their whole size; when the copy is just the layer's own weight
         # (this wrapper comes first, same device and dtype), the layer's weight serves instead.
         layer = self.layers[0]
-        own = (layer.weight_function[0] is self and layer.weight.device == weight.device
+        own = (weight_functions(layer)[0] is self and layer.weight.device == weight.device
                and layer.weight.dtype == weight.dtype)
         self.used = None if own else weight.detach()
         return weight + self.delta.to(weight.dtype)
@@ -126,7 +126,7 @@ def one_shot_tune(model, latent: dict, positive, steps: int, learning_rate: floa
             trainer.add_weight_wrapper(key, delta)
         sampler = OneShotTuningSampler(list(deltas.values()), temporal_params, steps, learning_rate, weight_decay, seed,
                                        gradient_checkpointing, device, image_mix)
-        guider = Guider_Basic(trainer)
+        guider = BasicGuider(trainer)
         guider.set_conds(positive)
         try:
             train_in_guider(guider, samples.clone(), sampler, seed)

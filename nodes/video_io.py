@@ -23,8 +23,8 @@ from PIL import Image
 import folder_paths
 from comfy_api.latest import io, ui
 
-from .files import check_name, confined_path, numbered_paths, save_atomically
-from .socket_types import VideoEditNode
+from .shared.files import check_name, confined_path, numbered_paths, save_atomically
+from .shared.socket_types import VideoEditNode
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +305,7 @@ def select_frames(images: torch.Tensor, fps: float, n_frames: int, start_frame: 
     return np.stack([fit_cover(frame, *size, resize=bool(width or height)) for frame in frames]), fps
 
 
-class VELoadVideo(VideoEditNode):
+class LoadVideo(VideoEditNode):
     """Load a video file as an IMAGE batch, picking frames by start/stride and resizing to a multiple of 8."""
 
     @classmethod
@@ -503,7 +503,7 @@ def save_target(filename_prefix: str, fmt: str, width: int, height: int) -> tupl
     return target, os.path.basename(target), subfolder
 
 
-class VESaveVideo(VideoEditNode):
+class SaveVideo(VideoEditNode):
     """Save an IMAGE batch as an mp4, webm, gif or webp video in ComfyUI's output folder."""
 
     @classmethod
@@ -539,4 +539,4 @@ class VESaveVideo(VideoEditNode):
         return io.NodeOutput(target, ui=preview)
 
 
-NODES = [VELoadVideo, VESaveVideo]
+NODES = [LoadVideo, SaveVideo]

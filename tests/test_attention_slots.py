@@ -1,8 +1,10 @@
-"""The slot matrix (nodes/attention_slots.SLOT_TABLE): every ordered pair of our attention nodes (sparse-causal in
-each mode, TokenFlow, FateZero's capture and fusion), a foreign attn1 and attn2 patch, IPAdapter_plus's real
-``set_model_patch_replace`` and AnimateDiff-Evolved's Use Evolved Sampling either composes, with its output checked,
-or refuses naming both nodes. The third-party packs come from ``../shared/third_party`` (test fixtures only)."""
+"""The slot matrix (nodes/shared/attention_slots.SLOT_TABLE): every ordered pair of our attention nodes
+(sparse-causal in each mode, TokenFlow, FateZero's capture and fusion), a foreign attn1 and attn2 patch,
+IPAdapter_plus's real ``set_model_patch_replace`` and AnimateDiff-Evolved's Use Evolved Sampling either composes,
+with its output checked, or refuses naming both nodes. The third-party packs come from ``../shared/third_party``
+(test fixtures only). What several tests compare against (a node's output alone) is sampled once per session."""
 
+import functools
 import importlib.util
 import sys
 from collections import Counter
@@ -98,6 +100,8 @@ def s(sd15, encode):
         return ade.NODE_CLASS_MAPPINGS["ADE_UseEvolvedSampling"]().use_evolved_sampling(m, "autoselect")[0]
 
     plain_inversion = invert(model)
+    starts = {"clip": latents}  # what `alone` samples from, by name
+    tokenflow_start = tokenflow.tokenflow(model, plain_inversion, source, keyframe_chunk_size=2)[1]["samples"]
     captured = {None: invert(model, capture=True)}
 
     def fusion(m, cross_frame=None):
@@ -106,12 +110,13 @@ def s(sd15, encode):
             captured[cross_frame] = invert(sparse_causal.with_cross_frame_attention(model, cross_frame), True)
         return fatezero.attention_fusion(m, captured[cross_frame], clip, SOURCE, EDIT, "")[0]
 
+    starts.update(tokenflow=tokenflow_start, captured=captured[None].latents[-1])
     return SimpleNamespace(
         model=model, blocks=blocks, sample=sample, invert=invert, foreign=foreign, ipadapter=ipadapter,
         evolved_sampling=evolved_sampling, fusion=fusion, captured=captured,
-        cross_frame=lambda mode: lambda m: sparse_causal.with_cross_frame_attention(m, mode),
+        cross_frame=functools.cache(lambda mode: lambda m: sparse_causal.with_cross_frame_attention(m, mode)),
         tokenflow=lambda m: tokenflow.tokenflow(m, plain_inversion, source, keyframe_chunk_size=2)[0],
-        start=lambda: tokenflow.tokenflow(model, plain_inversion, source, keyframe_chunk_size=2)[1]["samples"])
+        start=lambda: tokenflow_start, alone=functools.cache(lambda node, start: sample(node(model), starts[start])))
 
 
 def exact(a, b):
@@ -128,14 +133,15 @@ def test_sparse_causal_after_fusion_goes_inside_it(s, mode):
     before = s.fusion(cross_frame(s.model), mode)
     after = cross_frame(s.fusion(s.model, mode))
     start = s.captured[mode].latents[-1]
-    exact(s.sample(after, start), s.sample(before, start))
+    edited = s.sample(after, start)
+    exact(edited, s.sample(before, start))
     per_frame = s.sample(s.fusion(s.model, mode), start)
-    assert not torch.allclose(s.sample(after, start), per_frame)  # cross-frame attention really runs
+    assert not torch.allclose(edited, per_frame)  # cross-frame attention really runs
 
 
 def test_tokenflow_replaces_sparse_causal_and_sparse_causal_after_tokenflow_refuses(s):
     start = s.start()
-    exact(s.sample(s.tokenflow(s.cross_frame("middle_frame")(s.model)), start), s.sample(s.tokenflow(s.model), start))
+    exact(s.sample(s.tokenflow(s.cross_frame("middle_frame")(s.model)), start), s.alone(s.tokenflow, "tokenflow"))
     with pytest.raises(ValueError, match="VE Sparse-Causal Attention after VE TokenFlow .*connect VE Sparse-Causal "
                                          "Attention before VE TokenFlow"):
         s.cross_frame("sparse_causal")(s.tokenflow(s.model))
@@ -170,7 +176,7 @@ def test_foreign_patches_before_sparse_causal_are_called(s, mode):
     ours = s.cross_frame(mode)
     CALLS.clear()
     chained = ours(s.foreign("attn2", "f2")(s.foreign("attn1", "f1")(s.model)))
-    exact(s.sample(chained), s.sample(ours(s.model)))
+    exact(s.sample(chained), s.alone(ours, "clip"))
     assert CALLS["f1"] > 0 and CALLS["f2"] > 0
 
 
@@ -198,7 +204,7 @@ def test_foreign_attn2_after_sparse_causal_and_tokenflow_composes(s):
     for ours in (s.cross_frame("sparse_causal"), s.tokenflow):
         start = s.start()
         CALLS.clear()
-        exact(s.sample(s.foreign("attn2", "f2")(ours(s.model)), start), s.sample(ours(s.model), start))
+        exact(s.sample(s.foreign("attn2", "f2")(ours(s.model)), start), s.alone(ours, "tokenflow"))
         assert CALLS["f2"] > 0
 
 
@@ -211,10 +217,10 @@ def test_ipadapter_after_fusion_adds_its_attention(s):
     start = s.captured[None].latents[-1]
     alone = s.sample(fused, start)
     CALLS.clear()
-    exact(s.sample(s.ipadapter(weight=0.0)(fused), start), s.sample(fused, start))
+    exact(s.sample(s.ipadapter(weight=0.0)(fused), start), alone)
     assert CALLS["ipadapter"] > 0
     with_image = s.ipadapter(weight=0.5)(fused)
-    assert not torch.allclose(s.sample(with_image, start), s.sample(fused, start))
+    assert not torch.allclose(s.sample(with_image, start), alone)
     exact(s.sample(fused, start), alone)  # .add went to IPAdapter's clone only
     slots = (m.model_options["transformer_options"]["patches_replace"]["attn2"] for m in (fused, with_image))
     assert [len(slot[s.blocks[0]].callbacks) for slot in slots] == [0, 1]
@@ -250,7 +256,7 @@ def test_ipadapter_and_attn1_nodes_compose_in_both_orders(s, node):
     CALLS.clear()
     first, second = s.sample(ours(s.ipadapter()(s.model)), start), s.sample(s.ipadapter()(ours(s.model)), start)
     exact(first, second)
-    assert CALLS["ipadapter"] > 0 and not torch.allclose(first, s.sample(ours(s.model), start))
+    assert CALLS["ipadapter"] > 0 and not torch.allclose(first, s.alone(ours, "tokenflow"))
 
 
 def test_capture_after_ipadapter_wraps_it_and_changes_no_bit(s):
@@ -267,6 +273,6 @@ def test_evolved_sampling_composes_in_both_orders(s, node):
     """Use Evolved Sampling touches no attention slot: without a motion model the output is ours alone."""
     ours = s.fusion if node == "fusion" else s.cross_frame(node)
     start = s.captured[None].latents[-1]
-    expected = s.sample(ours(s.model), start)
+    expected = s.alone(ours, "captured")
     exact(s.sample(s.evolved_sampling(ours(s.model)), start), expected)
     exact(s.sample(ours(s.evolved_sampling(s.model)), start), expected)

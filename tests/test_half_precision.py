@@ -33,7 +33,7 @@ def half(request, comfy_lib, tiny_models):
 def test_half_precision_weights_tune_in_fp32_and_the_edit_runs(half):
     from benchmarks.inversion_round_trip import sample_back
     from video_edit.nodes import inversion, sparse_causal, tuning, video_unet
-    from video_edit.nodes.model_helpers import PatcherKeys
+    from video_edit.nodes.shared.patcher import PatcherKeys
 
     model, cond, dtype = half
     weights = {p.dtype for p in model.model.diffusion_model.parameters()}

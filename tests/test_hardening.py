@@ -257,7 +257,7 @@ def test_broken_motion_lora_files_are_named(comfy, graph, produced):
 
 @pytest.fixture(scope="module")
 def files(comfy_lib):
-    from video_edit.nodes import files
+    from video_edit.nodes.shared import files
 
     return files
 
@@ -432,7 +432,7 @@ def test_a_refused_rename_is_one_line_and_leaves_nothing(files, tmp_path, monkey
 
 def test_non_float_and_invalid_files_are_named(comfy_lib, tmp_path):
     from video_edit.nodes import tuned_io
-    from video_edit.nodes.files import read_safetensors
+    from video_edit.nodes.shared.files import read_safetensors
 
     for dtype in (torch.bool, torch.int8, torch.float64):
         path = tmp_path / f"weights_{str(dtype)[6:]}.safetensors"
@@ -507,7 +507,7 @@ comfy.options.enable_args_parsing()
 from comfy.cli_args import args  # reads --base-directory and --cpu
 assert args.base_directory and args.cpu
 import torch
-from video_edit.nodes import files, motion_lora_files
+from video_edit.nodes.shared import files, motion_lora_files
 
 def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)

@@ -174,7 +174,7 @@ def test_store_levels_sizes_and_completeness():
     assert [store.stored_level(float(s)) for s in sigmas] == [None, 1, 2, 3]
     assert [store.level(float(s)) for s in sigmas[1:].flip(0)] == [3, 2, 1]
     assert [store.step_of(level) for level in (3, 2, 1)] == [0, 1, 2]
-    with pytest.raises(ValueError, match="same step count as VE DDIM Invert"):
+    with pytest.raises(ValueError, match="same step count as the inversion"):
         store.level(3.0)
     for level in (1, 2, 3):
         for block in blocks:

@@ -13,7 +13,7 @@ def loss_plot(comfy_lib):
 
 @pytest.fixture(scope="module")
 def plots(comfy_lib):
-    from video_edit.nodes import plots
+    from video_edit.nodes.shared import plots
 
     return plots
 

@@ -117,7 +117,7 @@ def patched_weight(patcher, key, base):
 
 def test_strengths_are_independent_linear_and_zero_is_the_base(md, trained):
     from video_edit.kernels.lora import spatial_targets
-    from video_edit.nodes.video_unet import temporal_patcher
+    from video_edit.nodes.shared.video_unet import temporal_patcher
 
     spatial, temporal, _ = trained
     first_video = first_set(spatial)

@@ -72,7 +72,7 @@ def test_cross_frame_attention_calls_the_foreign_patch(setup):
 
 def test_narrow_blocks_keep_the_slot_as_it_was(setup):
     """With min_channels, the 320-channel blocks keep a foreign patch, and lose an earlier cross-frame patch of ours."""
-    from video_edit.nodes.attention_slots import replace_patch
+    from video_edit.nodes.shared.attention_slots import replace_patch
     from video_edit.nodes.sparse_causal import CrossFrameAttentionPatch, with_cross_frame_attention
 
     model, _, _, with_foreign, denoise, latents = setup

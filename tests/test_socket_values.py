@@ -40,7 +40,7 @@ def test_every_node_refuses_a_wrong_value_on_every_socket_naming_it(pack_nodes):
 
 def test_right_values_pass_the_check(pack_nodes, sd15):
     """The check refuses nothing a real upstream node gives: the native types as ComfyUI builds them."""
-    from video_edit.nodes.socket_types import check_socket_values
+    from video_edit.nodes.shared.socket_types import check_socket_values
 
     model, clip, vae = sd15
     values = {"MODEL": model, "CLIP": clip, "VAE": vae, "LATENT": {"samples": torch.zeros(2, 4, 8, 8)},

@@ -105,7 +105,7 @@ def test_keyframes_and_injection_windows_per_step(tf, monkeypatch):
     copy_source = module.copy_source_branch
 
     def spy(x, chunks):
-        step = module.CURRENT.get()
+        step = module.TOKENFLOW_STEP.get()
         calls.append((step.step, "conv" if x.ndim == 4 else "qk", step.keyframe_pass, tuple(step.keyframes.tolist())))
         return copy_source(x, chunks)
 

@@ -23,7 +23,7 @@ def tav(sd15, encode, denoise):
 
 def tuning_of(model):
     """The TunedWeights a tuned MODEL carries."""
-    from video_edit.nodes.model_helpers import PatcherKeys
+    from video_edit.nodes.shared.patcher import PatcherKeys
 
     return model.get_attachment(PatcherKeys.TUNING)
 
@@ -190,7 +190,7 @@ def test_only_the_trainable_weights_get_gradients(tav, tiny_models):
 def test_the_trainers_adamw_takes_torchs_default_adamw_steps(comfy_lib):
     """Tuning and MotionDirector step with torch's fused AdamW on a CPU (one pass over all parameters); its
     steps, with the official settings and a group without weight decay, are the default implementation's."""
-    from video_edit.nodes.training import adamw
+    from video_edit.nodes.shared.training import adamw
 
     g = torch.Generator().manual_seed(6)
     start = [torch.randn(shape, generator=g) for shape in ((8, 8), (8,), (4, 8))]

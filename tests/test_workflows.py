@@ -53,7 +53,7 @@ def test_shrink_keeps_every_workflow_consistent(comfy_lib, frames, size, steps):
 
 
 @pytest.mark.parametrize("path", ORDERED, ids=lambda p: p.stem)
-def test_workflow_runs_from_the_demo(comfy, demo_settings, path):
+def test_workflow_runs_from_the_demo(comfy_lib, comfy, demo_settings, path):
     """The demo's entry point for one workflow (tools/demo.py run_with_producer) on the test server, at the
     smallest settings: it finishes and every video it saves has every frame."""
     from demo import run_with_producer

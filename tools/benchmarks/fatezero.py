@@ -64,10 +64,10 @@ class OfficialLayoutCapture:
 
     key = "official"
 
-    def attach(self, model, samples, conditioning, sigmas):
+    def recording_model(self, model, samples, conditioning, sigmas):
         from video_edit.kernels.fatezero import captured_blocks
         from video_edit.nodes.fatezero_capture import with_attention_capture
-        from video_edit.nodes.model_helpers import require_sd1_unet
+        from video_edit.nodes.shared.inputs import require_sd1_unet
 
         _, _, height, width = samples.shape
         store = OfficialLayoutStore(captured_blocks(require_sd1_unet(model), height, width, 1024))

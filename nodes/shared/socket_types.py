@@ -2,17 +2,35 @@
 and the base class of every node, which checks the values that reach its non-widget sockets."""
 
 import functools
+from typing import Protocol
 
 import torch
 from comfy_api.latest import io
 
 InversionType = io.Custom("VE_INVERSION")  # kernels.inversion.Inversion: the clip at every DDIM level, and captures
-CaptureType = io.Custom("VE_ATTENTION_CAPTURE")  # what VE_DDIMInvert also records: anything with key and attach()
+CaptureType = io.Custom("VE_ATTENTION_CAPTURE")  # what VE_DDIMInvert also records: an InversionCapture
 MotionLoRA = io.Custom("VE_MOTION_LORA")  # MotionDirector's temporal LoRA tensors
 VideoSet = io.Custom("VE_CLIP_SET")  # MotionDirector's training videos, each with its prompt (name kept for saved
 #                                      workflows: "clip" there means a video clip)
 
 ATTENTION_CAPTURE = "attention"  # the Inversion.captures key of FateZero's AttentionStore
+
+
+class CaptureStore(Protocol):
+    """What an InversionCapture fills while VE DDIM Invert runs."""
+
+    def require_complete(self) -> None:
+        """Raise if the inversion did not fill every part of it."""
+
+
+class InversionCapture(Protocol):
+    """A value on a VE_ATTENTION_CAPTURE socket: what VE DDIM Invert records besides the latents, kept in
+    ``Inversion.captures[key]``."""
+
+    key: str
+
+    def recording_model(self, model, samples: torch.Tensor, conditioning, sigmas: torch.Tensor) -> tuple:
+        """(a clone of ``model`` that records while it inverts ``samples`` at ``sigmas``, the CaptureStore it fills)."""
 
 
 # ----- values on sockets ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import folder_paths
 
-from ..kernels.lora import split_spatial_sets
+from ...kernels.lora import split_spatial_sets
 from .files import file_stem, model_folder, numbered_paths, read_safetensors, register_model_folder, save_safetensors_group
 
 SPATIAL_FOLDER = "loras"

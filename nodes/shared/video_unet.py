@@ -11,7 +11,6 @@ counts them as a model of their own when it plans memory, and they are ``comfy.o
 from __future__ import annotations
 
 import contextlib
-import contextvars
 from dataclasses import dataclass, field
 
 import torch
@@ -20,20 +19,11 @@ from comfy.model_patcher import ModelPatcher
 from comfy.patcher_extension import PatcherInjection, WrappersMP
 from torch import nn
 
-from ..kernels.temporal import TemporalLayers, TemporalMask, frame_spanning_group_norm
-from ..kernels.unet_layout import iter_resnet_norms, iter_transformer_blocks
-from .model_helpers import (PER_FRAME_OPTION, PatcherKeys, add_weight_patches, check_video_inputs_when_sampling,
-                            injected_layer_ops, require_sd1_unet, set_wrapper)
-from .training import GRADIENT_CHECKPOINTING
-
-# Set around every UNet call by the DIFFUSION_MODEL wrapper: how many videos (cond/uncond chunks) share the batch.
-VIDEO_CHUNKS = contextvars.ContextVar("video_edit_video_chunks", default=1)
-# Set by MotionDirector's spatial path and Dreamix's image steps: the image model's path, temporal layers skipped,
-# norms and cross-frame attention per frame.
-TEMPORAL_BYPASS = contextvars.ContextVar("video_edit_temporal_bypass", default=False)
-# Set around a UNet call that trains with ControlNet residuals (see _copy_skip_input).
-COPY_SKIPS = contextvars.ContextVar("video_edit_copy_skips", default=False)
-
+from ...kernels.temporal import TemporalLayers, TemporalMask, frame_spanning_group_norm
+from ...kernels.unet_layout import iter_resnet_norms, iter_transformer_blocks
+from .inputs import require_sd1_unet
+from .patcher import PatcherKeys, add_weight_patches, check_video_inputs_when_sampling, injected_layer_ops, set_wrapper
+from .unet_call import COPY_SKIPS, GRADIENT_CHECKPOINTING, PER_FRAME_OPTION, TEMPORAL_BYPASS, VIDEO_CHUNKS
 
 @contextlib.contextmanager
 def bypass_temporal():

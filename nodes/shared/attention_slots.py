@@ -23,7 +23,8 @@ import math
 from comfy.ldm.modules.attention import optimized_attention
 from comfy.patcher_extension import WrappersMP
 
-from .model_helpers import PatcherKeys, set_wrapper
+from .comfy_internals import replace_patches, wrap_replace_patches, wrapped_guider
+from .patcher import PatcherKeys, set_wrapper
 
 CROSS_FRAME, TOKENFLOW, CAPTURE, FUSION, FOREIGN = "cross-frame", "tokenflow", "capture", "fusion", "foreign"
 NODE_NAMES = {CROSS_FRAME: "VE Sparse-Causal Attention", TOKENFLOW: "VE TokenFlow",
@@ -120,13 +121,9 @@ def describe(patch) -> str:
     return f"another pack's patch {getattr(patch, '__module__', type(patch).__module__)}.{name}"
 
 
-def _slots(model, kind: str) -> dict:
-    return model.model_options.get("transformer_options", {}).get("patches_replace", {}).get(kind, {})
-
-
 def replace_patch(model, kind: str, key: tuple):
     """The attn1/attn2 replace patch ComfyUI would call for block ``key`` (full key first, as ComfyUI does)."""
-    patches = _slots(model, kind)
+    patches = replace_patches(model.model_options, kind)
     return patches.get(key, patches.get(key[:2]))
 
 
@@ -177,8 +174,7 @@ class SlotDict(dict):
 def install(clone, kind: str, key: tuple, patch: SlotPatch):
     """Put ``patch`` into ``clone``'s ``kind`` slot of block ``key`` by SLOT_TABLE (it may refuse)."""
     clone.set_model_patch_replace(placed(kind, key, patch, replace_patch(clone, kind, key)), kind, *key)
-    slots = clone.model_options["transformer_options"]["patches_replace"]
-    slots[kind] = SlotDict(slots[kind])
+    wrap_replace_patches(clone, kind, SlotDict)
 
 
 def remove(clone, kind: str, key: tuple, role: str):
@@ -194,7 +190,7 @@ def remove(clone, kind: str, key: tuple, role: str):
     if kept is not None:
         clone.set_model_patch_replace(kept, kind, *key)
     elif old is not None:
-        _slots(clone, kind).pop(key, None)
+        replace_patches(clone.model_options, kind).pop(key, None)
 
 
 def _refusal(kind: str, key: tuple, ours: str, later, what: str) -> ValueError:
@@ -216,9 +212,9 @@ class SlotGuard:
         self.shadowed = shadowed  # (kind, short key) holding a patch when our node returned the MODEL
 
     def __call__(self, executor, *args, **kwargs):
-        options = executor.class_obj.model_options.get("transformer_options", {}).get("patches_replace", {})
+        options = wrapped_guider(executor).model_options
         for (kind, key), roles in self.roles.items():
-            slots = options.get(kind, {})
+            slots = replace_patches(options, kind)
             top = dict.get(slots, key)
             missing = roles - {role_of(p) for p in chain(top)}
             if missing:
@@ -234,7 +230,7 @@ def guard_slots(clone):
     """Make sampling ``clone`` refuse, by name, a later node whose patch replaced or is hidden by ours."""
     roles, shadowed = {}, set()
     for kind in ("attn1", "attn2"):
-        slots = _slots(clone, kind)
+        slots = replace_patches(clone.model_options, kind)
         for key, patch in slots.items():
             if len(key) == 2:
                 shadowed.add((kind, key))

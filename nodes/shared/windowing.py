@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import torch
 
-# transformer_options key of the step's BorrowedFrames, read by the cross-frame attention patches.
-BORROWED_OPTION = "video_edit_borrowed_frames"
-
-
 class BorrowedFrames:
     """One step's anchor keys/values, kept by the window that computed them for the windows after it.
 

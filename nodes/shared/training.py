@@ -8,8 +8,6 @@ parameters get gradients.
 
 from __future__ import annotations
 
-import contextvars
-
 import comfy.model_management
 import comfy.samplers
 import comfy.utils
@@ -17,8 +15,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-# Set by the training loop: recompute transformer blocks in the backward pass instead of storing activations.
-GRADIENT_CHECKPOINTING = contextvars.ContextVar("video_edit_gradient_checkpointing", default=False)
+from .comfy_internals import loaded_patchers, progress_bars_enabled, set_weight_functions, weight_functions
+from .unet_call import GRADIENT_CHECKPOINTING
 
 
 def adamw(params, learning_rate: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
@@ -44,9 +42,9 @@ def remove_weight_wrappers(patcher, wrappers):
     when it switches to another clone, which would otherwise apply the deltas twice."""
     wrappers = list(wrappers)
     for module in patcher.model.modules():
-        functions = getattr(module, "weight_function", None)
+        functions = weight_functions(module)
         if functions:
-            module.weight_function = [f for f in functions if not any(f is w for w in wrappers)]
+            set_weight_functions(module, [f for f in functions if not any(f is w for w in wrappers)])
 
 
 def allow_autograd(module: nn.Module):
@@ -66,10 +64,7 @@ def freeze_all_but(trainable: list[nn.Parameter]):
     """No weight of any loaded model (the UNet, its injected layers, a ControlNet) gets a gradient, except
     ``trainable``: the backward pass then computes only what the optimiser uses, and leaves no ``.grad`` behind."""
     keep = {id(p) for p in trainable}
-    for loaded in comfy.model_management.current_loaded_models:
-        patcher = loaded.model
-        if patcher is None:
-            continue
+    for patcher in loaded_patchers():
         for param in patcher.model.parameters():
             if id(param) not in keep:
                 param.requires_grad_(False)
@@ -114,7 +109,7 @@ class TrainingSampler(comfy.samplers.Sampler):
         latent = latent_image.detach().clone()
         generator = torch.Generator().manual_seed(self.seed)
         progress = comfy.utils.ProgressBar(self.steps)
-        bar = tqdm(range(self.steps), desc=self.title, disable=not comfy.utils.PROGRESS_BAR_ENABLED)
+        bar = tqdm(range(self.steps), desc=self.title, disable=not progress_bars_enabled())
         token = GRADIENT_CHECKPOINTING.set(self.gradient_checkpointing)
         try:
             for step in bar:

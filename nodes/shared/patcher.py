@@ -1,12 +1,9 @@
-"""Helpers the nodes share: input checks with clear errors, weight patching that tolerates injection, the keys
-this pack uses on a ModelPatcher (attention slots: nodes/attention_slots.py)."""
+"""What this pack hangs on a ModelPatcher: the keys it uses, wrappers, weight patches that tolerate injection, the
+layer classes of injected layers, the ControlNet hint check (attention slots: attention_slots.py)."""
 
 from __future__ import annotations
 
-
-# transformer_options flag under which the inflated UNet runs as the image UNet (nodes/video_unet.py
-# bypass_temporal): cross-frame attention patches then treat every frame as its own image.
-PER_FRAME_OPTION = "video_edit_per_frame"
+from .comfy_internals import controlnet_chain, controlnet_hint, ejected, injected_clones_of, wrapped_guider
 
 
 class PatcherKeys:
@@ -20,33 +17,6 @@ class PatcherKeys:
     TOKENFLOW_SOURCE = "video_edit_tokenflow_source"  # the cond uuid of TokenFlow's source branch
     MOTION_LORA_TRAINING = "video_edit_motion_lora_training"  # injection of the LoRAs being trained
     SLOTS = "video_edit_slots"  # OUTER_SAMPLE wrapper: our attention patches are still in their slots
-
-
-def require_sd1_unet(model, input_name: str = "model"):
-    """Return the SD1.x UNet inside a MODEL, or raise naming the input (SDXL, SD3, Flux ... are refused)."""
-    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
-
-    unet = model.model.diffusion_model
-    config = getattr(model.model, "model_config", None)
-    family = type(config).__name__ if config is not None else type(unet).__name__
-    context_dim = (getattr(config, "unet_config", None) or {}).get("context_dim")
-    if not isinstance(unet, UNetModel) or context_dim != 768 or getattr(model.model, "adm_channels", 0):
-        raise ValueError(
-            f"{input_name}: this node needs an SD1.x model (UNet with 768-wide text context); got {family}. "
-            "Load an SD1.5 or SD1.x DreamBooth checkpoint with Load Checkpoint.")
-    return unet
-
-
-def require_video_latent(latent: dict, input_name: str = "latent", min_frames: int = 2):
-    """Return the ``[F,4,h,w]`` samples of a video LATENT, or raise naming the input."""
-    samples = latent["samples"]
-    if samples.ndim != 4:
-        raise ValueError(f"{input_name}: expected a batch of frame latents [frames, 4, h, w], got shape {tuple(samples.shape)}.")
-    if samples.shape[0] < min_frames:
-        raise ValueError(
-            f"{input_name}: a clip of at least {min_frames} frames is needed, got {samples.shape[0]}. "
-            "Load more frames (VE Load Video n_frames) before VAE Encode.")
-    return samples
 
 
 def injected_layer_ops(model):
@@ -69,13 +39,9 @@ def add_weight_patches(model, patches: dict, strength: float = 1.0):
     """
     import contextlib
 
-    import comfy.model_management
-
-    injected = {id(p): p for p in (loaded.model for loaded in comfy.model_management.current_loaded_models)
-                if p is not None and p.model is model.model and p.is_injected}
     with contextlib.ExitStack() as stack:
-        for patcher in injected.values():
-            stack.enter_context(patcher.use_ejected())
+        for patcher in injected_clones_of(model):
+            stack.enter_context(ejected(patcher))
         accepted = set(model.add_patches(patches, strength))
     missing = sorted(set(patches) - accepted)
     if missing:
@@ -93,17 +59,14 @@ def controlnets(cond_lists):
     """Every ControlNet (each one of every chain) in lists of cond entries; ``None`` lists are skipped."""
     for conds in filter(None, cond_lists):
         for cond in conds:
-            control = cond.get("control")
-            while control is not None:
-                yield control
-                control = getattr(control, "previous_controlnet", None)
+            yield from controlnet_chain(cond.get("control"))
 
 
 def _check_control_hint_frames(executor, noise, latent_image, *args, **kwargs):
     """OUTER_SAMPLE wrapper: a ControlNet must get one hint per frame (or a single image for all frames)."""
     frames = latent_image.shape[0]
-    for control in controlnets(executor.class_obj.conds.values()):
-        hint = getattr(control, "cond_hint_original", None)
+    for control in controlnets(wrapped_guider(executor).conds.values()):
+        hint = controlnet_hint(control)
         if hint is not None and hint.shape[0] not in (1, frames):
             raise ValueError(
                 f"ControlNet hint: {hint.shape[0]} hint frames for a {frames}-frame clip. Give the ControlNet "
@@ -116,9 +79,3 @@ def check_video_inputs_when_sampling(model):
     from comfy.patcher_extension import WrappersMP
 
     set_wrapper(model, WrappersMP.OUTER_SAMPLE, PatcherKeys.HINT_CHECKS, _check_control_hint_frames)
-
-
-def cond_chunks(extra_options, batch: int) -> tuple[list[int], int]:
-    """Indices of the conditional chunks in an attention batch (``cond_or_uncond`` 0), and frames per chunk."""
-    flags = extra_options.get("cond_or_uncond") or [0]
-    return [i for i, flag in enumerate(flags) if flag == 0], batch // len(flags)

@@ -26,14 +26,15 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from . import comfy_internals
+
 PARTIAL_SUFFIX = ".partial"  # no ComfyUI folder filter accepts it, so no loader lists a save in progress
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def register_model_folder(name: str, extensions: set[str]) -> None:
     """Make ``models/<name>/`` a ComfyUI model folder (listed in combos, found by get_full_path)."""
-    if name not in folder_paths.folder_names_and_paths:
-        folder_paths.folder_names_and_paths[name] = ([os.path.join(folder_paths.models_dir, name)], set(extensions))
+    comfy_internals.register_model_folder(name, extensions)
 
 
 def model_folder(name: str) -> str:
