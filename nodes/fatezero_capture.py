@@ -18,6 +18,7 @@ from .attention_slots import CAPTURE, AddsToOutput, SlotPatch, install
 from .model_helpers import cond_chunks, require_sd1_unet
 from .socket_types import ATTENTION_CAPTURE, CaptureType, VideoEditNode
 from .windowing import clip_rows
+from .schema_fields import FATEZERO, search_aliases
 
 
 class CapturePatch(SlotPatch):
@@ -118,8 +119,9 @@ class AttentionCaptureConfig(VideoEditNode):
     def define_schema(cls):
         return io.Schema(
             node_id="VE_AttentionCaptureConfig",
-            display_name="Attention Capture Config (FateZero)",
+            display_name="VE Attention Capture Config",
             category="video_edit/fatezero",
+            **search_aliases(FATEZERO, ("attention store", "capture")),
             description=(
                 "Connect to VE DDIM Invert's attention_capture to store, at every inversion step, the source "
                 "self- and cross-attention of the blocks with at most max_query_tokens tokens (1024: the 32x32, 16x16 "
@@ -133,7 +135,8 @@ class AttentionCaptureConfig(VideoEditNode):
                                tooltip="Refuse to start if the maps need more (on disk, in ComfyUI's temp "
                                        "folder); 0 = 80% of the free space there. Never more than the free space."),
             ],
-            outputs=[CaptureType.Output(display_name="attention_capture")],
+            outputs=[CaptureType.Output(display_name="attention_capture",
+                                        tooltip="Connect to VE DDIM Invert's attention_capture.")],
         )
 
     @classmethod

@@ -6,6 +6,7 @@ from comfy_api.latest import io, ui
 
 from .plots import plot_curves
 from .socket_types import VideoEditNode
+from .schema_fields import TUNE_A_VIDEO, MOTIONDIRECTOR, VIDEO_EDIT, search_aliases
 
 
 def loss_curves(loss: dict) -> dict[str, list[float]]:
@@ -26,12 +27,13 @@ class PlotLoss(VideoEditNode):
     def define_schema(cls):
         return io.Schema(
             node_id="VE_PlotLoss",
-            display_name="Plot Loss (Video Edit)",
-            category="video_edit/training",
+            display_name="VE Plot Loss",
+            category="video_edit/video",
+            **search_aliases(VIDEO_EDIT, TUNE_A_VIDEO, MOTIONDIRECTOR, ("loss curve", "training loss")),
             description="Draws the loss of every step of VE One-Shot Tune or VE Train MotionDirector (each of its "
                         "losses as its own curve) and previews it, so you can see whether tuning converges.",
-            inputs=[io.LossMap.Input("loss")],
-            outputs=[io.Image.Output(display_name="image")],
+            inputs=[io.LossMap.Input("loss", tooltip="The loss output of VE One-Shot Tune or VE Train MotionDirector.")],
+            outputs=[io.Image.Output(display_name="image", tooltip="The plot (previewed in the node).")],
             is_output_node=True,
         )
 

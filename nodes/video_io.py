@@ -25,10 +25,11 @@ from comfy_api.latest import io, ui
 
 from .files import check_name, confined_path, numbered_paths, save_atomically
 from .socket_types import VideoEditNode
+from .schema_fields import VIDEO_EDIT, search_aliases
 
 log = logging.getLogger(__name__)
 
-CATEGORY = "video_edit/io"
+CATEGORY = "video_edit/video"
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".gif", ".webp", ".mpg", ".mpeg", ".wmv",
                     ".flv", ".ts")
 SAVE_FORMATS = ("mp4", "webm", "gif", "webp")
@@ -312,10 +313,12 @@ class VELoadVideo(VideoEditNode):
     def define_schema(cls):
         return io.Schema(
             node_id="VE_LoadVideo",
-            display_name="Load Video (Video Edit)",
+            display_name="VE Load Video",
             category=CATEGORY,
+            **search_aliases(VIDEO_EDIT, ("load video", "video loader")),
             description="Loads frames start_frame, start_frame+frame_stride, ... of a video as an IMAGE batch, "
-                        "resized to cover width x height and center-cropped.",
+                        "resized to cover width x height and center-cropped. The first node of every workflow of this pack; "
+                        "feeds VAE Encode, VE Compare Before/After and VE Edit Metrics.",
             inputs=[
                 io.Combo.Input("file", options=list_input_videos(), upload=io.UploadType.video,
                                tooltip="A video in ComfyUI's input folder (ignored when 'path' is set)."),
@@ -510,8 +513,9 @@ class VESaveVideo(VideoEditNode):
     def define_schema(cls):
         return io.Schema(
             node_id="VE_SaveVideo",
-            display_name="Save Video (Video Edit)",
+            display_name="VE Save Video",
             category=CATEGORY,
+            **search_aliases(VIDEO_EDIT, ("save video", "export video")),
             description="Saves frames as one video in the output folder and previews it in the node: mp4 (H.264) "
                         "or webm (VP9), both yuv420p so browsers play them, or an animated gif / webp.",
             inputs=[
