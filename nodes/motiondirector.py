@@ -239,8 +239,8 @@ class TrainMotionDirector(VideoEditNode):
                 "Learns a motion from the videos as two LoRAs, MotionDirector's dual-path recipe: spatial LoRAs on the "
                 "self-attention and feed-forward of every spatial transformer block learn the videos' appearance from "
                 "single frames; temporal LoRAs on the temporal layers learn the motion from whole videos with the "
-                "appearance-debiased loss. Generate with the temporal LoRA only (VE Load/Apply Motion LoRA, spatial "
-                "strength 0) to move a new subject the same way. The input MODEL is unchanged."),
+                "appearance-debiased loss. Generate with the temporal LoRA only (VE Load Motion LoRA or VE Apply "
+                "Motion LoRA, spatial strength 0) to move a new subject the same way. The input MODEL is unchanged."),
             inputs=[
                 io.Model.Input("model", tooltip="An inflated SD1.x model (VE Inflate UNet)."),
                 VideoSet.Input("clip_set", tooltip="The training videos, from VE Motion Clip Set."),
