@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import sys
 from fractions import Fraction
 
@@ -35,9 +36,25 @@ VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".gif", ".w
 SAVE_FORMATS = ("mp4", "webm", "gif", "webp")
 MAX_SIZE = 8192
 FALLBACK_FPS = 24.0  # assumed when a container reports no frame rate
+# The clips the shipped workflows open with (tools/sample_clip.py draws them), read-only in the pack.
+SAMPLE_FOLDER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows", "input")
 
 
 # ----- loading -------------------------------------------------------------------------------------------------------
+
+def install_sample_clips() -> list[str]:
+    """Copy the pack's sample clips into ComfyUI's input folder, each only where no file of that name is there yet
+    (never replacing one), so that every shipped workflow opens with its clip selected and previewed. Returns the
+    paths written."""
+    written = []
+    for name in sorted(os.listdir(SAMPLE_FOLDER)) if os.path.isdir(SAMPLE_FOLDER) else []:
+        target = os.path.join(folder_paths.get_input_directory(), name)
+        if name.lower().endswith(VIDEO_EXTENSIONS) and not os.path.lexists(target):
+            source = os.path.join(SAMPLE_FOLDER, name)
+            save_atomically([(target, lambda path, source=source: shutil.copyfile(source, path))], "sample clip")
+            written.append(target)
+    return written
+
 
 def list_input_videos() -> list[str]:
     """Video files directly in ComfyUI's input folder (the ``file`` choices of VE_LoadVideo); symlinks that lead

@@ -18,12 +18,36 @@ from comfy_server import REPO_ROOT, ComfyServer, default_comfyui_path  # noqa: E
 from workflow_format import api_to_ui  # noqa: E402
 
 
+# The models the workflows name, with where the frontend downloads them from when they are missing (a loader
+# node's properties.models: name, url, directory): SD1.5 and the ControlNet 1.1 models for it, as safetensors.
+MODELS = {
+    "v1-5-pruned-emaonly-fp16.safetensors": (
+        "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/v1-5-pruned-emaonly-fp16.safetensors",
+        "checkpoints"),
+    "control_v11p_sd15_canny_fp16.safetensors": (
+        "https://huggingface.co/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/"
+        "control_v11p_sd15_canny_fp16.safetensors", "controlnet"),
+    "control_v11f1p_sd15_depth_fp16.safetensors": (
+        "https://huggingface.co/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/"
+        "control_v11f1p_sd15_depth_fp16.safetensors", "controlnet"),
+}
+
+
+def add_model_metadata(workflow: dict) -> None:
+    """``properties.models`` on every node whose widgets name a model of MODELS."""
+    for node in workflow["nodes"]:
+        named = [value for value in node.get("widgets_values") or [] if isinstance(value, str) and value in MODELS]
+        if named:
+            node["properties"]["models"] = [{"name": name, "url": MODELS[name][0], "directory": MODELS[name][1]}
+                                            for name in named]
+
+
 def add_note(workflow: dict, text: str) -> None:
     """A Note node above the graph (the frontend shows it; it is not part of the prompt)."""
     workflow["last_node_id"] += 1
     top = min(node["pos"][1] for node in workflow["nodes"])
-    workflow["nodes"].append({"id": workflow["last_node_id"], "type": "Note", "pos": [0, top - 160],
-                              "size": [420, 120], "flags": {}, "order": len(workflow["nodes"]), "mode": 0,
+    workflow["nodes"].append({"id": workflow["last_node_id"], "type": "Note", "pos": [0, top - 260],
+                              "size": [560, 220], "flags": {}, "order": len(workflow["nodes"]), "mode": 0,
                               "inputs": [], "outputs": [], "properties": {}, "widgets_values": [text]})
 
 
@@ -37,8 +61,8 @@ def main() -> int:
         object_info = server.object_info()
     for name, build in all_workflows().items():
         workflow = api_to_ui(build(), object_info, pack_version=version)
-        if note(name):
-            add_note(workflow, note(name))
+        add_model_metadata(workflow)
+        add_note(workflow, note(name))
         path = REPO_ROOT / "workflows" / f"{name}.json"
         path.write_text(json.dumps(workflow, indent=1) + "\n")
         print(path)
