@@ -1,6 +1,7 @@
 """Regenerate workflows/*.json (UI format) from the API graphs in tools/workflow_graphs.
 
-Starts a headless ComfyUI with the pack to read the node definitions, then lays each graph out for the editor.
+Starts a headless ComfyUI with the pack to read the node definitions, then lays each graph out for the editor in
+groups by stage, adds the model download metadata and the Note, and draws the template card (workflows/<name>.jpg).
 Usage: python tools/build_workflows.py
 """
 
@@ -15,6 +16,7 @@ TOOLS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TOOLS))
 
 from comfy_server import REPO_ROOT, ComfyServer, default_comfyui_path  # noqa: E402
+from workflow_cards import lay_out_by_stage, write_thumbnail  # noqa: E402
 from workflow_format import api_to_ui  # noqa: E402
 
 
@@ -45,8 +47,8 @@ def add_model_metadata(workflow: dict) -> None:
 def add_note(workflow: dict, text: str) -> None:
     """A Note node above the graph (the frontend shows it; it is not part of the prompt)."""
     workflow["last_node_id"] += 1
-    top = min(node["pos"][1] for node in workflow["nodes"])
-    workflow["nodes"].append({"id": workflow["last_node_id"], "type": "Note", "pos": [0, top - 260],
+    top = min([node["pos"][1] for node in workflow["nodes"]] + [group["bounding"][1] for group in workflow["groups"]])
+    workflow["nodes"].append({"id": workflow["last_node_id"], "type": "Note", "pos": [0, top - 280],
                               "size": [560, 220], "flags": {}, "order": len(workflow["nodes"]), "mode": 0,
                               "inputs": [], "outputs": [], "properties": {}, "widgets_values": [text]})
 
@@ -61,10 +63,14 @@ def main() -> int:
         object_info = server.object_info()
     for name, build in all_workflows().items():
         workflow = api_to_ui(build(), object_info, pack_version=version)
+        lay_out_by_stage(workflow)
         add_model_metadata(workflow)
         add_note(workflow, note(name))
         path = REPO_ROOT / "workflows" / f"{name}.json"
-        path.write_text(json.dumps(workflow, indent=1) + "\n")
+        text = json.dumps(workflow, indent=1) + "\n"
+        path.write_text(text)
+        display_names = {node_type: info.get("display_name") or node_type for node_type, info in object_info.items()}
+        write_thumbnail(path.with_suffix(".jpg"), text, workflow, name, display_names)
         print(path)
     return 0
 
