@@ -4,22 +4,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
-from .plots import plot_curves
+from .plots import loss_curves, loss_summary, plot_curves
 from .socket_types import VideoEditNode
 from .schema_fields import TUNE_A_VIDEO, MOTIONDIRECTOR, VIDEO_EDIT, search_aliases
-
-
-def loss_curves(loss: dict) -> dict[str, list[float]]:
-    """The curves of a LOSS_MAP worth drawing: every named list of numbers; 'loss' is left out where it only
-    repeats another curve (MotionDirector's 'loss' is its temporal loss)."""
-    curves = {name: [float(v) for v in values] for name, values in loss.items()
-              if isinstance(values, (list, tuple)) and values and all(isinstance(v, (int, float)) for v in values)}
-    if "loss" in curves and any(curves["loss"] == v for k, v in curves.items() if k != "loss"):
-        del curves["loss"]
-    if not curves:
-        raise ValueError("loss: no loss values to plot; connect the loss output of VE One-Shot Tune or VE Train "
-                         "MotionDirector.")
-    return curves
 
 
 class PlotLoss(VideoEditNode):
@@ -40,7 +27,7 @@ class PlotLoss(VideoEditNode):
     @classmethod
     def execute(cls, loss) -> io.NodeOutput:
         image = plot_curves(loss_curves(loss), "step")
-        return io.NodeOutput(image, ui=ui.PreviewImage(image, cls=cls))
+        return io.NodeOutput(image, ui={**ui.PreviewImage(image, cls=cls).as_dict(), "text": [loss_summary(loss)]})
 
 
 NODES = [PlotLoss]

@@ -22,7 +22,7 @@ import comfy.samplers
 import torch
 import torch.nn.functional as F
 from comfy.patcher_extension import PatcherInjection
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 from comfy_extras.nodes_custom_sampler import Guider_Basic
 
 from ..kernels.lora import (LoRASet, debiased_temporal_loss, join_spatial_sets, linear_targets, noise_prior,
@@ -32,6 +32,7 @@ from .motion_lora_files import SPATIAL_PREFIX, save_motion_lora
 from .socket_types import InversionType, MotionLoRA, VideoEditNode, VideoSet
 from .training import TrainingSampler, adamw, predict_eps, train_in_guider
 from .video_unet import bypass_temporal, require_inflated
+from .plots import loss_summary
 from .schema_fields import MOTIONDIRECTOR, search_aliases
 
 
@@ -284,7 +285,7 @@ class TrainMotionDirector(VideoEditNode):
         spatial, temporal, losses = train_motion_director(
             model, clip_set, steps, rank, learning_rate, weight_decay, seed, gradient_checkpointing,
             spatial_mask_probability, lora_dropout, checkpoint_every, checkpoint_name, spatial_sets)
-        return io.NodeOutput(spatial, temporal, losses)
+        return io.NodeOutput(spatial, temporal, losses, ui=ui.PreviewText(loss_summary(losses)))
 
 
 class InversionNoise:

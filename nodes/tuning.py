@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 from comfy_extras.nodes_custom_sampler import Guider_Basic
 from torch import nn
 
@@ -19,6 +19,7 @@ from .model_helpers import require_sd1_unet, require_video_latent
 from .socket_types import VideoEditNode
 from .training import TrainingSampler, adamw, predict_eps, remove_weight_wrappers, train_in_guider
 from .video_unet import TunedWeights, apply_tuned, bypass_temporal, inflate, query_layers, require_inflated
+from .plots import loss_summary
 from .schema_fields import TUNE_A_VIDEO, DREAMIX, MAKE_YOUR_VIDEO, search_aliases
 
 class QueryDelta(nn.Module):
@@ -185,7 +186,7 @@ class OneShotTune(VideoEditNode):
                 image_mix=0.0) -> io.NodeOutput:
         tuned, losses = one_shot_tune(model, latent, conditioning, steps, learning_rate, seed, gradient_checkpointing,
                                       image_mix=image_mix)
-        return io.NodeOutput(tuned, losses)
+        return io.NodeOutput(tuned, losses, ui=ui.PreviewText(loss_summary(losses)))
 
 
 NODES = [OneShotTune]

@@ -379,7 +379,9 @@ class VELoadVideo(VideoEditNode):
             frames, src_fps = read_video(video_path, n_frames, start_frame, frame_stride, width, height, which,
                                          memory_limit_gb)
         images = torch.from_numpy(frames).float().div_(255.0)
-        return io.NodeOutput(images, src_fps / frame_stride, int(images.shape[0]))
+        fps = src_fps / frame_stride
+        shown = f"{images.shape[0]} frames of {images.shape[2]}x{images.shape[1]} at {fps:.4g} fps"
+        return io.NodeOutput(images, fps, int(images.shape[0]), ui=ui.PreviewText(shown))
 
     @classmethod
     def fingerprint_inputs(cls, file=None, path="", video=None, **kwargs):
@@ -557,7 +559,7 @@ class VESaveVideo(VideoEditNode):
         result = ui.SavedResult(file, subfolder, io.FolderType.output)
         animated_image = format in ("gif", "webp")
         preview = ui.SavedImages([result], is_animated=True) if animated_image else ui.PreviewVideo([result])
-        return io.NodeOutput(target, ui=preview)
+        return io.NodeOutput(target, ui={**preview.as_dict(), "text": [target]})
 
 
 NODES = [VELoadVideo, VESaveVideo]

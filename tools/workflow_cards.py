@@ -6,6 +6,8 @@ it was drawn from (tests/test_workflow_cards.py checks it is current)."""
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -24,6 +26,10 @@ STAGE_OF = {  # node type -> index in STAGES; every other node is an edit step
 # Height a node grows by once its preview shows (a picked clip, a saved video, a plot), and its width then.
 PREVIEW = {"VE_LoadVideo": (340, 300), "VE_SaveVideo": (340, 320), "VE_PlotLoss": (420, 340),
            "VE_EditMetrics": (420, 360)}
+# The nodes that show their result as text in a box the pack's frontend extension adds (docs/web/result_text.js).
+RESULT_TEXT_NODES = set(json.loads(re.search(r"RESULT_TEXT_NODES = (\[[^]]*\])", (
+    Path(__file__).resolve().parents[1] / "docs" / "web" / "result_text.js").read_text()).group(1)))
+RESULT_TEXT_HEIGHT = 100
 STAGE_COLORS = ("#3f789e", "#8a6f3f", "#5f8a3f", "#7a4f8a")
 GAP, COLUMN_HEIGHT, GROUP_TITLE = 70, 1150, 50
 
@@ -45,6 +51,8 @@ def lay_out_by_stage(workflow: dict) -> None:
             if node["type"] in PREVIEW:
                 node["size"] = [max(node["size"][0], PREVIEW[node["type"]][0]),
                                 node["size"][1] + PREVIEW[node["type"]][1]]
+            if node["type"] in RESULT_TEXT_NODES:
+                node["size"][1] += RESULT_TEXT_HEIGHT
             if y > 0 and y + node["size"][1] > COLUMN_HEIGHT:
                 x, y, width = x + width + GAP, 0, 0
             node["pos"] = [x + 20, y + GROUP_TITLE + 40]
