@@ -215,6 +215,25 @@ def test_workflow_loads_in_frontend(frontend, workflow):
     assert not entry["missing"], f"{workflow.name}: node types missing in the frontend:\n{_describe(entry)}"
     assert not entry["errors"], f"{workflow.name}: errors while loading in the frontend:\n{_describe(entry)}"
     assert entry["prompt"], f"{workflow.name}: the frontend built an empty prompt"
+    _assert_opens_clean(entry, workflow.name)
+
+
+def _assert_opens_clean(entry: dict, where: str):
+    """The sample clip is there (no missing-media warning) and no two nodes overlap, as loaded and once the
+    clips' previews have grown their nodes."""
+    assert not [w for w in entry["warnings"] if "media" in w and "model" not in w], f"{where}:\n{_describe(entry)}"
+    assert entry["overlaps_after_load"] == [], f"{where}: overlapping nodes after loading"
+    assert entry["overlaps_after_previews"] == [], f"{where}: overlapping nodes once the previews loaded"
+
+
+@pytest.mark.parametrize("which", ["bundled", "newest"])
+def test_template_browser_lists_every_workflow_with_its_card_and_help_pages_are_served(frontend, newest_frontend,
+                                                                                       which):
+    startup = (frontend if which == "bundled" else newest_frontend)["report"]["__startup__"]
+    templates = startup["templates"]
+    assert sorted(templates["names"]) == sorted(p.stem for p in WORKFLOWS)
+    assert set(templates["thumbnails"].values()) == {"image/jpeg"}, templates["thumbnails"]
+    assert all(line.startswith("# VE ") for line in startup["help_pages"].values()), startup["help_pages"]
 
 
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
@@ -224,6 +243,7 @@ def test_workflow_loads_in_the_newest_frontend(frontend, newest_frontend, workfl
     assert not entry["missing"], f"{where}: node types missing:\n{_describe(entry)}"
     assert not entry["errors"], f"{where}: errors while loading:\n{_describe(entry)}"
     assert strip_meta(entry["prompt"]) == strip_meta(_entry(frontend, str(workflow))["prompt"]), where
+    _assert_opens_clean(entry, where)
 
 
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
