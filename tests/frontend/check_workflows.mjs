@@ -336,7 +336,9 @@ async function collectUi(page) {
     const nodes = store('missingNodesError')?.missingNodeCount ?? 0
     for (const d of document.querySelectorAll('[data-testid="error-overlay"]')) {
       const t = d.innerText.trim().replace(/\s+/g, ' ')
-      const count = Number((/(\d+) (?:errors?|issues?) found/.exec(t) ?? [])[1])
+      // "N errors found", or for one missing model "Warning <file> is missing ... a required model file"
+      const count = Number((/(\d+) (?:errors?|issues?) found/.exec(t) ?? [])[1] ??
+        (/^Warning \S+ is missing .* is missing a required model file/.test(t) ? 1 : NaN))
       if (t && nodes === 0 && files > 0 && count === files) {
         warnings.push(`missing model or media files (the artist supplies them): ${t.slice(0, 2000)}`)
       } else if (t) texts.push(`overlay: ${t.slice(0, 2000)}`)
