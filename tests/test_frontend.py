@@ -404,13 +404,15 @@ def test_saved_videos_play_in_chromium(comfy, comfy_lib, tmp_path):
     assert played["mp4v"]["error"] is not None or played["mp4v"]["readyState"] < 2, played["mp4v"]
 
 
-def _run_preview(server, workflow: dict, work: Path) -> dict:
-    """Run ``workflow`` in the frontend ``server`` serves; the video previews the page shows afterwards."""
+def _run_preview(server, workflow: dict, work: Path, values: dict | None = None) -> dict:
+    """Run ``workflow`` in the frontend ``server`` serves (its widgets set from the API prompt ``values``, if given);
+    the video previews the page shows afterwards, the overlapping nodes then, and the result texts."""
     (work / "preview.json").write_text(json.dumps(workflow))
+    (work / "values.json").write_text(json.dumps(values or {}))
     out = work / "preview_report.json"
     result = subprocess.run(["node", str(FRONTEND_DIR / "run_preview.mjs"), server.url, str(out),
-                             str(work / "preview.json")], cwd=FRONTEND_DIR, capture_output=True, text=True,
-                            timeout=300)
+                             str(work / "preview.json"), str(work / "values.json")], cwd=FRONTEND_DIR,
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"run_preview.mjs failed:\n{result.stdout}\n{result.stderr}"
     return json.loads(out.read_text())
 
@@ -439,3 +441,18 @@ def test_save_video_previews_in_the_node_after_run(comfy, tiny_models, tmp_path)
         playable = [v for v in report["videos"] if "ve_preview" in v["src"] and v["readyState"] >= 2]
         assert playable and playable[0]["error"] is None and (playable[0]["width"], playable[0]["height"]) == (96, 64), \
             (name, report)
+
+
+def test_shipped_workflow_after_a_run_shows_results_and_no_node_overlaps(comfy, comfy_lib, demo_settings, tmp_path):
+    """tune_a_video_edit as shipped, its widgets cut to the tests' size, run from the bundled frontend: once its
+    videos, plot and result texts are in, no two nodes overlap, and the result boxes hold the results."""
+    reason = _frontend_missing()
+    if reason:
+        pytest.skip(f"frontend check unavailable: {reason}; run tools/setup/setup_env.sh --test")
+    workflow = json.loads((REPO_ROOT / "workflows" / "tune_a_video_edit.json").read_text())
+    report = _run_preview(comfy, workflow, tmp_path, values=demo_settings.prompt("tune_a_video_edit"))
+    assert any("type=output" in v["src"] and v["readyState"] >= 2 for v in report["videos"]), report
+    assert report["overlaps"] == [], report["overlaps"]
+    results = report["results"]
+    assert "video_edit_tuned" in results["VE_SaveTuned"] and "method: ddim" in results["VE_DDIMInvert"], results
+    assert results["VE_EditMetrics"].startswith("warp error:") and "last" in results["VE_OneShotTune"], results
