@@ -28,6 +28,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { chromium } from 'playwright-core'
+import { overlappingNodes } from './overlaps.mjs'
 
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium'
 const CHROMIUM_FLAGS = [
@@ -176,22 +177,6 @@ async function main() {
         }
       })
     })
-    await page.evaluate(() => {
-      // Pairs of nodes whose bounds (as the frontend computes them: title, widgets, grown previews) overlap.
-      window.__veOverlaps = () => {
-        const boxes = window.app.graph.nodes.map((n) => ({ name: `${n.type}#${n.id}`, b: Array.from(n.getBounding()) }))
-        const found = []
-        for (let i = 0; i < boxes.length; i++) {
-          for (let j = i + 1; j < boxes.length; j++) {
-            const [a, c] = [boxes[i].b, boxes[j].b]
-            const w = Math.min(a[0] + a[2], c[0] + c[2]) - Math.max(a[0], c[0])
-            const h = Math.min(a[1] + a[3], c[1] + c[3]) - Math.max(a[1], c[1])
-            if (w > 0 && h > 0) found.push(`${boxes[i].name} and ${boxes[j].name}: ${Math.round(w)}x${Math.round(h)} px`)
-          }
-        }
-        return found
-      }
-    })
     // The pack's templates as the template browser gets them (names, then each card's thumbnail), and the
     // node help pages at the URL the frontend's node help panel falls back to.
     startup.templates = await page.evaluate(async (pack) => {
@@ -251,8 +236,7 @@ async function main() {
               unregistered,
               reported: window.__veMissing ?? [],
               prompt: JSON.parse(JSON.stringify(output)),
-              loadedNodes: window.app.graph.nodes.length,
-              overlaps: window.__veOverlaps()
+              loadedNodes: window.app.graph.nodes.length
             }
           },
           { workflow, name: path.basename(file) }
@@ -260,13 +244,13 @@ async function main() {
         entry.missing = [...new Set([...result.unregistered, ...result.reported])]
         entry.prompt = result.prompt
         entry.loaded_nodes = result.loadedNodes
-        entry.overlaps_after_load = result.overlaps
+        entry.overlaps_after_load = await page.evaluate(overlappingNodes)
       } catch (err) {
         entry.errors.push(`loading failed: ${err.message}`)
       }
       await previewsSettled(page)
       // Once the selected clips' previews have loaded (the node grows to show them).
-      entry.overlaps_after_previews = await page.evaluate(() => window.__veOverlaps())
+      entry.overlaps_after_previews = await page.evaluate(overlappingNodes)
       // Open dialogs and overlays (the missing-nodes notice among them) and error/warning toasts count as errors.
       const ui = await collectUi(page)
       entry.errors.push(...ui.errors)

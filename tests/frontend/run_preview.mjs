@@ -12,6 +12,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { chromium } from 'playwright-core'
+import { overlappingNodes } from './overlaps.mjs'
 
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium'
 const FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
@@ -69,19 +70,7 @@ try {
     await page.waitForTimeout(250)
     seen = await state()
   }
-  const overlaps = await page.evaluate(() => {
-    const boxes = window.app.graph.nodes.map((n) => ({ name: `${n.type}#${n.id}`, b: Array.from(n.getBounding()) }))
-    const found = []
-    for (let i = 0; i < boxes.length; i++) {
-      for (let j = i + 1; j < boxes.length; j++) {
-        const [a, c] = [boxes[i].b, boxes[j].b]
-        const w = Math.min(a[0] + a[2], c[0] + c[2]) - Math.max(a[0], c[0])
-        const h = Math.min(a[1] + a[3], c[1] + c[3]) - Math.max(a[1], c[1])
-        if (w > 0 && h > 0) found.push(`${boxes[i].name} and ${boxes[j].name}: ${Math.round(w)}x${Math.round(h)} px`)
-      }
-    }
-    return found
-  })
+  const overlaps = await page.evaluate(overlappingNodes)
   const results = await page.evaluate(() =>
     Object.fromEntries(window.app.graph.nodes.filter((n) => n.widgets?.some((w) => w.name === 'result'))
       .map((n) => [n.type, n.widgets.find((w) => w.name === 'result').value])))
