@@ -31,7 +31,7 @@ RESULT_TEXT_NODES = set(json.loads(re.search(r"RESULT_TEXT_NODES = (\[[^]]*\])",
     Path(__file__).resolve().parents[1] / "docs" / "web" / "result_text.js").read_text()).group(1)))
 RESULT_TEXT_HEIGHT = 100
 STAGE_COLORS = ("#3f789e", "#8a6f3f", "#5f8a3f", "#7a4f8a")
-GAP, COLUMN_HEIGHT, GROUP_TITLE = 70, 1150, 50
+GAP, COLUMN_HEIGHT, GROUP_TITLE = 70, 1450, 50
 
 
 def stage_of(node: dict) -> int:
