@@ -13,6 +13,7 @@ from comfy_api.latest import ComfyExtension
 from . import (compare, context_windows, fatezero, fatezero_capture, inflate, inversion, loss_plot, motion_lora_io,
                motiondirector, sparse_causal, tokenflow, tuned_io, tuning, video_io)
 from .shared.files import recover_unfinished_saves
+from .video_io import install_sample_clips
 
 NODE_MODULES = [video_io, compare, sparse_causal, inflate, tuning, loss_plot, tuned_io, inversion, fatezero_capture,
                 fatezero, motiondirector, motion_lora_io, tokenflow, context_windows]
@@ -24,4 +25,9 @@ class VideoEditExtension(ComfyExtension):
         # half done (temporary files, half a pair) before anything lists the model folders.
         for path in recover_unfinished_saves():
             logging.info("video_edit: removed %s, left by a save that did not finish", path)
+        try:
+            for path in install_sample_clips():
+                logging.info("video_edit: copied the sample clip %s (the shipped workflows open with it)", path)
+        except OSError as error:  # a read-only input folder: the workflows then ask for a clip
+            logging.warning("video_edit: could not copy the sample clips into the input folder: %s", error)
         return [node for module in NODE_MODULES for node in module.NODES]

@@ -16,6 +16,7 @@ from comfy_api.latest import io, ui
 from ..kernels.metrics import consecutive_cosine, warp_errors
 from .shared.plots import plot_curves
 from .shared.socket_types import VideoEditNode
+from .shared.schema_fields import VIDEO_EDIT_ALIASES, search_aliases
 
 LAYOUTS = ("side_by_side", "top_bottom")
 
@@ -53,18 +54,20 @@ class CompareVideos(VideoEditNode):
     def define_schema(cls):
         return io.Schema(
             node_id="VE_CompareVideos",
-            display_name="Compare Before/After (video)",
-            category="video_edit/io",
+            display_name="VE Compare Before/After",
+            category="video_edit/video",
+            **search_aliases(VIDEO_EDIT_ALIASES, ("compare", "before after", "side by side")),
             description="Joins two clips frame by frame, side by side or one above the other, so the edit can be "
                         "judged against its source. Both need the same number of frames; 'after' is resized to "
                         "'before' when their sizes differ.",
             inputs=[
                 io.Image.Input("before", tooltip="The source frames (VE Load Video)."),
                 io.Image.Input("after", tooltip="The edited frames (VAE Decode)."),
-                io.Combo.Input("layout", options=list(LAYOUTS), default="side_by_side"),
+                io.Combo.Input("layout", options=list(LAYOUTS), default="side_by_side",
+                               tooltip="side_by_side: before left, after right; top_bottom: before above."),
                 io.Int.Input("gap", default=8, min=0, max=256, tooltip="White pixels between the two."),
             ],
-            outputs=[io.Image.Output(display_name="images")],
+            outputs=[io.Image.Output(display_name="images", tooltip="The joined frames, for VE Save Video.")],
         )
 
     @classmethod
@@ -111,8 +114,9 @@ class EditMetrics(VideoEditNode):
     def define_schema(cls):
         return io.Schema(
             node_id="VE_EditMetrics",
-            display_name="Edit Metrics (video)",
+            display_name="VE Edit Metrics",
             category="video_edit/video",
+            **search_aliases(VIDEO_EDIT_ALIASES, ("warp error", "clip consistency", "temporal consistency")),
             description=(
                 "Measures an edit against its source clip. Warp error (temporal consistency): each edited frame "
                 "against the next one warped back along the source's optical flow (OpenCV DIS), occluded pixels left "
@@ -130,7 +134,7 @@ class EditMetrics(VideoEditNode):
                 io.Float.Output(display_name="warp_error", tooltip="Mean over frame pairs."),
                 io.Float.Output(display_name="clip_consistency",
                                 tooltip="Mean over frame pairs; NaN without a CLIP vision model."),
-                io.Image.Output(display_name="plot"),
+                io.Image.Output(display_name="plot", tooltip="Both measures per frame pair, as an image (previewed)."),
             ],
             is_output_node=True,
         )

@@ -24,6 +24,7 @@ from .shared.patcher import controlnets
 from .shared.socket_types import VideoEditNode
 from .shared.unet_call import BORROWED_OPTION
 from .shared.windowing import BorrowedFrames, FrameWindow
+from .shared.schema_fields import VIDEO_EDIT_ALIASES, search_aliases
 
 
 def per_frame(value, frames: int) -> bool:
@@ -135,8 +136,9 @@ class ContextWindows(VideoEditNode):
     def define_schema(cls):
         return io.Schema(
             node_id="VE_ContextWindows",
-            display_name="Context Windows (long clips)",
-            category="video_edit/long_clips",
+            display_name="VE Context Windows",
+            category="video_edit/sampling",
+            **search_aliases(VIDEO_EDIT_ALIASES, ("long clips", "long video", "sliding window")),
             description=(
                 "Samples and inverts a clip longer than context_length a window of frames at a time, so memory "
                 "follows the window, not the clip. Windows overlap by context_overlap frames and are blended with "
@@ -145,13 +147,13 @@ class ContextWindows(VideoEditNode):
                 "Use it for Tune-A-Video, MotionDirector, Make-Your-Video and FateZero (put it before VE DDIM "
                 "Invert); VE TokenFlow streams long clips itself. The input MODEL is not changed."),
             inputs=[
-                io.Model.Input("model"),
+                io.Model.Input("model", tooltip="The video model to run a window at a time."),
                 io.Int.Input("context_length", default=16, min=2, max=4096,
                              tooltip="Frames per window (e.g. the length the model was tuned or trained on)."),
                 io.Int.Input("context_overlap", default=4, min=0, max=4095,
                              tooltip="Frames shared by neighbouring windows, blended across."),
             ],
-            outputs=[io.Model.Output()],
+            outputs=[io.Model.Output(display_name="model", tooltip="The same model, sampled and inverted window by window.")],
         )
 
     @classmethod

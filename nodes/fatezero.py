@@ -17,6 +17,7 @@ from .shared.inputs import advising, require_sd1_unet
 from .shared.unet_call import cond_chunks
 from .shared.socket_types import ATTENTION_CAPTURE, InversionType, VideoEditNode
 from .shared.windowing import clip_rows
+from .shared.schema_fields import FATEZERO_ALIASES, search_aliases
 
 LATENT_TO_PIXELS = 8
 BLEND_MODES = ["latents", "self-attention", "both"]  # what the blend words' mask blends
@@ -318,8 +319,9 @@ class AttentionFusion(VideoEditNode):
     def define_schema(cls):
         return io.Schema(
             node_id="VE_AttentionFusion",
-            display_name="Attention Fusion (FateZero)",
+            display_name="VE Attention Fusion",
             category="video_edit/fatezero",
+            **search_aliases(FATEZERO_ALIASES, ("prompt to prompt", "prompt-to-prompt", "attention blend")),
             description=(
                 "FateZero editing: sample the edit from the inverted latent with any standard sampler (same steps, "
                 "ddim_uniform, no added noise) and this MODEL. On the conditional pass it uses the source "
@@ -333,16 +335,24 @@ class AttentionFusion(VideoEditNode):
                 io.Model.Input("model", tooltip="The model used for inversion (same cross-frame attention)."),
                 InversionType.Input("inversion", tooltip="From VE DDIM Invert with an attention capture config."),
                 io.Clip.Input("clip", tooltip="Its tokenizer aligns the words of the two prompts."),
-                io.String.Input("source_prompt", default="a silver jeep driving down a curvy road in the countryside"),
-                io.String.Input("edit_prompt", default="a red jeep driving down a curvy road in the countryside"),
+                io.String.Input("source_prompt", default="a silver jeep driving down a curvy road in the countryside",
+                                tooltip="The prompt describing the source clip (the one the inversion used)."),
+                io.String.Input("edit_prompt", default="a red jeep driving down a curvy road in the countryside",
+                                tooltip="The source prompt with the words to change changed."),
                 io.String.Input("blend_words", default="jeep",
                                 tooltip="Words naming the edited object in the source and/or edit prompt (e.g. "
                                         "'jeep car'); empty = no blending."),
-                io.Float.Input("self_replace", default=0.8, min=0.0, max=1.0, step=0.05),
-                io.Float.Input("cross_replace", default=0.8, min=0.0, max=1.0, step=0.05),
-                io.Float.Input("mask_threshold", default=0.3, min=0.0, max=2.0, step=0.05),
+                io.Float.Input("self_replace", default=0.8, min=0.0, max=1.0, step=0.05,
+                               tooltip="Fraction of the steps that use the source self-attention (keeps the "
+                                       "structure; lower for shape edits)."),
+                io.Float.Input("cross_replace", default=0.8, min=0.0, max=1.0, step=0.05,
+                               tooltip="Fraction of the steps that use prompt-to-prompt cross-attention."),
+                io.Float.Input("mask_threshold", default=0.3, min=0.0, max=2.0, step=0.05,
+                               tooltip="Where the blend words' normalised cross-attention exceeds this, the edit "
+                                       "is kept; elsewhere the source (the blend_mask output shows it)."),
                 io.String.Input("reweight", default="", tooltip="Edit-prompt words to emphasise, e.g. 'watercolor:10'."),
-                io.Float.Input("blend_start", default=0.2, min=0.0, max=1.0, step=0.05),
+                io.Float.Input("blend_start", default=0.2, min=0.0, max=1.0, step=0.05,
+                               tooltip="Fraction of the steps after which the mask blending starts."),
                 io.Float.Input("blend_end", default=0.8, min=0.0, max=2.0, step=0.05,
                                tooltip="Latents are blended after editing steps k with int(N*start) < k+1 < "
                                        "int(N*end) (official); above 1 blends through the last step."),
@@ -358,7 +368,10 @@ class AttentionFusion(VideoEditNode):
                                        "result (official), or the same level (mask_threshold 2 then returns the "
                                        "source clip exactly)."),
             ],
-            outputs=[io.Model.Output(), io.Mask.Output(display_name="blend_mask")],
+            outputs=[io.Model.Output(display_name="model", tooltip="Sample the edit with it from VE DDIM Invert's latent "
+                                                                  "(KSampler Advanced, add_noise disable)."),
+                     io.Mask.Output(display_name="blend_mask", tooltip="The blend words' source mask per frame at "
+                                                                       "the first blended step; all ones without blending.")],
         )
 
     @classmethod

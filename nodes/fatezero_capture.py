@@ -19,6 +19,7 @@ from .shared.inputs import require_sd1_unet
 from .shared.unet_call import cond_chunks
 from .shared.socket_types import ATTENTION_CAPTURE, CaptureType, VideoEditNode
 from .shared.windowing import clip_rows
+from .shared.schema_fields import FATEZERO_ALIASES, search_aliases
 
 
 class CapturePatch(SlotPatch):
@@ -119,8 +120,9 @@ class AttentionCaptureConfig(VideoEditNode):
     def define_schema(cls):
         return io.Schema(
             node_id="VE_AttentionCaptureConfig",
-            display_name="Attention Capture Config (FateZero)",
+            display_name="VE Attention Capture Config",
             category="video_edit/fatezero",
+            **search_aliases(FATEZERO_ALIASES, ("attention store", "capture")),
             description=(
                 "Connect to VE DDIM Invert's attention_capture to store, at every inversion step, the source "
                 "self- and cross-attention of the blocks with at most max_query_tokens tokens (1024: the 32x32, 16x16 "
@@ -134,7 +136,8 @@ class AttentionCaptureConfig(VideoEditNode):
                                tooltip="Refuse to start if the maps need more (on disk, in ComfyUI's temp "
                                        "folder); 0 = 80% of the free space there. Never more than the free space."),
             ],
-            outputs=[CaptureType.Output(display_name="attention_capture")],
+            outputs=[CaptureType.Output(display_name="attention_capture",
+                                        tooltip="Connect to VE DDIM Invert's attention_capture.")],
         )
 
     @classmethod

@@ -8,6 +8,7 @@ from comfy_api.latest import io
 from ..kernels.temporal import TEMPORAL_MASKS, TemporalMask
 from .shared.video_unet import inflate
 from .shared.socket_types import VideoEditNode
+from .shared.schema_fields import TUNE_A_VIDEO_ALIASES, MOTIONDIRECTOR_ALIASES, MAKE_YOUR_VIDEO_ALIASES, search_aliases
 
 
 class InflateUNet(VideoEditNode):
@@ -15,8 +16,9 @@ class InflateUNet(VideoEditNode):
     def define_schema(cls):
         return io.Schema(
             node_id="VE_InflateUNet",
-            display_name="Inflate UNet for Video",
+            display_name="VE Inflate UNet",
             category="video_edit/tune_a_video",
+            **search_aliases(TUNE_A_VIDEO_ALIASES, MAKE_YOUR_VIDEO_ALIASES, MOTIONDIRECTOR_ALIASES, ("temporal attention", "inflate")),
             description=(
                 "Adds Tune-A-Video's temporal attention after the feed-forward of every transformer block: pre-LayerNorm "
                 "self-attention over frames at each pixel, residual, output zero-initialised so the untuned model equals "
@@ -27,7 +29,7 @@ class InflateUNet(VideoEditNode):
                 "within temporal_window frames, so a model tuned on a short clip can generate longer ones. "
                 "The input MODEL is not changed."),
             inputs=[
-                io.Model.Input("model"),
+                io.Model.Input("model", tooltip="An SD1.x MODEL (core Load Checkpoint)."),
                 io.Boolean.Input("frame_groupnorm", default=True,
                                  tooltip="ResNet GroupNorm statistics over all frames (official Tune-A-Video)."),
                 io.Combo.Input("temporal_mask", options=list(TEMPORAL_MASKS), default="none", optional=True,
@@ -37,7 +39,8 @@ class InflateUNet(VideoEditNode):
                              tooltip="Frames a frame sees on either side (causal: before it); 0 = unlimited. "
                                      "Make-Your-Video: 15."),
             ],
-            outputs=[io.Model.Output()],
+            outputs=[io.Model.Output(display_name="model", tooltip="The MODEL with temporal layers, for VE One-Shot Tune, "
+                                                                  "VE Train MotionDirector or VE Load Tuned Model.")],
         )
 
     @classmethod

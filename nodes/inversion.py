@@ -12,6 +12,7 @@ from comfy_api.latest import io, ui
 from ..kernels.inversion import Inversion, inversion_sigmas, invert
 from .shared.inputs import require_sd1_unet, require_video_latent
 from .shared.socket_types import CaptureType, InversionCapture, InversionType, VideoEditNode
+from .shared.schema_fields import TUNE_A_VIDEO_ALIASES, TOKENFLOW_ALIASES, FATEZERO_ALIASES, VIDEO_EDIT_ALIASES, search_aliases
 
 
 METHODS = ("ddim", "fixed_point")  # the official inversion, and the one the DDIM sampler undoes
@@ -94,8 +95,9 @@ class DDIMInvert(VideoEditNode):
     def define_schema(cls):
         return io.Schema(
             node_id="VE_DDIMInvert",
-            display_name="DDIM Invert (video)",
-            category="video_edit/inversion",
+            display_name="VE DDIM Invert",
+            category="video_edit/sampling",
+            **search_aliases(VIDEO_EDIT_ALIASES, TUNE_A_VIDEO_ALIASES, TOKENFLOW_ALIASES, FATEZERO_ALIASES, ("ddim inversion", "invert", "inversion")),
             description=(
                 "Runs the clip backwards through the model as the official DDIM inversion does (noise predicted at "
                 "the next level's timestep, from the clean level of SD's schedule) along SD's DDIM timesteps "
@@ -105,9 +107,11 @@ class DDIMInvert(VideoEditNode):
                 "keeps the clip at every level for TokenFlow and FateZero. method fixed_point inverts so that this "
                 "sampler gives the clip back almost exactly, at 1 + iterations model calls per step."),
             inputs=[
-                io.Model.Input("model"),
+                io.Model.Input("model", tooltip="The model the edit samples with (tuned, or with cross-frame attention)."),
                 io.Latent.Input("latent", tooltip="The source clip, VAE-encoded (frames as batch)."),
-                io.Int.Input("steps", default=50, min=1, max=1000),
+                io.Int.Input("steps", default=50, min=1, max=1000,
+                             tooltip="Inversion steps: the sampler must use the same count (official: 50; "
+                                     "TokenFlow inverts 500 and keeps 50)."),
                 io.Combo.Input("method", options=list(METHODS), default="ddim", optional=True,
                                tooltip="ddim: the official inversion. fixed_point: each step solved so that the "
                                        "DDIM sampler undoes it (reconstructs far better; 1 + iterations model calls "
@@ -128,7 +132,9 @@ class DDIMInvert(VideoEditNode):
                 io.Latent.Output(display_name="latent",
                                  tooltip="The clip at the noisiest level: sample it back with the inversion's step "
                                          "count. With keep_steps, TokenFlow builds its own start latent."),
-                InversionType.Output(display_name="inversion"),
+                InversionType.Output(display_name="inversion", tooltip="The clip at every level (and the stored attention), "
+                                                                 "for VE TokenFlow, VE Attention Fusion or VE Motion "
+                                                                 "Noise Prior."),
             ],
         )
 

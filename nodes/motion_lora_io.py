@@ -19,6 +19,7 @@ from .shared.patcher import add_weight_patches
 from .shared.motion_lora_files import SPATIAL_FOLDER, SPATIAL_PREFIX, TEMPORAL_FOLDER, read_lora_file, save_motion_lora
 from .shared.socket_types import MotionLoRA, VideoEditNode
 from .shared.video_unet import require_inflated, temporal_patcher
+from .shared.schema_fields import MOTIONDIRECTOR_ALIASES, search_aliases
 
 NONE = "none"
 
@@ -58,7 +59,9 @@ def spatial_set_of(spatial: dict, spatial_set: int, spatial_name: str) -> tuple[
 
 def strength_input(name: str, default: float):
     """A LoRA strength, as core Load LoRA offers it."""
-    return io.Float.Input(name, default=default, min=-10.0, max=10.0, step=0.01)
+    return io.Float.Input(name, default=default, min=-10.0, max=10.0, step=0.01,
+                          tooltip="How strongly the LoRA applies (official MotionDirector inference: spatial 0, "
+                                  "temporal 1).")
 
 
 def spatial_set_input():
@@ -94,20 +97,22 @@ class ApplyMotionLoRA(VideoEditNode):
     def define_schema(cls):
         return io.Schema(
             node_id="VE_ApplyMotionLoRA",
-            display_name="Apply Motion LoRA (MotionDirector)",
+            display_name="VE Apply Motion LoRA",
             category="video_edit/motiondirector",
+            **search_aliases(MOTIONDIRECTOR_ALIASES, ("apply lora",)),
             description=("Applies the LoRAs from VE Train MotionDirector without saving them: the spatial LoRA "
                          "(appearance) into the UNet and the temporal LoRA (motion) into the temporal layers, each "
                          "with its own strength. MotionDirector generates with the temporal LoRA only (spatial 0)."),
             inputs=[
                 io.Model.Input("model", tooltip="The inflated model the LoRAs were trained on."),
-                io.LoraModel.Input("spatial_lora", optional=True),
+                io.LoraModel.Input("spatial_lora", optional=True, tooltip="VE Train MotionDirector's spatial_lora."),
                 strength_input("spatial_strength", 0.0),
-                MotionLoRA.Input("temporal_lora", optional=True),
+                MotionLoRA.Input("temporal_lora", optional=True, tooltip="VE Train MotionDirector's temporal_lora."),
                 strength_input("temporal_strength", 1.0),
                 spatial_set_input(),
             ],
-            outputs=[io.Model.Output()],
+            outputs=[io.Model.Output(display_name="model", tooltip="The model with the LoRAs applied, for the "
+                                                                  "sampler.")],
         )
 
     @classmethod
@@ -122,18 +127,22 @@ class SaveMotionLoRA(VideoEditNode):
     def define_schema(cls):
         return io.Schema(
             node_id="VE_SaveMotionLoRA",
-            display_name="Save Motion LoRA (MotionDirector)",
+            display_name="VE Save Motion LoRA",
             category="video_edit/motiondirector",
+            **search_aliases(MOTIONDIRECTOR_ALIASES, ("save lora",)),
             description=(f"Saves the spatial LoRA as models/{SPATIAL_FOLDER}/<filename>_00001_spatial.safetensors "
                          f"(standard LoRA keys: core Load LoRA can use it) and the temporal LoRA as "
                          f"models/{TEMPORAL_FOLDER}/<filename>_00001_temporal.safetensors, under the next number free "
                          f"in both folders (nothing is overwritten). Both files are written, or neither."),
             inputs=[
-                io.LoraModel.Input("spatial_lora"),
-                MotionLoRA.Input("temporal_lora"),
-                io.String.Input("filename", default="motion"),
+                io.LoraModel.Input("spatial_lora", tooltip="VE Train MotionDirector's spatial_lora."),
+                MotionLoRA.Input("temporal_lora", tooltip="VE Train MotionDirector's temporal_lora."),
+                io.String.Input("filename", default="motion",
+                                tooltip="File name prefix; a number free in both folders is appended."),
             ],
-            outputs=[io.String.Output(display_name="spatial_path"), io.String.Output(display_name="temporal_path")],
+            outputs=[io.String.Output(display_name="spatial_path", tooltip="Absolute path of the spatial file (shown)."),
+                     io.String.Output(display_name="temporal_path", tooltip="Absolute path of the temporal file "
+                                                                            "(shown).")],
             is_output_node=True,
         )
 
@@ -149,22 +158,26 @@ class LoadMotionLoRA(VideoEditNode):
     def define_schema(cls):
         return io.Schema(
             node_id="VE_LoadMotionLoRA",
-            display_name="Load Motion LoRA (MotionDirector)",
+            display_name="VE Load Motion LoRA",
             category="video_edit/motiondirector",
+            **search_aliases(MOTIONDIRECTOR_ALIASES, ("load lora",)),
             description=("Applies saved MotionDirector LoRAs to an inflated MODEL, each with its own strength: the "
                          "spatial LoRA (appearance of the training clips) and the temporal LoRA (their motion). "
                          "Official inference uses the temporal LoRA only (spatial strength 0). A spatial file trained with "
                          "one set per video applies the set of video spatial_set. Strength 0 leaves the model "
                          "exactly as it was. Files that do not fit the model are refused."),
             inputs=[
-                io.Model.Input("model", tooltip="The inflated model (VE_InflateUNet) the LoRAs were trained on."),
-                io.Combo.Input("spatial_file", options=[NONE] + folder_paths.get_filename_list(SPATIAL_FOLDER)),
+                io.Model.Input("model", tooltip="The inflated model (VE Inflate UNet) the LoRAs were trained on."),
+                io.Combo.Input("spatial_file", options=[NONE] + folder_paths.get_filename_list(SPATIAL_FOLDER),
+                               tooltip=f"A *_spatial file in models/{SPATIAL_FOLDER}/ (VE Save Motion LoRA)."),
                 strength_input("spatial_strength", 0.0),
-                io.Combo.Input("temporal_file", options=[NONE] + folder_paths.get_filename_list(TEMPORAL_FOLDER)),
+                io.Combo.Input("temporal_file", options=[NONE] + folder_paths.get_filename_list(TEMPORAL_FOLDER),
+                               tooltip=f"A *_temporal file in models/{TEMPORAL_FOLDER}/ (VE Save Motion LoRA)."),
                 strength_input("temporal_strength", 1.0),
                 spatial_set_input(),
             ],
-            outputs=[io.Model.Output()],
+            outputs=[io.Model.Output(display_name="model", tooltip="The model with the LoRAs applied, for the "
+                                                                  "sampler.")],
         )
 
     @classmethod

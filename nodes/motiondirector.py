@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from comfy.patcher_extension import PatcherInjection
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..kernels.lora import (LoRASet, debiased_temporal_loss, join_spatial_sets, linear_targets, noise_prior,
                             spatial_targets)
@@ -32,6 +32,8 @@ from .shared.motion_lora_files import SPATIAL_PREFIX, save_motion_lora
 from .shared.socket_types import InversionType, MotionLoRA, VideoEditNode, VideoSet
 from .shared.training import TrainingSampler, adamw, predict_eps, train_in_guider
 from .shared.video_unet import bypass_temporal, require_inflated
+from .shared.plots import loss_summary
+from .shared.schema_fields import MOTIONDIRECTOR_ALIASES, search_aliases
 
 
 SPATIAL_SETS = ("one per video", "shared")  # official single_spatial_lora False / True
@@ -205,8 +207,9 @@ class MotionClipSet(VideoEditNode):
     def define_schema(cls):
         return io.Schema(
             node_id="VE_MotionClipSet",  # "clip" as in video clip: the id saved workflows use
-            display_name="Motion Clip Set (MotionDirector)",
+            display_name="VE Motion Clip Set",
             category="video_edit/motiondirector",
+            **search_aliases(MOTIONDIRECTOR_ALIASES, ("training videos", "clip set")),
             description=("Collects the training videos of one motion, each with its own prompt: chain one node per "
                          "video through clip_set. Videos may differ in length (at least 2 frames) but not in size. "
                          "One video is MotionDirector's single-video case."),
@@ -215,7 +218,8 @@ class MotionClipSet(VideoEditNode):
                 io.Conditioning.Input("conditioning", tooltip="The prompt describing this video."),
                 VideoSet.Input("clip_set", optional=True, tooltip="Videos collected so far."),
             ],
-            outputs=[VideoSet.Output(display_name="clip_set")],
+            outputs=[VideoSet.Output(display_name="clip_set", tooltip="The videos so far, for the next VE Motion Clip Set "
+                                                                       "or VE Train MotionDirector.")],
         )
 
     @classmethod
@@ -228,41 +232,48 @@ class TrainMotionDirector(VideoEditNode):
     def define_schema(cls):
         return io.Schema(
             node_id="VE_TrainMotionDirector",
-            display_name="Train MotionDirector",
+            display_name="VE Train MotionDirector",
             category="video_edit/motiondirector",
+            **search_aliases(MOTIONDIRECTOR_ALIASES, ("train motion", "motion training", "lora training")),
             description=(
                 "Learns a motion from the videos as two LoRAs, MotionDirector's dual-path recipe: spatial LoRAs on the "
                 "self-attention and feed-forward of every spatial transformer block learn the videos' appearance from "
                 "single frames; temporal LoRAs on the temporal layers learn the motion from whole videos with the "
-                "appearance-debiased loss. Generate with the temporal LoRA only (VE Load/Apply Motion LoRA, spatial "
-                "strength 0) to move a new subject the same way. The input MODEL is unchanged."),
+                "appearance-debiased loss. Generate with the temporal LoRA only (VE Load Motion LoRA or VE Apply "
+                "Motion LoRA, spatial strength 0) to move a new subject the same way. The input MODEL is unchanged."),
             inputs=[
-                io.Model.Input("model", tooltip="An inflated SD1.x model (VE_InflateUNet)."),
-                VideoSet.Input("clip_set"),
+                io.Model.Input("model", tooltip="An inflated SD1.x model (VE Inflate UNet)."),
+                VideoSet.Input("clip_set", tooltip="The training videos, from VE Motion Clip Set."),
                 io.Int.Input("steps", default=300, min=1, max=100000,
                              tooltip="Official: 150 for one video, 300-500 for several."),
-                io.Int.Input("rank", default=32, min=1, max=1024),
-                io.Float.Input("learning_rate", default=5e-4, min=1e-7, max=1.0, step=1e-5),
+                io.Int.Input("rank", default=32, min=1, max=1024, tooltip="LoRA rank of both paths (official: 32)."),
+                io.Float.Input("learning_rate", default=5e-4, min=1e-7, max=1.0, step=1e-5,
+                               tooltip="AdamW learning rate of the LoRAs (official: 5e-4)."),
                 io.Float.Input("weight_decay", default=1e-2, min=0.0, max=1.0, step=1e-4,
                                tooltip="AdamW weight decay of the LoRAs (official: 1e-2 one video, 1e-4 several)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                             tooltip="Seed of the timesteps, noise, frames and dropout drawn in training."),
                 io.Boolean.Input("gradient_checkpointing", default=True,
                                  tooltip="Recompute transformer blocks in the backward pass: much less memory, a bit slower."),
                 io.Float.Input("spatial_mask_probability", default=0.2, min=0.0, max=1.0, step=0.01,
                                tooltip="Chance per step of skipping the spatial path with the spatial LoRAs off."),
-                io.Float.Input("lora_dropout", default=0.1, min=0.0, max=0.9, step=0.01),
+                io.Float.Input("lora_dropout", default=0.1, min=0.0, max=0.9, step=0.01,
+                               tooltip="Dropout on the LoRA inputs in training (official: 0.1)."),
                 io.Int.Input("checkpoint_every", default=0, min=0, max=100000,
                              tooltip="Save both LoRAs every N steps as <checkpoint_name>_stepNNNNN_*; 0 = never."),
-                io.String.Input("checkpoint_name", default="motion_checkpoint"),
+                io.String.Input("checkpoint_name", default="motion_checkpoint",
+                                tooltip="File name prefix of the checkpoints checkpoint_every writes."),
                 io.Combo.Input("spatial_sets", options=list(SPATIAL_SETS), default=SPATIAL_SETS[0], optional=True,
                                tooltip="Spatial LoRAs: one set per video, each learning its own video's look "
                                        "(official), or one set shared by all (official single_spatial_lora; a "
                                        "standard LoRA file that core Load LoRA reads)."),
             ],
             outputs=[
-                io.LoraModel.Output(display_name="spatial_lora"),
-                MotionLoRA.Output(display_name="temporal_lora"),
-                io.LossMap.Output(display_name="loss"),
+                io.LoraModel.Output(display_name="spatial_lora", tooltip="The appearance LoRA, for VE Save Motion LoRA or VE "
+                                                                          "Apply Motion LoRA."),
+                MotionLoRA.Output(display_name="temporal_lora", tooltip="The motion LoRA, for VE Save Motion LoRA or "
+                                                                        "VE Apply Motion LoRA."),
+                io.LossMap.Output(display_name="loss", tooltip="Both paths' loss per step, for VE Plot Loss."),
             ],
         )
 
@@ -273,7 +284,7 @@ class TrainMotionDirector(VideoEditNode):
         spatial, temporal, losses = train_motion_director(
             model, clip_set, steps, rank, learning_rate, weight_decay, seed, gradient_checkpointing,
             spatial_mask_probability, lora_dropout, checkpoint_every, checkpoint_name, spatial_sets)
-        return io.NodeOutput(spatial, temporal, losses)
+        return io.NodeOutput(spatial, temporal, losses, ui=ui.PreviewText(loss_summary(losses)))
 
 
 class InversionNoise:
@@ -312,20 +323,23 @@ class MotionNoisePrior(VideoEditNode):
     def define_schema(cls):
         return io.Schema(
             node_id="VE_MotionNoisePrior",
-            display_name="Motion Noise Prior (MotionDirector)",
+            display_name="VE Motion Noise Prior",
             category="video_edit/motiondirector",
+            **search_aliases(MOTIONDIRECTOR_ALIASES, ("noise prior", "inverted noise")),
             description=("MotionDirector's optional noise prior, a NOISE for SamplerCustomAdvanced: initial noise "
                          "√p · inverted + √(1−p) · random, where 'inverted' is a source video's DDIM inversion "
                          "(VE DDIM Invert with the empty prompt, 50 steps, on the base model). p = 0 is plain random "
                          "noise; official: 0.1-0.5 for a model trained on one video, 0 for several. The latent must "
                          "have the source video's frame count; a different size is resized bilinearly."),
             inputs=[
-                io.Model.Input("model"),
+                io.Model.Input("model", tooltip="The model the sampler uses (its schedule scales the noise)."),
                 InversionType.Input("inversion", tooltip="VE DDIM Invert's inversion of a training video."),
-                io.Float.Input("noise_prior", default=0.0, min=0.0, max=1.0, step=0.01),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
+                io.Float.Input("noise_prior", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="p: the share of the inverted noise (0 = random noise; official 0.1-0.5)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Seed of the random part of the noise."),
             ],
-            outputs=[io.Noise.Output()],
+            outputs=[io.Noise.Output(display_name="noise", tooltip="A NOISE for core SamplerCustomAdvanced.")],
         )
 
     @classmethod

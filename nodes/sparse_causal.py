@@ -15,6 +15,7 @@ from .shared.inputs import require_sd1_unet
 from .shared.patcher import check_video_inputs_when_sampling
 from .shared.unet_call import BORROWED_OPTION, PER_FRAME_OPTION
 from .shared.socket_types import VideoEditNode
+from .shared.schema_fields import TUNE_A_VIDEO_ALIASES, FATEZERO_ALIASES, search_aliases
 
 
 class CrossFrameAttentionPatch(SlotPatch):
@@ -115,8 +116,9 @@ class SparseCausalAttention(VideoEditNode):
     def define_schema(cls):
         return io.Schema(
             node_id="VE_SparseCausalAttention",
-            display_name="Sparse-Causal Attention (video)",
+            display_name="VE Sparse-Causal Attention",
             category="video_edit/tune_a_video",
+            **search_aliases(TUNE_A_VIDEO_ALIASES, FATEZERO_ALIASES, ("cross-frame attention", "sparse causal")),
             description=(
                 "Makes every self-attention layer look across frames so a batch of frames is denoised as one clip. "
                 "sparse_causal (Tune-A-Video): frame i attends to frame 0 and frame i-1; first_frame / middle_frame: "
@@ -124,8 +126,11 @@ class SparseCausalAttention(VideoEditNode):
                 "frames (memory grows with frames squared). min_channels limits it to the wider blocks (FateZero "
                 "zero-shot: 640). Works on any SD1.x model, inflated or not; the input MODEL is not changed."),
             inputs=[
-                io.Model.Input("model"),
-                io.Combo.Input("mode", options=list(CROSS_FRAME_MODES), default="sparse_causal"),
+                io.Model.Input("model", tooltip="Any SD1.x MODEL, inflated (VE Inflate UNet) or not."),
+                io.Combo.Input("mode", options=list(CROSS_FRAME_MODES), default="sparse_causal",
+                               tooltip="Which frames each frame attends to: sparse_causal (Tune-A-Video) frame 0 and "
+                                       "the previous one; first_frame / middle_frame one anchor (FateZero zero-shot: "
+                                       "middle_frame); full: all frames."),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
                                tooltip="Fraction of the schedule where cross-frame attention starts."),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001,
@@ -135,7 +140,8 @@ class SparseCausalAttention(VideoEditNode):
                                      "keep per-frame self-attention. FateZero's zero-shot setting: 640 "
                                      "(least_sc_channel). 0: every block (Tune-A-Video)."),
             ],
-            outputs=[io.Model.Output()],
+            outputs=[io.Model.Output(display_name="model", tooltip="The MODEL with cross-frame self-attention, for the "
+                                                                  "sampler, VE DDIM Invert or VE One-Shot Tune.")],
         )
 
     @classmethod

@@ -29,6 +29,7 @@ from .shared.inputs import require_sd1_unet
 from .shared.patcher import PatcherKeys, check_video_inputs_when_sampling, set_wrapper
 from .shared.socket_types import InversionType, VideoEditNode
 from .shared.unet_call import TOKENFLOW_STEP
+from .shared.schema_fields import TOKENFLOW_ALIASES, search_aliases
 
 
 
@@ -246,8 +247,9 @@ class TokenFlow(VideoEditNode):
     def define_schema(cls):
         return io.Schema(
             node_id="VE_TokenFlow",
-            display_name="TokenFlow (video)",
+            display_name="VE TokenFlow",
             category="video_edit/tokenflow",
+            **search_aliases(TOKENFLOW_ALIASES, ("keyframes", "pnp", "plug and play")),
             description=(
                 "Training-free consistent editing (TokenFlow). At every step the inverted source clip runs with the "
                 "edit as an extra branch; one random keyframe per chunk of frames is edited with attention across all "
@@ -276,7 +278,8 @@ class TokenFlow(VideoEditNode):
                                      "the pass, not the clip. 0: all keyframes at once (official)."),
             ],
             outputs=[
-                io.Model.Output(display_name="model"),
+                io.Model.Output(display_name="model", tooltip="Sample the edit with it (edit prompt, KSampler Advanced with "
+                                                            "add_noise disable, the inversion's step count)."),
                 io.Latent.Output(display_name="latent",
                                  tooltip="The start latent: add_noise(clip, eps of the noisiest inversion level, "
                                          "first step), as the official code builds it."),

@@ -24,6 +24,7 @@ from .shared.files import file_stem, model_folder, numbered_paths, read_safetens
 from .shared.patcher import PatcherKeys
 from .shared.video_unet import TunedWeights, apply_tuned
 from .shared.socket_types import VideoEditNode
+from .shared.schema_fields import TUNE_A_VIDEO_ALIASES, DREAMIX_ALIASES, search_aliases
 
 FOLDER = "video_edit_tuned"
 FORMAT = "tune_a_video/1"
@@ -49,7 +50,7 @@ def load_tuned(path: str, input_name: str = "tuned_file") -> TunedWeights:
     tensors, metadata = read_safetensors(path, input_name)
     name = os.path.basename(path)
     if metadata.get("video_edit_format") != FORMAT:
-        raise ValueError(f"{input_name}: {name} is not a Tune-A-Video file saved by VE Save Tuned "
+        raise ValueError(f"{input_name}: {name} is not a Tune-A-Video file saved by VE Save Tuned Model "
                          f"(format {metadata.get('video_edit_format')!r}, expected {FORMAT!r}).")
     try:
         info = {k: json.loads(v) for k, v in metadata.items() if k != "video_edit_format"}
@@ -59,7 +60,7 @@ def load_tuned(path: str, input_name: str = "tuned_file") -> TunedWeights:
             raise ValueError(f"frame_groupnorm: {frame_groupnorm!r} is not true or false")
     except (ValueError, TypeError) as error:  # JSON errors are ValueErrors too
         raise ValueError(f"{input_name}: {name} has invalid metadata ({str(error).rstrip('.')}); it was not written "
-                         "by VE Save Tuned or was edited since. Save the tuning again, or pick another file.") from None
+                         "by VE Save Tuned Model or was edited since. Save the tuning again, or pick another file.") from None
     return TunedWeights(
         query_deltas={k[len(QUERY_PREFIX):]: v for k, v in tensors.items() if k.startswith(QUERY_PREFIX)},
         temporal={k[len(TEMPORAL_PREFIX):]: v for k, v in tensors.items() if k.startswith(TEMPORAL_PREFIX)},
@@ -74,18 +75,19 @@ class SaveTuned(VideoEditNode):
     def define_schema(cls):
         return io.Schema(
             node_id="VE_SaveTuned",
-            display_name="Save Tuned Video Model",
+            display_name="VE Save Tuned Model",
             category="video_edit/tune_a_video",
+            **search_aliases(TUNE_A_VIDEO_ALIASES, DREAMIX_ALIASES, ("save tuned",)),
             description=(f"Saves only what one-shot tuning changed (query deltas and temporal layers, a few hundred MB for "
                          f"SD1.5) as models/{FOLDER}/<filename>_00001_.safetensors (the next free number, so nothing "
                          f"is overwritten), with the tuning's settings as metadata. Atomic write."),
             inputs=[
-                io.Model.Input("model", tooltip="The output of VE One-Shot Tune (or VE Load Tuned)."),
+                io.Model.Input("model", tooltip="The output of VE One-Shot Tune (or VE Load Tuned Model)."),
                 io.String.Input("filename", default="tuned_clip",
                                 tooltip="File name prefix; a number is appended (_00001_, _00002_, ...)."),
                 io.String.Input("prompt", default="", tooltip="The source prompt, kept in the file's metadata."),
             ],
-            outputs=[io.String.Output(display_name="path")],
+            outputs=[io.String.Output(display_name="path", tooltip="Absolute path of the saved file (shown in the node).")],
             is_output_node=True,
         )
 
@@ -107,23 +109,26 @@ class LoadTuned(VideoEditNode):
     def define_schema(cls):
         return io.Schema(
             node_id="VE_LoadTuned",
-            display_name="Load Tuned Video Model",
+            display_name="VE Load Tuned Model",
             category="video_edit/tune_a_video",
-            description=("Applies a file saved by VE Save Tuned to a MODEL (the checkpoint it was tuned on): inflates it "
+            **search_aliases(TUNE_A_VIDEO_ALIASES, DREAMIX_ALIASES, ("load tuned",)),
+            description=("Applies a file saved by VE Save Tuned Model to a MODEL (the checkpoint it was tuned on): inflates it "
                          "with the tuned temporal layers and patches the query projections. Reproduces the tuned "
                          "model exactly, without training."),
             inputs=[
-                io.Model.Input("model"),
-                io.Combo.Input("tuned_file", options=folder_paths.get_filename_list(FOLDER)),
+                io.Model.Input("model", tooltip="The checkpoint the file was tuned on (core Load Checkpoint), not inflated."),
+                io.Combo.Input("tuned_file", options=folder_paths.get_filename_list(FOLDER),
+                               tooltip=f"A file in models/{FOLDER}/ written by VE Save Tuned Model."),
             ],
-            outputs=[io.Model.Output()],
+            outputs=[io.Model.Output(display_name="model", tooltip="The tuned video MODEL, for the sampler or VE DDIM "
+                                                                  "Invert.")],
         )
 
     @classmethod
     def execute(cls, model, tuned_file) -> io.NodeOutput:
         path = folder_paths.get_full_path(FOLDER, tuned_file)
         if path is None:
-            raise FileNotFoundError(f"tuned_file: {tuned_file!r} is not in models/{FOLDER}/. Save one with VE Save Tuned.")
+            raise FileNotFoundError(f"tuned_file: {tuned_file!r} is not in models/{FOLDER}/. Save one with VE Save Tuned Model.")
         return io.NodeOutput(apply_tuned(model, load_tuned(path), f"tuned_file: {tuned_file}"))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 from torch import nn
 
 from ..kernels.weight_decay import decay_delta_
@@ -19,6 +19,8 @@ from .shared.inputs import require_sd1_unet, require_video_latent
 from .shared.socket_types import VideoEditNode
 from .shared.training import TrainingSampler, adamw, predict_eps, remove_weight_wrappers, train_in_guider
 from .shared.video_unet import TunedWeights, apply_tuned, bypass_temporal, inflate, query_layers, require_inflated
+from .shared.plots import loss_summary
+from .shared.schema_fields import TUNE_A_VIDEO_ALIASES, DREAMIX_ALIASES, MAKE_YOUR_VIDEO_ALIASES, search_aliases
 
 class QueryDelta(nn.Module):
     """Weight wrapper ``W -> W + delta`` on ``layer``, with a trainable delta; remembers W for decoupled weight
@@ -148,21 +150,25 @@ class OneShotTune(VideoEditNode):
     def define_schema(cls):
         return io.Schema(
             node_id="VE_OneShotTune",
-            display_name="One-Shot Tune (Tune-A-Video)",
+            display_name="VE One-Shot Tune",
             category="video_edit/tune_a_video",
+            **search_aliases(TUNE_A_VIDEO_ALIASES, DREAMIX_ALIASES, MAKE_YOUR_VIDEO_ALIASES, ("one shot tune", "fine-tune", "finetune")),
             description=(
                 "Tunes an inflated model on the source video, exactly Tune-A-Video's recipe: the query projections of "
                 "self- and cross-attention and the temporal attention layers (not their LayerNorm) are trained with "
-                "AdamW (weight decay 0.01, grad-norm video 1.0) on the ε-MSE at one random timestep shared by all "
+                "AdamW (weight decay 0.01, gradients clipped to norm 1.0) on the ε-MSE at one random timestep shared by all "
                 "frames. Returns a tuned copy; the input MODEL is unchanged. Changing only the edit prompt downstream "
-                "does not retrain."),
+                "does not retrain. Feed 'model' to VE Save Tuned Model or the sampler, 'loss' to VE Plot Loss."),
             inputs=[
-                io.Model.Input("model", tooltip="An inflated SD1.x model (VE_InflateUNet), optionally with sparse-causal attention."),
+                io.Model.Input("model", tooltip="An inflated SD1.x model (VE Inflate UNet), optionally with sparse-causal attention."),
                 io.Latent.Input("latent", tooltip="The source video, VAE-encoded."),
                 io.Conditioning.Input("conditioning", tooltip="The source prompt describing the video."),
-                io.Int.Input("steps", default=500, min=1, max=100000),
-                io.Float.Input("learning_rate", default=3e-5, min=1e-7, max=1.0, step=1e-6),
-                io.Int.Input("seed", default=33, min=0, max=0xFFFFFFFFFFFFFFFF),
+                io.Int.Input("steps", default=500, min=1, max=100000,
+                             tooltip="Training steps (Tune-A-Video: 500; Dreamix: a few hundred)."),
+                io.Float.Input("learning_rate", default=3e-5, min=1e-7, max=1.0, step=1e-6,
+                               tooltip="AdamW learning rate (Tune-A-Video: 3e-5)."),
+                io.Int.Input("seed", default=33, min=0, max=0xFFFFFFFFFFFFFFFF,
+                             tooltip="Seed of the timesteps and noise drawn in training (Tune-A-Video: 33)."),
                 io.Boolean.Input("gradient_checkpointing", default=True,
                                  tooltip="Recompute transformer blocks in the backward pass: much less memory, a bit slower."),
                 io.Float.Input("image_mix", default=0.0, min=0.0, max=1.0, step=0.05, optional=True,
@@ -170,7 +176,9 @@ class OneShotTune(VideoEditNode):
                                        "shuffled, as independent images (temporal layers skipped, not trained). "
                                        "0 = Tune-A-Video."),
             ],
-            outputs=[io.Model.Output(display_name="model"), io.LossMap.Output(display_name="loss")],
+            outputs=[io.Model.Output(display_name="model", tooltip="The tuned copy of the model, for the sampler, VE DDIM "
+                                                                  "Invert or VE Save Tuned Model."),
+                     io.LossMap.Output(display_name="loss", tooltip="The loss of every step, for VE Plot Loss.")],
         )
 
     @classmethod
@@ -178,7 +186,7 @@ class OneShotTune(VideoEditNode):
                 image_mix=0.0) -> io.NodeOutput:
         tuned, losses = one_shot_tune(model, latent, conditioning, steps, learning_rate, seed, gradient_checkpointing,
                                       image_mix=image_mix)
-        return io.NodeOutput(tuned, losses)
+        return io.NodeOutput(tuned, losses, ui=ui.PreviewText(loss_summary(losses)))
 
 
 NODES = [OneShotTune]

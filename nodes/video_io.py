@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import sys
 from fractions import Fraction
 
@@ -25,18 +26,35 @@ from comfy_api.latest import io, ui
 
 from .shared.files import check_name, confined_path, numbered_paths, save_atomically
 from .shared.socket_types import VideoEditNode
+from .shared.schema_fields import VIDEO_EDIT_ALIASES, search_aliases
 
 log = logging.getLogger(__name__)
 
-CATEGORY = "video_edit/io"
+CATEGORY = "video_edit/video"
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".gif", ".webp", ".mpg", ".mpeg", ".wmv",
                     ".flv", ".ts")
 SAVE_FORMATS = ("mp4", "webm", "gif", "webp")
 MAX_SIZE = 8192
 FALLBACK_FPS = 24.0  # assumed when a container reports no frame rate
+# The clips the shipped workflows open with (tools/sample_clip.py draws them), read-only in the pack.
+SAMPLE_FOLDER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows", "input")
 
 
 # ----- loading -------------------------------------------------------------------------------------------------------
+
+def install_sample_clips() -> list[str]:
+    """Copy the pack's sample clips into ComfyUI's input folder, each only where no file of that name is there yet
+    (never replacing one), so that every shipped workflow opens with its clip selected and previewed. Returns the
+    paths written."""
+    written = []
+    for name in sorted(os.listdir(SAMPLE_FOLDER)) if os.path.isdir(SAMPLE_FOLDER) else []:
+        target = os.path.join(folder_paths.get_input_directory(), name)
+        if name.lower().endswith(VIDEO_EXTENSIONS) and not os.path.lexists(target):
+            source = os.path.join(SAMPLE_FOLDER, name)
+            save_atomically([(target, lambda path, source=source: shutil.copyfile(source, path))], "sample clip")
+            written.append(target)
+    return written
+
 
 def list_input_videos() -> list[str]:
     """Video files directly in ComfyUI's input folder (the ``file`` choices of VE_LoadVideo); symlinks that lead
@@ -312,10 +330,12 @@ class LoadVideo(VideoEditNode):
     def define_schema(cls):
         return io.Schema(
             node_id="VE_LoadVideo",
-            display_name="Load Video (Video Edit)",
+            display_name="VE Load Video",
             category=CATEGORY,
+            **search_aliases(VIDEO_EDIT_ALIASES, ("load video", "video loader")),
             description="Loads frames start_frame, start_frame+frame_stride, ... of a video as an IMAGE batch, "
-                        "resized to cover width x height and center-cropped.",
+                        "resized to cover width x height and center-cropped. The first node of every workflow of this pack; "
+                        "feeds VAE Encode, VE Compare Before/After and VE Edit Metrics.",
             inputs=[
                 io.Combo.Input("file", options=list_input_videos(), upload=io.UploadType.video,
                                tooltip="A video in ComfyUI's input folder (ignored when 'path' is set)."),
@@ -359,7 +379,9 @@ class LoadVideo(VideoEditNode):
             frames, src_fps = read_video(video_path, n_frames, start_frame, frame_stride, width, height, which,
                                          memory_limit_gb)
         images = torch.from_numpy(frames).float().div_(255.0)
-        return io.NodeOutput(images, src_fps / frame_stride, int(images.shape[0]))
+        fps = src_fps / frame_stride
+        shown = f"{images.shape[0]} frames of {images.shape[2]}x{images.shape[1]} at {fps:.4g} fps"
+        return io.NodeOutput(images, fps, int(images.shape[0]), ui=ui.PreviewText(shown))
 
     @classmethod
     def fingerprint_inputs(cls, file=None, path="", video=None, **kwargs):
@@ -510,8 +532,9 @@ class SaveVideo(VideoEditNode):
     def define_schema(cls):
         return io.Schema(
             node_id="VE_SaveVideo",
-            display_name="Save Video (Video Edit)",
+            display_name="VE Save Video",
             category=CATEGORY,
+            **search_aliases(VIDEO_EDIT_ALIASES, ("save video", "export video")),
             description="Saves frames as one video in the output folder and previews it in the node: mp4 (H.264) "
                         "or webm (VP9), both yuv420p so browsers play them, or an animated gif / webp.",
             inputs=[
@@ -536,7 +559,7 @@ class SaveVideo(VideoEditNode):
         result = ui.SavedResult(file, subfolder, io.FolderType.output)
         animated_image = format in ("gif", "webp")
         preview = ui.SavedImages([result], is_animated=True) if animated_image else ui.PreviewVideo([result])
-        return io.NodeOutput(target, ui=preview)
+        return io.NodeOutput(target, ui={**preview.as_dict(), "text": [target]})
 
 
 NODES = [LoadVideo, SaveVideo]

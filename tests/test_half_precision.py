@@ -32,7 +32,8 @@ def half(request, comfy_lib, tiny_models):
 
 def test_half_precision_weights_tune_in_fp32_and_the_edit_runs(half):
     from benchmarks.inversion_round_trip import sample_back
-    from video_edit.nodes import inversion, sparse_causal, tuning, video_unet
+    from video_edit.nodes import inversion, sparse_causal, tuning
+    from video_edit.nodes.shared import video_unet
     from video_edit.nodes.shared.patcher import PatcherKeys
 
     model, cond, dtype = half
@@ -69,7 +70,8 @@ def test_injected_layers_are_comfy_ops_counted_and_partially_loadable(sd15):
     import comfy.model_management
     import comfy.ops
     import comfy.sampler_helpers
-    from video_edit.nodes import motion_lora_io, video_unet
+    from video_edit.nodes import motion_lora_io
+    from video_edit.nodes.shared import video_unet
 
     inflated = video_unet.inflate(sd15[0])
     layers = video_unet.require_inflated(inflated).layers

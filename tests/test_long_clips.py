@@ -52,7 +52,8 @@ def test_window_references_borrow_the_anchor_and_stay_inside_the_window():
 
 @pytest.fixture(scope="module")
 def long(sd15, encode, denoise):
-    from video_edit.nodes import context_windows, sparse_causal, video_unet
+    from video_edit.nodes import context_windows, sparse_causal
+    from video_edit.nodes.shared import video_unet
 
     base = sd15[0]
     specs = video_unet.temporal_layer_specs(base.model.diffusion_model)

@@ -16,7 +16,8 @@ SUFFIXES = (".lora_up.weight", ".lora_down.weight", ".alpha")
 
 @pytest.fixture(scope="module")
 def md(sd15, encode, denoise):
-    from video_edit.nodes import inversion, motion_lora_io, motiondirector, video_unet
+    from video_edit.nodes import inversion, motion_lora_io, motiondirector
+    from video_edit.nodes.shared import video_unet
 
     model = sd15[0]
     conds = [encode(p) for p in ("a man is skiing", "a skier on a slope")]

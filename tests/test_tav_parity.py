@@ -11,7 +11,8 @@ FRAMES, TIMESTEP = 4, 500
 
 @pytest.fixture(scope="module")
 def setup(sd15, tiny_models):
-    from video_edit.nodes import sparse_causal, video_unet
+    from video_edit.nodes import sparse_causal
+    from video_edit.nodes.shared import video_unet
 
     model, clip, _ = sd15
     cond = clip.encode_from_tokens_scheduled(clip.tokenize("a jeep driving in the snow"))

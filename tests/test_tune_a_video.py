@@ -12,7 +12,8 @@ FRAMES, H, W = 4, 8, 8
 
 @pytest.fixture(scope="module")
 def tav(sd15, encode, denoise):
-    from video_edit.nodes import inversion, sparse_causal, tuned_io, tuning, video_unet
+    from video_edit.nodes import inversion, sparse_causal, tuned_io, tuning
+    from video_edit.nodes.shared import video_unet
 
     cond = encode("a man is skiing")
     return SimpleNamespace(

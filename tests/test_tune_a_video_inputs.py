@@ -39,7 +39,8 @@ def tiny_model_of(family: str):
 
 @pytest.mark.parametrize("family", ["SDXL", "Flux"])
 def test_non_sd1_models_are_refused_by_name(comfy_lib, family):
-    from video_edit.nodes import inversion, sparse_causal, video_unet
+    from video_edit.nodes import inversion, sparse_causal
+    from video_edit.nodes.shared import video_unet
 
     model = tiny_model_of(family)
     latent = {"samples": torch.zeros(2, 4, 8, 8)}
@@ -63,7 +64,8 @@ def test_inversion_round_trip_through_ksampler_advanced(sd15):
     is far rougher than a trained model's, the error is large but must shrink as the steps grow.
     """
     import comfy.samplers
-    from video_edit.nodes import inversion, sparse_causal, video_unet
+    from video_edit.nodes import inversion, sparse_causal
+    from video_edit.nodes.shared import video_unet
 
     model, clip, _ = sd15
     empty = clip.encode_from_tokens_scheduled(clip.tokenize(""))
@@ -103,7 +105,8 @@ def test_fixed_point_inversion_is_undone_by_the_ddim_sampler(sd15):
     """method fixed_point on the tiny SD1.5 (8 frames, 64x64, 8 steps): sampled back through core
     KSamplerAdvanced as documented, the clip returns far closer than after the official inversion (measured
     5.2e-2 vs 0.70 relative error), and the record says how it was made."""
-    from video_edit.nodes import inversion, sparse_causal, video_unet
+    from video_edit.nodes import inversion, sparse_causal
+    from video_edit.nodes.shared import video_unet
 
     model, clip, _ = sd15
     empty = clip.encode_from_tokens_scheduled(clip.tokenize(""))

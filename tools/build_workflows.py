@@ -1,6 +1,7 @@
 """Regenerate workflows/*.json (UI format) from the API graphs in tools/workflow_graphs.
 
-Starts a headless ComfyUI with the pack to read the node definitions, then lays each graph out for the editor.
+Starts a headless ComfyUI with the pack to read the node definitions, then lays each graph out for the editor in
+groups by stage, adds the model download metadata and the Note, and draws the template card (workflows/<name>.jpg).
 Usage: python tools/build_workflows.py
 """
 
@@ -15,15 +16,40 @@ TOOLS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TOOLS))
 
 from comfy_server import REPO_ROOT, ComfyServer, default_comfyui_path  # noqa: E402
+from workflow_cards import lay_out_by_stage, write_thumbnail  # noqa: E402
 from workflow_format import api_to_ui  # noqa: E402
+
+
+# The models the workflows name, with where the frontend downloads them from when they are missing (a loader
+# node's properties.models: name, url, directory): SD1.5 and the ControlNet 1.1 models for it, as safetensors.
+MODELS = {
+    "v1-5-pruned-emaonly-fp16.safetensors": (
+        "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/v1-5-pruned-emaonly-fp16.safetensors",
+        "checkpoints"),
+    "control_v11p_sd15_canny_fp16.safetensors": (
+        "https://huggingface.co/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/"
+        "control_v11p_sd15_canny_fp16.safetensors", "controlnet"),
+    "control_v11f1p_sd15_depth_fp16.safetensors": (
+        "https://huggingface.co/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/"
+        "control_v11f1p_sd15_depth_fp16.safetensors", "controlnet"),
+}
+
+
+def add_model_metadata(workflow: dict) -> None:
+    """``properties.models`` on every node whose widgets name a model of MODELS."""
+    for node in workflow["nodes"]:
+        named = [value for value in node.get("widgets_values") or [] if isinstance(value, str) and value in MODELS]
+        if named:
+            node["properties"]["models"] = [{"name": name, "url": MODELS[name][0], "directory": MODELS[name][1]}
+                                            for name in named]
 
 
 def add_note(workflow: dict, text: str) -> None:
     """A Note node above the graph (the frontend shows it; it is not part of the prompt)."""
     workflow["last_node_id"] += 1
-    top = min(node["pos"][1] for node in workflow["nodes"])
-    workflow["nodes"].append({"id": workflow["last_node_id"], "type": "Note", "pos": [0, top - 160],
-                              "size": [420, 120], "flags": {}, "order": len(workflow["nodes"]), "mode": 0,
+    top = min([node["pos"][1] for node in workflow["nodes"]] + [group["bounding"][1] for group in workflow["groups"]])
+    workflow["nodes"].append({"id": workflow["last_node_id"], "type": "Note", "pos": [0, top - 280],
+                              "size": [560, 220], "flags": {}, "order": len(workflow["nodes"]), "mode": 0,
                               "inputs": [], "outputs": [], "properties": {}, "widgets_values": [text]})
 
 
@@ -37,10 +63,14 @@ def main() -> int:
         object_info = server.object_info()
     for name, build in all_workflows().items():
         workflow = api_to_ui(build(), object_info, pack_version=version)
-        if note(name):
-            add_note(workflow, note(name))
+        lay_out_by_stage(workflow)
+        add_model_metadata(workflow)
+        add_note(workflow, note(name))
         path = REPO_ROOT / "workflows" / f"{name}.json"
-        path.write_text(json.dumps(workflow, indent=1) + "\n")
+        text = json.dumps(workflow, indent=1) + "\n"
+        path.write_text(text)
+        display_names = {node_type: info.get("display_name") or node_type for node_type, info in object_info.items()}
+        write_thumbnail(path.with_suffix(".jpg"), text, workflow, name, display_names)
         print(path)
     return 0
 

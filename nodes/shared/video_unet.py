@@ -202,7 +202,7 @@ def require_inflated(model, input_name: str = "model", needs: str = "this node w
     """The inflation of ``model``, or a ValueError naming the input and the fix."""
     inflation = get_inflation(model)
     if inflation is None:
-        raise ValueError(f"{input_name}: {needs}; connect the MODEL through 'Inflate UNet for Video' "
+        raise ValueError(f"{input_name}: {needs}; connect the MODEL through 'VE Inflate UNet' "
                          "(VE_InflateUNet) first.")
     return inflation
 

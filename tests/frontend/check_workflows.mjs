@@ -15,6 +15,10 @@
 //            an error overlay, the model and media files the workflow names that this server lacks (the
 //            artist supplies them); not failures
 //   prompt   the API prompt the frontend builds from it: (await app.graphToPrompt()).output
+//   overlaps_after_load / overlaps_after_previews  pairs of nodes whose bounds overlap, right after loading
+//            and once the selected clips' previews have loaded
+// The "__startup__" entry also holds the pack's templates (names and each card's content type, as the template
+// browser fetches them) and the first line of a few node help pages (the URL the help panel falls back to).
 // and out.json maps each workflow path (as given) to that object. Errors from opening the page before
 // any workflow are reported under the key "__startup__" with the same shape.
 //
@@ -24,6 +28,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { chromium } from 'playwright-core'
+import { overlappingNodes } from './overlaps.mjs'
 
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium'
 const CHROMIUM_FLAGS = [
@@ -38,6 +43,8 @@ const CHROMIUM_FLAGS = [
 ]
 const READY_TIMEOUT_MS = 120_000
 const SETTLE_MS = 400
+const PREVIEWS_TIMEOUT_MS = 30_000
+const PACK = 'comfyui-video-edit'
 
 // What is NOT counted as an error, explicitly (each occurrence is listed under __startup__.ignored):
 //  - failed requests and "Failed to load resource" console errors for URLs on another host than the
@@ -54,6 +61,10 @@ const IGNORED = [
   {
     what: 'external-host fetch error message',
     test: (text) => /(api\.comfy\.org|registry\.comfy\.org|ERR_NAME_NOT_RESOLVED|ERR_INTERNET_DISCONNECTED)/i.test(text)
+  },
+  {
+    what: 'size probe of a missing model\'s download (its URL is on another host)',
+    test: (text) => /Error fetching file size: TypeError: Failed to fetch/.test(text)
   },
   {
     what: 'optional user file probe',
@@ -166,6 +177,25 @@ async function main() {
         }
       })
     })
+    // The pack's templates as the template browser gets them (names, then each card's thumbnail), and the
+    // node help pages at the URL the frontend's node help panel falls back to.
+    startup.templates = await page.evaluate(async (pack) => {
+      const names = (await (await fetch('/api/workflow_templates')).json())[pack] ?? []
+      const thumbnails = {}
+      for (const name of names) {
+        const res = await fetch(`/api/workflow_templates/${pack}/${name}.jpg`)
+        thumbnails[name] = res.ok ? res.headers.get('content-type') : `HTTP ${res.status}`
+      }
+      return { names, thumbnails }
+    }, PACK)
+    startup.help_pages = await page.evaluate(async (pack) => {
+      const pages = {}
+      for (const id of ['VE_OneShotTune', 'VE_TokenFlow', 'VE_AttentionFusion', 'VE_TrainMotionDirector', 'VE_LoadVideo']) {
+        const res = await fetch(`/extensions/${pack}/docs/${id}.md`)
+        pages[id] = res.ok ? (await res.text()).split('\n')[0] : `HTTP ${res.status}`
+      }
+      return pages
+    }, PACK)
     await page.waitForTimeout(SETTLE_MS)
     const ui = await collectUi(page)
     startup.errors.push(...ui.errors)
@@ -214,10 +244,13 @@ async function main() {
         entry.missing = [...new Set([...result.unregistered, ...result.reported])]
         entry.prompt = result.prompt
         entry.loaded_nodes = result.loadedNodes
+        entry.overlaps_after_load = await page.evaluate(overlappingNodes)
       } catch (err) {
         entry.errors.push(`loading failed: ${err.message}`)
       }
-      await page.waitForTimeout(SETTLE_MS)
+      await previewsSettled(page)
+      // Once the selected clips' previews have loaded (the node grows to show them).
+      entry.overlaps_after_previews = await page.evaluate(overlappingNodes)
       // Open dialogs and overlays (the missing-nodes notice among them) and error/warning toasts count as errors.
       const ui = await collectUi(page)
       entry.errors.push(...ui.errors)
@@ -248,7 +281,27 @@ async function main() {
   console.log(`${args.workflows.length} workflow(s) checked, ${bad.length} with missing nodes or errors; ${ignored.length} ignored message(s)`)
 }
 
-// Open dialogs, the error overlay and error/warning toasts, as text: {errors, warnings}. Newer frontends
+// Wait until every <video> on the page has its metadata (a selected clip's preview) and the nodes' sizes have
+// stopped changing (the node grows to show the preview), or PREVIEWS_TIMEOUT_MS.
+async function previewsSettled(page) {
+  let last = ''
+  let same = 0
+  const deadline = Date.now() + PREVIEWS_TIMEOUT_MS
+  while (Date.now() < deadline && same < 3) {
+    const state = await page.evaluate(() =>
+      JSON.stringify([
+        [...document.querySelectorAll('video')].every((v) => v.readyState >= 1 || v.error),
+        window.app.graph.nodes.map((n) => [n.size[0], n.size[1]])
+      ])
+    )
+    same = state === last && state.startsWith('[true') ? same + 1 : 0
+    last = state
+    await page.waitForTimeout(SETTLE_MS)
+  }
+}
+
+// Open dialogs, the error overlay and error/warning toasts, as text: {errors, warnings}. The missing-models
+// dialog of older frontends is a warning. Newer frontends
 // list missing nodes, models and input media in one error overlay; when its count is exactly the missing
 // models and media (read from the frontend's own stores) and no node is missing, it is a warning.
 async function collectUi(page) {
@@ -257,7 +310,9 @@ async function collectUi(page) {
     const warnings = []
     for (const d of document.querySelectorAll('.p-dialog')) {
       const t = d.innerText.trim().replace(/\s+/g, ' ')
-      if (t) texts.push(`dialog: ${t.slice(0, 2000)}`)
+      // Older frontends list the missing models (offering their download) in a dialog of their own.
+      if (t.startsWith('Missing Models')) warnings.push(`missing models (the artist downloads them): ${t.slice(0, 2000)}`)
+      else if (t) texts.push(`dialog: ${t.slice(0, 2000)}`)
     }
     const pinia = document.querySelector('#vue-app')?.__vue_app__?.config?.globalProperties?.$pinia
     const store = (id) => pinia?._s?.get(id)
@@ -265,7 +320,9 @@ async function collectUi(page) {
     const nodes = store('missingNodesError')?.missingNodeCount ?? 0
     for (const d of document.querySelectorAll('[data-testid="error-overlay"]')) {
       const t = d.innerText.trim().replace(/\s+/g, ' ')
-      const count = Number((/(\d+) (?:errors?|issues?) found/.exec(t) ?? [])[1])
+      // "N errors found", or for one missing model "Warning <file> is missing ... a required model file"
+      const count = Number((/(\d+) (?:errors?|issues?) found/.exec(t) ?? [])[1] ??
+        (/^Warning \S+ is missing .* is missing a required model file/.test(t) ? 1 : NaN))
       if (t && nodes === 0 && files > 0 && count === files) {
         warnings.push(`missing model or media files (the artist supplies them): ${t.slice(0, 2000)}`)
       } else if (t) texts.push(`overlay: ${t.slice(0, 2000)}`)

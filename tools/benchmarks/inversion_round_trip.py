@@ -91,7 +91,8 @@ def main():
     options = parser.parse_args()
 
     model, cond = load()
-    from video_edit.nodes import inversion, sparse_causal, video_unet
+    from video_edit.nodes import inversion, sparse_causal
+    from video_edit.nodes.shared import video_unet
 
     video_model = sparse_causal.with_cross_frame_attention(video_unet.inflate(model), "sparse_causal")
     generator = torch.Generator().manual_seed(0)

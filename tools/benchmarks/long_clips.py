@@ -148,7 +148,8 @@ def batch_cost(frame_counts: list[int], size: int) -> dict:
     """Seconds per frame of one call of the inflated sparse-causal model (cond only) on each batch of frames."""
     model, clip_model = load_tiny()
     import comfy.model_management
-    from video_edit.nodes import sparse_causal, video_unet
+    from video_edit.nodes import sparse_causal
+    from video_edit.nodes.shared import video_unet
 
     video_model = sparse_causal.with_cross_frame_attention(video_unet.inflate(model), "sparse_causal")
     comfy.model_management.load_models_gpu([video_model])

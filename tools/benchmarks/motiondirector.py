@@ -73,7 +73,8 @@ def worker(config: str, full: bool, frames: int, size: int, steps: int) -> dict:
     args.cpu = not torch.cuda.is_available()
     import comfy.model_management
 
-    from video_edit.nodes import motiondirector, tuning, video_unet
+    from video_edit.nodes import motiondirector, tuning
+    from video_edit.nodes.shared import video_unet
 
     model = load_model(full)
     cond = [[torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(1)), {}]]

@@ -75,7 +75,8 @@ def ours_model(checkpoint: Path):
     """The checkpoint loaded by ComfyUI, inflated, with sparse-causal attention; the edit prompt and the empty one."""
     import_comfyui()
     import comfy.sd
-    from video_edit.nodes import sparse_causal, video_unet
+    from video_edit.nodes import sparse_causal
+    from video_edit.nodes.shared import video_unet
 
     model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(str(checkpoint), output_vae=True, output_clip=True)
     cond, empty = (clip.encode_from_tokens_scheduled(clip.tokenize(text)) for text in ("a man is skiing", ""))
@@ -85,7 +86,8 @@ def ours_model(checkpoint: Path):
 def ours_step(checkpoint: Path, frames: int, size: int, steps: int = 1, checkpointing: bool = True):
     """``steps`` tuning steps of ours in one VE_OneShotTune call, through ComfyUI (its own loader and sampler)."""
     video, cond, _ = ours_model(checkpoint)
-    from video_edit.nodes import tuning, video_unet
+    from video_edit.nodes import tuning
+    from video_edit.nodes.shared import video_unet
 
     latent = {"samples": torch.randn(frames, 4, size // 8, size // 8)}
     tune = functools.partial(tuning.one_shot_tune, video, latent, cond, steps, 3e-5, 0,
@@ -215,7 +217,8 @@ def ours_invert_and_edit(checkpoint: Path, frames: int, size: int, guidance: flo
     KSampler Advanced (ddim, ddim_uniform, cfg ``guidance``) from the inverted latent; ``run(steps)`` each."""
     video, cond, empty = ours_model(checkpoint)
     import nodes as core_nodes
-    from video_edit.nodes import inversion, video_unet
+    from video_edit.nodes import inversion
+    from video_edit.nodes.shared import video_unet
 
     latent = {"samples": torch.randn(frames, 4, size // 8, size // 8)}
 

@@ -18,14 +18,66 @@ PRODUCERS = {
 }
 
 
-def note(name: str) -> str | None:
-    """The note a workflow carries for the artist: which other workflow must run first."""
+# What each workflow does, what to change first, the inputs that matter, and its time on a GPU (estimates from
+# the methods' papers for 512x512 on one A100-class GPU; measured times on 2 CPU cores are in the README).
+ABOUT = {
+    "tune_a_video_edit": (
+        "Tune-A-Video: tunes SD1.5 on one clip (VE One-Shot Tune, 500 steps), inverts it (VE DDIM Invert) and "
+        "samples the edit prompt from that noise.",
+        "the clip (VE Load Video: the sample skier is selected), the source prompt (describes the clip) and the "
+        "edit prompt", "steps 500, learning_rate 3e-5; cfg 12.5, 50 ddim steps", "about 10 min tuning + 1 min "
+        "editing (estimate)"),
+    "tune_a_video_controlnet": (
+        "Tune-A-Video with a Canny ControlNet per frame keeping the clip's edges.",
+        "the clip and both prompts; ControlNet strength", "as tune_a_video_edit", "about 11 min (estimate)"),
+    "tune_a_video_reuse": (
+        "Edits again with a model tune_a_video_edit saved (VE Load Tuned Model): no retraining.",
+        "the tuned file and the edit prompt", "the same clip and prompts the tuning used", "about 1 min (estimate)"),
+    "tokenflow_edit": (
+        "TokenFlow: training-free edit of 40 frames: keyframes edited together, their tokens propagated. (TokenFlow's "
+        "default model is SD 2.1 base; this pack runs SD1.x models for now, so SD1.5.)",
+        "the edit prompt (sampler) and the clip", "keyframe_chunk_size 8, pnp windows 0.5 / 0.8; 500 inversion "
+        "steps kept at 50", "about 5 min (estimate)"),
+    "tokenflow_on_tuned": (
+        "TokenFlow on the model tune_a_video_edit tuned.", "the tuned file and the edit prompt",
+        "as tokenflow_edit", "about 3 min (estimate)"),
+    "tokenflow_long_clip": (
+        "TokenFlow on 240 frames, a few keyframes per pass, so memory follows the pass, not the clip.",
+        "the clip and the edit prompt; keyframes_per_pass", "keyframes_per_pass, VE Context Windows' length",
+        "about 25 min (estimate)"),
+    "fatezero_edit": (
+        "FateZero zero-shot attribute edit: the source attention stored while inverting is fused while editing.",
+        "the clip, source_prompt, edit_prompt and blend_words (the official example is FateZero's jeep.mp4)",
+        "self_replace / cross_replace 0.8, mask_threshold 0.3, 50 steps", "about 2 min (estimate)"),
+    "fatezero_shape_edit": (
+        "FateZero shape edit on the model tune_a_video_edit tuned.", "the tuned file, the prompts and blend_words",
+        "replace 0.5, blend 'both'", "about 2 min (estimate)"),
+    "motiondirector_train": (
+        "MotionDirector: learns the clips' motion as a temporal LoRA (and their look as a spatial one), saved.",
+        "the clips (one VE Load Video + VE Motion Clip Set each) and their prompts", "steps 300, rank 32, "
+        "learning_rate 5e-4", "about 20 min (estimate)"),
+    "motiondirector_generate": (
+        "Generates a new subject with the learned motion (temporal LoRA only).", "the LoRA files and the prompt",
+        "temporal_strength 1, spatial_strength 0", "about 1 min (estimate)"),
+    "make_your_video_depth": (
+        "Make-Your-Video: a 32-frame clip from per-frame depth maps (depth ControlNet) with the causal temporal mask "
+        "and the learned motion LoRA.", "the depth clip (the sample's depth maps are selected) and the prompt",
+        "temporal_mask causal, temporal_window 15", "about 3 min (estimate)"),
+}
+
+
+def note(name: str) -> str:
+    """The note a workflow carries for the artist: what it does, what to change first, what matters, how long
+    it takes, and which other workflow must run first."""
+    does, change, matters, time = ABOUT[name]
+    text = f"{does}\nChange first: {change}.\nWhat matters: {matters}.\nTime on a GPU: {time}."
     producer = PRODUCERS.get(name)
-    if producer is None:
-        return None
-    what = "motion LoRAs" if producer == "motiondirector_train" else "tuned model"
-    return (f"This workflow loads the {what} that {producer}.json saves. Run {producer} first (once), then pick "
-            f"its file in the loader node: the first save is numbered _00001_.")
+    if producer is not None:
+        what = "motion LoRAs" if producer == "motiondirector_train" else "tuned model"
+        text += (f"\nRun {producer} first (once): this workflow loads the {what} it saves; pick its file in the "
+                 f"loader node (the first save is numbered _00001_).")
+    return text + ("\nCheckpoint: SD1.5 (Tune-A-Video was published with SD 1.4/1.5); when it is missing the "
+                   "frontend offers its download.")
 
 
 def all_workflows() -> dict:

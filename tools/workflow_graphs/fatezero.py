@@ -9,12 +9,13 @@ for the tuned file. The maps take about 0.21 GiB per step for 8 frames (tools/be
 """
 
 from comfy_execution.graph_utils import GraphBuilder
+from sample_clip import SAMPLE_CLIP
 
 from .common import ddim_edit_and_save
 
 from .tune_a_video import CHECKPOINT, SOURCE_PROMPT as SKIING_PROMPT, SOURCE_VIDEO as SKIING_VIDEO, TUNED_FILE
 
-JEEP_VIDEO = "jeep.mp4"
+JEEP_VIDEO = SAMPLE_CLIP  # FateZero's jeep.mp4 is the clip these prompts describe
 JEEP_PROMPT = "a silver jeep driving down a curvy road in the countryside"
 RED_JEEP_PROMPT = "a red jeep driving down a curvy road in the countryside"
 PANDA_PROMPT = "a panda is skiing"

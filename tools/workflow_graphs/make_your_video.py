@@ -7,11 +7,12 @@ ControlNet, the prompt the appearance. Run motiondirector_train first for the Lo
 """
 
 from comfy_execution.graph_utils import GraphBuilder
+from sample_clip import SAMPLE_DEPTH
 
 from .motiondirector import CHECKPOINT, LORA_NAME
 
-DEPTH_VIDEO = "man-skiing-depth.mp4"  # per-frame depth maps of the clip (docs/nodes/make_your_video.md)
-DEPTH_CONTROLNET = "control_v11f1p_sd15_depth.pth"
+DEPTH_VIDEO = SAMPLE_DEPTH  # per-frame depth maps of the clip (docs/nodes/make_your_video.md)
+DEPTH_CONTROLNET = "control_v11f1p_sd15_depth_fp16.safetensors"
 PROMPT = "a knight in shining armour skiing down a snowy mountain, oil painting"
 
 

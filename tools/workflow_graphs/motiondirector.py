@@ -1,9 +1,10 @@
 """MotionDirector workflows: learn a motion from two clips and save it; generate a new subject with that motion."""
 
 from comfy_execution.graph_utils import GraphBuilder
+from sample_clip import SAMPLE_CLIP
 
-CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
-SOURCE_VIDEO = "man-skiing.mp4"
+CHECKPOINT = "v1-5-pruned-emaonly-fp16.safetensors"
+SOURCE_VIDEO = SAMPLE_CLIP
 CLIPS = (  # two clips of one motion, each with its own prompt: (start_frame, n_frames, prompt)
     (0, 16, "a man is skiing"),
     (8, 12, "a man skiing down a snowy slope"),

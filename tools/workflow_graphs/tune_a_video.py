@@ -1,12 +1,13 @@
 """Tune-A-Video workflows: tune on the clip and edit, the same with ControlNet, and edit from a saved tuning."""
 
 from comfy_execution.graph_utils import GraphBuilder
+from sample_clip import SAMPLE_CLIP
 
 from .common import ddim_edit_and_save
 
-CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
-CONTROLNET = "control_v11p_sd15_canny.pth"
-SOURCE_VIDEO = "man-skiing.mp4"
+CHECKPOINT = "v1-5-pruned-emaonly-fp16.safetensors"
+CONTROLNET = "control_v11p_sd15_canny_fp16.safetensors"
+SOURCE_VIDEO = SAMPLE_CLIP  # tools/sample_clip.py; the official clip is man-skiing.mp4
 SOURCE_PROMPT = "a man is skiing"
 EDIT_PROMPT = "spider man is skiing on the beach, cartoon style"
 TUNED_NAME = "man_skiing"

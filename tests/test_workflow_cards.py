@@ -1,0 +1,81 @@
+"""What the shipped workflows give an artist before anything runs (tools/build_workflows.py, tools/workflow_cards.py):
+a current template card, a Note, the download metadata of the models they name, the pack's sample clip selected
+(copied into ComfyUI's input folder at start, never over a file), and stage groups in which no two nodes overlap
+at the sizes their previews grow to."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from workflow_cards import PREVIEW, STAGES, stage_of, workflow_hash
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*.json"))
+SAMPLES = REPO_ROOT / "workflows" / "input"
+MODEL_LOADERS = {"CheckpointLoaderSimple", "ControlNetLoader"}
+TITLE_BAR = 30  # LiteGraph draws a node's title above its pos
+
+
+def nodes_of(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["nodes"]
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_card_is_current(path):
+    thumbnail = path.with_suffix(".jpg")
+    assert thumbnail.is_file(), f"no card for {path.name}: run python tools/build_workflows.py"
+    comment = Image.open(thumbnail).info.get("comment", b"").decode()
+    assert comment == workflow_hash(path.read_text()), f"{thumbnail.name} is stale: run tools/build_workflows.py"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_note_models_and_sample_clip(path):
+    nodes = nodes_of(path)
+    notes = [node["widgets_values"][0] for node in nodes if node["type"] == "Note"]
+    assert len(notes) == 1 and all(part in notes[0] for part in ("Change first:", "What matters:", "Time on a GPU:"))
+    for node in nodes:
+        if node["type"] in MODEL_LOADERS:
+            (model,) = node["properties"]["models"]
+            assert model["name"] == node["widgets_values"][0] and model["name"].endswith(".safetensors")
+            assert model["url"].startswith("https://huggingface.co/") and model["url"].endswith("/" + model["name"])
+            assert model["directory"] in ("checkpoints", "controlnet")
+        if node["type"] == "VE_LoadVideo":
+            assert (SAMPLES / node["widgets_values"][0]).is_file(), node["widgets_values"][0]
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_stage_groups_hold_their_nodes_and_no_nodes_overlap(path):
+    workflow = json.loads(path.read_text())
+    groups = {group["title"].split(". ", 1)[1]: group["bounding"] for group in workflow["groups"]}
+    boxes = []
+    for node in workflow["nodes"]:
+        x, y = node["pos"]
+        w, h = node["size"]
+        if node["type"] in PREVIEW:
+            assert h >= PREVIEW[node["type"]][1], (node["type"], "no room for its preview")
+        box = (x, y - TITLE_BAR, x + w, y + h)
+        if node["type"] != "Note":
+            gx, gy, gw, gh = groups[STAGES[stage_of(node)]]
+            assert gx <= box[0] and box[2] <= gx + gw and gy <= box[1] and box[3] <= gy + gh, node["type"]
+        boxes.append((node["type"], box))
+    for i, (name_a, a) in enumerate(boxes):
+        for name_b, b in boxes[i + 1:]:
+            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (path.stem, name_a, name_b)
+
+
+def test_sample_clips_are_copied_into_the_input_folder_never_over_a_file(comfy_lib, tmp_path, monkeypatch):
+    import folder_paths
+    from video_edit.nodes import video_io
+
+    monkeypatch.setattr(folder_paths, "get_input_directory", lambda: str(tmp_path))
+    (tmp_path / "video_edit_skier.mp4").write_bytes(b"the artist's own file")
+    written = video_io.install_sample_clips()
+    assert written == [str(tmp_path / "video_edit_skier_depth.mp4")]
+    assert (tmp_path / "video_edit_skier.mp4").read_bytes() == b"the artist's own file"
+    assert (tmp_path / "video_edit_skier_depth.mp4").read_bytes() == (SAMPLES / "video_edit_skier_depth.mp4").read_bytes()
+    assert video_io.install_sample_clips() == []
+    assert "video_edit_skier_depth.mp4" in video_io.list_input_videos()
