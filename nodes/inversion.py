@@ -105,8 +105,8 @@ class DDIMInvert(VideoEditNode):
                 "'latent' with a standard sampler with noise addition off, the same step count and a DDIM-equivalent "
                 "schedule (KSampler Advanced: add_noise disable, sampler ddim, scheduler ddim_uniform). 'inversion' "
                 "keeps the clip at every level for TokenFlow and FateZero. method fixed_point inverts so that this "
-                "sampler gives the clip back almost exactly, at 1 + iterations model calls per step (the fast recipes: "
-                "fixed_point with iterations 0 at TokenFlow's 50 sampling steps instead of 500 DDIM steps; "
+                "sampler gives the clip back almost exactly, at 1 + iterations model calls per step (the fast "
+                "recipes: fixed_point with iterations 0 at TokenFlow's 50 sampling steps instead of 500 DDIM steps; "
                 "iterations 1 at 20 steps for FateZero and Tune-A-Video)."),
             inputs=[
                 io.Model.Input("model"),

@@ -46,7 +46,7 @@ def test_tokenflow_fast_inverts_in_the_sampling_steps(sd15, encode, clip_latent)
     samples from either; the fast round trip is closer to the clip."""
     from video_edit.nodes import inversion, tokenflow
 
-    model, source, steps = sd15[0], encode(SOURCE), 3
+    model, source, steps = sd15[0], encode(SOURCE), 5
     recipes = {"official": dict(steps=10 * steps, keep_steps=steps), "fast": dict(steps=steps, method="fixed_point",
                                                                                  iterations=0)}
     errors = {}
