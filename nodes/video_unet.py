@@ -159,11 +159,22 @@ def get_inflation(model) -> Inflation | None:
     return model.get_attachment(PatcherKeys.INFLATION)
 
 
+class TemporalLayersPatcher(ModelPatcher):
+    """A ModelPatcher whose clones keep its ``cached_patcher_init`` (ComfyUI 0.3.75's ``clone`` does not copy it)."""
+
+    cached_patcher_init = None
+
+    def clone(self, *args, **kwargs):
+        clone = super().clone(*args, **kwargs)
+        clone.cached_patcher_init = self.cached_patcher_init
+        return clone
+
+
 def temporal_layers_patcher(layers: TemporalLayers, load_device, offload_device) -> ModelPatcher:
     """The ModelPatcher that carries an inflated MODEL's temporal layers. Its ``cached_patcher_init`` is the factory
     ComfyUI's MultiGPU deep clones (``ModelPatcher.deepclone_multigpu``, comfy/multigpu.py in newer ComfyUI) load an
     additional model afresh from: a patcher over a copy of the layers, so each device's clone has its own."""
-    patcher = ModelPatcher(layers, load_device=load_device, offload_device=offload_device)
+    patcher = TemporalLayersPatcher(layers, load_device=load_device, offload_device=offload_device)
     patcher.cached_patcher_init = (copied_layers_patcher, (layers, load_device, offload_device))
     return patcher
 
