@@ -1,8 +1,8 @@
 """Where an edit's time goes: one Tune-A-Video edit and one TokenFlow edit (inversion + sampling, the official
 recipes of tools/benchmarks/fast_recipes.py at --steps) under cProfile, grouped by who owns the time.
 
-Each function's own time goes to the code that owns it: the UNet (``comfy/ldm``: its modules' Python, and the
-torch operations they run, attention included, also when a patch of ours calls ComfyUI's attention function),
+Each function's own time goes to the code that owns it: the UNet (``comfy/ldm`` and ``comfy/ops.py``, its layers:
+their Python, and the torch operations they run, attention included, also when a patch of ours calls ComfyUI's attention function),
 ComfyUI's per-call machinery (samplers, model patcher, wrappers, conds: the rest of ComfyUI), this pack (its
 patches and wrappers, with the torch operations they run themselves; apart, its temporal layers, which are
 part of the video model) or other Python. Torch's
@@ -30,10 +30,11 @@ sys.path[:0] = [str(TOOLS), str(TOOLS / "benchmarks")]
 from fast_recipes import MODELS, Edit, import_comfyui, workflow_recipes  # noqa: E402
 from tiny_models import full_size_sd15_checkpoint, tiny_sd15_checkpoint  # noqa: E402
 
-GROUPS = {"unet": "UNet (comfy/ldm: compute and module Python)", "layers": "the pack's temporal layers (model)",
+GROUPS = {"unet": "UNet (comfy/ldm, comfy/ops: compute, Python)", "layers": "the pack's temporal layers (model)",
           "ours": "the pack's patches and wrappers", "comfy": "ComfyUI per-call overhead", "other": "other Python"}
 PACK_FOLDERS = tuple(str(REPO_ROOT / folder).replace("\\", "/") + "/" for folder in ("nodes", "kernels"))
 INJECTED_LAYERS = ("kernels/temporal.py",)  # Tune-A-Video's temporal attention: part of the video model
+UNET_LAYERS = ("/comfy/ops.py",)  # the UNet's Linear and Conv layers (ComfyUI's casting ops)
 TRANSPARENT = ("/torch/", "/einops/", "/contextlib.py", "/functools.py")
 
 
@@ -44,7 +45,7 @@ def owner(function) -> str | None:
         return None
     if path.startswith(PACK_FOLDERS):
         return "layers" if path.endswith(INJECTED_LAYERS) else "ours"
-    if "/comfy/ldm/" in path:
+    if "/comfy/ldm/" in path or path.endswith(UNET_LAYERS):
         return "unet"
     if "/comfy" in path or "ComfyUI" in path:
         return "comfy"
