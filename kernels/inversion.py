@@ -33,27 +33,37 @@ def vp_scale(sigma: float) -> float:
 
 
 def invert(denoise: Callable[[torch.Tensor, float], torch.Tensor], clean: torch.Tensor, sigmas: list[float],
-           record: Callable[[int, torch.Tensor], None] | None = None, iterations: int = 0) -> torch.Tensor:
+           record: Callable[[int, torch.Tensor], None] | None = None, iterations: int = 0,
+           extrapolate: bool = False) -> torch.Tensor:
     """DDIM inversion of ``clean`` along ascending ``sigmas`` (``sigmas[0]``: the level the clean latent is taken
     at). ``denoise(x, sigma)`` is ComfyUI's x0 prediction; ``record(k, x)`` sees the latent at ``sigmas[k]`` before
     each step; returns the latent at ``sigmas[-1]``.
 
-    ``iterations`` 0 is the official step. With more, each step is refined towards the inversion the DDIM sampler
-    undoes, ``x' = x + (sigma' - sigma) * eps(x', sigma')`` (the sampler's Euler step from ``x'`` at ``sigma'``
-    lands back on ``x``): AIDI / ReNoise style fixed-point iterations, Anderson-accelerated, from the official
-    step as the first guess, one model call each.
+    Each step is one model call on a guess of the target latent, ``x' = x + (sigma' - sigma) * eps(guess,
+    sigma')``; the official step guesses the current latent's VP sample (``extrapolate`` False, ``iterations`` 0).
+    ``extrapolate`` guesses ``x + (sigma' - sigma) * eps`` with the previous call's noise instead (from the second
+    step on): closer to the target, at no extra call. ``iterations`` refine each step towards the inversion the DDIM
+    sampler undoes, ``x' = x + (sigma' - sigma) * eps(x', sigma')`` (the sampler's Euler step from ``x'`` at
+    ``sigma'`` lands back on ``x``): AIDI / ReNoise style fixed-point iterations, Anderson-accelerated, one model
+    call each.
     """
     x = clean / vp_scale(sigmas[0])
+    noise = None  # the last call's noise prediction
     for k, (sigma, target) in enumerate(zip(sigmas[:-1], sigmas[1:])):
         if record is not None:
             record(k, x)
 
         def step_from(guess, x=x, sigma=sigma, target=target):
             """x + (target - sigma) * eps(guess, target): the inversion step with the noise predicted at ``guess``."""
-            return x + (target - sigma) * ((guess - denoise(guess, target)) / target)
+            nonlocal noise
+            noise = (guess - denoise(guess, target)) / target
+            return x + (target - sigma) * noise
 
-        official = step_from(x * (vp_scale(sigma) / vp_scale(target)))  # the same VP sample, at the target level
-        x = anderson(step_from, official, iterations)
+        if extrapolate and noise is not None:
+            guess = x + (target - sigma) * noise
+        else:
+            guess = x * (vp_scale(sigma) / vp_scale(target))  # the same VP sample, at the target level
+        x = anderson(step_from, step_from(guess), iterations)
     return x
 
 

@@ -11,6 +11,8 @@ counts them as a model of their own when it plans memory, and they are ``comfy.o
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -148,6 +150,30 @@ def get_inflation(model) -> Inflation | None:
     return model.get_attachment(PatcherKeys.INFLATION)
 
 
+class TemporalLayersPatcher(ModelPatcher):
+    """A ModelPatcher whose clones keep its ``cached_patcher_init`` (ComfyUI 0.3.75's ``clone`` does not copy it)."""
+
+    cached_patcher_init = None
+
+    def clone(self, *args, **kwargs):
+        clone = super().clone(*args, **kwargs)
+        clone.cached_patcher_init = self.cached_patcher_init
+        return clone
+
+
+def temporal_layers_patcher(layers: TemporalLayers, load_device, offload_device) -> ModelPatcher:
+    """The ModelPatcher that carries an inflated MODEL's temporal layers. Its ``cached_patcher_init`` is the factory
+    ComfyUI's MultiGPU deep clones (``ModelPatcher.deepclone_multigpu``, comfy/multigpu.py in newer ComfyUI) load an
+    additional model afresh from: a patcher over a copy of the layers, so each device's clone has its own."""
+    patcher = TemporalLayersPatcher(layers, load_device=load_device, offload_device=offload_device)
+    patcher.cached_patcher_init = (copied_layers_patcher, (layers, load_device, offload_device))
+    return patcher
+
+
+def copied_layers_patcher(layers: TemporalLayers, load_device, offload_device) -> ModelPatcher:
+    return temporal_layers_patcher(copy.deepcopy(layers), load_device, offload_device)
+
+
 def temporal_patcher(model) -> ModelPatcher:
     """The ModelPatcher of an inflated MODEL's temporal layers, private to that clone: weight patches for the
     temporal layers (motion LoRAs) go here, as AnimateDiff-Evolved does for its motion models."""
@@ -189,8 +215,11 @@ def inflate(model, temporal_state: dict | None = None, frame_groupnorm: bool = T
         layers.load_state_dict(temporal_state, strict=True)
     layers.requires_grad_(False)
     clone = model.clone()
-    clone.set_additional_models(PatcherKeys.INFLATION, [ModelPatcher(layers, load_device=model.load_device, offload_device=model.offload_device)])
-    clone.set_injections(PatcherKeys.INFLATION, [PatcherInjection(inject=lambda patcher: _inject(layers, frame_groupnorm, patcher), eject=_eject)])
+    clone.set_additional_models(PatcherKeys.INFLATION,
+                                [temporal_layers_patcher(layers, model.load_device, model.offload_device)])
+    # The layers injected are those of the patcher being loaded: a MultiGPU deep clone injects its own copy.
+    clone.set_injections(PatcherKeys.INFLATION, [PatcherInjection(
+        inject=lambda patcher: _inject(temporal_patcher(patcher).model, frame_groupnorm, patcher), eject=_eject)])
     set_wrapper(clone, WrappersMP.DIFFUSION_MODEL, PatcherKeys.INFLATION, _video_layout_wrapper)
     check_video_inputs_when_sampling(clone)
     clone.set_attachments(PatcherKeys.INFLATION, Inflation(layers, frame_groupnorm))

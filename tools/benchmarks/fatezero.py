@@ -18,14 +18,14 @@ import argparse
 import json
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO_ROOT / "tools"))
+sys.path[:0] = [str(REPO_ROOT / "tools"), str(REPO_ROOT / "tools" / "benchmarks")]
+
+from measure import peak_rss_during  # noqa: E402
 
 STEPS, CONTEXT, LATENT = 50, 77, 64
 CONFIGS = ("none", "ours", "official")
@@ -100,30 +100,6 @@ class OfficialLayoutStore:
 
     def require_complete(self):
         pass
-
-
-def peak_rss_during(fn) -> tuple[object, int]:
-    """``fn()``'s result and the peak resident bytes above those before it, sampled every millisecond."""
-    import psutil
-
-    process = psutil.Process()
-    before = peak = process.memory_info().rss
-    done = threading.Event()
-
-    def sample():
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, process.memory_info().rss)
-            time.sleep(0.001)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        result = fn()
-    finally:
-        done.set()
-        sampler.join()
-    return result, max(peak, process.memory_info().rss) - before
 
 
 def worker(config: str, frames: int, size: int, steps: int) -> dict:

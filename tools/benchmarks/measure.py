@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import torch
@@ -45,3 +46,40 @@ def seconds(fn, repeats: int = 2, warm_up=None) -> float:
         fn()
         best = min(best, now() - start)
     return best
+
+
+def peak_rss_during(fn) -> tuple[object, int]:
+    """``fn()``'s result and the peak resident bytes above those before it, sampled every millisecond."""
+    import psutil
+
+    process = psutil.Process()
+    before = peak = process.memory_info().rss
+    done = threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, process.memory_info().rss)
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result = fn()
+    finally:
+        done.set()
+        sampler.join()
+    return result, max(peak, process.memory_info().rss) - before
+
+
+def peak_memory_during(fn) -> tuple[object, int]:
+    """``fn()``'s result and its peak memory: the GPU allocator's peak above what was allocated before on CUDA,
+    else the peak resident bytes above those before (``peak_rss_during``; cheap enough for a whole edit)."""
+    if not torch.cuda.is_available():
+        return peak_rss_during(fn)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    result = fn()
+    torch.cuda.synchronize()
+    return result, torch.cuda.max_memory_allocated() - before

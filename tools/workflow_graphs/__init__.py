@@ -11,6 +11,7 @@ MODULES = [tune_a_video, tokenflow, fatezero, motiondirector, make_your_video]
 # Workflows that load what another one saves (a tuned model, motion LoRAs): consumer -> producer.
 PRODUCERS = {
     "tune_a_video_reuse": "tune_a_video_edit",
+    "tune_a_video_fast": "tune_a_video_edit",
     "tokenflow_on_tuned": "tune_a_video_edit",
     "fatezero_shape_edit": "tune_a_video_edit",
     "motiondirector_generate": "motiondirector_train",

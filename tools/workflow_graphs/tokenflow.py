@@ -4,6 +4,8 @@
 Official settings (preprocess.py, configs/config_pnp.yaml): inversion in 500 DDIM steps keeping the latents of the
 50 sampling steps, cfg 7.5, keyframe chunks of 8 frames, PnP windows
 0.5 / 0.8, seed 1, the negative prompt below. Run workflows/tune_a_video_edit.json first for the tuned file.
+tokenflow_fast is the pack's fast recipe: the inversion at the sampler's own 50 steps, fixed_point with no extra
+refinement (50 model calls instead of 500; docs/nodes/tokenflow.md).
 """
 
 from comfy_execution.graph_utils import GraphBuilder
@@ -16,15 +18,19 @@ EDIT_PROMPT = "a marble sculpture of a man skiing"
 NEGATIVE_PROMPT = "ugly, blurry, low res, unrealistic, unaesthetic"
 
 
+OFFICIAL_INVERSION = {"steps": 500, "method": "ddim", "iterations": 3, "keep_steps": 50}
+FAST_INVERSION = {"steps": 50, "method": "fixed_point", "iterations": 0, "keep_steps": 0}
+
+
 def _edit(g: GraphBuilder, ckpt, model, n_frames: int, frame_stride: int, prefix: str, inversion_model=None,
-          keyframes_per_pass: int = 0):
+          keyframes_per_pass: int = 0, inversion_settings: dict = OFFICIAL_INVERSION):
     """Load and invert the clip with the inversion prompt, TokenFlow, sample from its latent, save the video."""
     video = g.node("VE_LoadVideo", file=SOURCE_VIDEO, n_frames=n_frames, start_frame=0, frame_stride=frame_stride,
                    width=512, height=512, path="", memory_limit_gb=0.0)
     latent = g.node("VAEEncode", pixels=video.out(0), vae=ckpt.out(2))
     source = g.node("CLIPTextEncode", clip=ckpt.out(1), text=SOURCE_PROMPT)
-    inversion = g.node("VE_DDIMInvert", model=inversion_model or model, latent=latent.out(0), steps=500,
-                       method="ddim", iterations=3, keep_steps=50, conditioning=source.out(0))
+    inversion = g.node("VE_DDIMInvert", model=inversion_model or model, latent=latent.out(0),
+                       conditioning=source.out(0), **inversion_settings)
     tokenflow = g.node("VE_TokenFlow", model=model, inversion=inversion.out(1), conditioning=source.out(0),
                        keyframe_chunk_size=8, pnp_attention_window=0.5, pnp_feature_window=0.8, seed=1,
                        keyframes_per_pass=keyframes_per_pass)
@@ -38,6 +44,15 @@ def tokenflow_edit():
     g = GraphBuilder(prefix="")
     ckpt = g.node("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
     _edit(g, ckpt, ckpt.out(0), n_frames=40, frame_stride=1, prefix="video_edit/tokenflow")
+    return g.finalize()
+
+
+def tokenflow_fast():
+    """tokenflow_edit with the fast inversion: 50 fixed-point steps, one model call each."""
+    g = GraphBuilder(prefix="")
+    ckpt = g.node("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
+    _edit(g, ckpt, ckpt.out(0), n_frames=40, frame_stride=1, prefix="video_edit/tokenflow_fast",
+          inversion_settings=FAST_INVERSION)
     return g.finalize()
 
 
@@ -62,6 +77,7 @@ def tokenflow_long_clip():
 
 WORKFLOWS = {
     "tokenflow_edit": tokenflow_edit,
+    "tokenflow_fast": tokenflow_fast,
     "tokenflow_on_tuned": tokenflow_on_tuned,
     "tokenflow_long_clip": tokenflow_long_clip,
 }
