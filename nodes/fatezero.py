@@ -13,7 +13,7 @@ from ..kernels.fatezero import (AttentionStore, CrossAttentionEdit, PromptTokens
 from ..kernels.inversion import Inversion
 from ..kernels.schedule import in_window, matching
 from .attention_slots import FUSION, AddsToOutput, SharedPatch, SlotPatch, guard_slots, install
-from .model_helpers import cond_chunks, require_sd1_unet
+from .model_helpers import TRAINING_FREE_FAMILIES, cond_chunks, require_unet
 from .socket_types import ATTENTION_CAPTURE, InversionType, VideoEditNode
 from .windowing import clip_rows
 
@@ -275,7 +275,7 @@ def attention_fusion(model, inversion: Inversion, clip, source_prompt: str, edit
                      reweight: str = "", blend_start: float = 0.2, blend_end: float = 0.8, blend: str = "latents",
                      word_swap: str = "replace", blend_source: str = BLEND_SOURCES[0]):
     """A clone of ``model`` that fuses the inversion's attention into editing; returns it with its FusionPlan."""
-    require_sd1_unet(model)
+    require_unet(model, TRAINING_FREE_FAMILIES)
     store = require_attention(inversion)
     if store.context != 77:
         raise ValueError(f"inversion: it was captured with a {store.context}-token conditioning; invert with one "

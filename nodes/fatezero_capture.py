@@ -15,7 +15,7 @@ from comfy_api.latest import io
 
 from ..kernels.fatezero import AttentionStore, attention_probs, captured_blocks, chunk_slice
 from .attention_slots import CAPTURE, AddsToOutput, SlotPatch, install
-from .model_helpers import cond_chunks, require_sd1_unet
+from .model_helpers import TRAINING_FREE_FAMILIES, cond_chunks, require_unet
 from .socket_types import ATTENTION_CAPTURE, CaptureType, VideoEditNode
 from .windowing import clip_rows
 
@@ -86,7 +86,7 @@ class AttentionCapture:
 
     def allocate(self, model, samples: torch.Tensor, conditioning, sigmas: torch.Tensor) -> AttentionStore:
         """The empty store for this inversion, after checking its size against the limit."""
-        unet = require_sd1_unet(model)
+        unet = require_unet(model, TRAINING_FREE_FAMILIES)
         frames, _, height, width = samples.shape
         blocks = captured_blocks(unet, height, width, self.max_query_tokens)
         if not blocks:

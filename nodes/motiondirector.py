@@ -27,7 +27,7 @@ from comfy_extras.nodes_custom_sampler import Guider_Basic
 
 from ..kernels.lora import (LoRASet, debiased_temporal_loss, join_spatial_sets, linear_targets, noise_prior,
                             spatial_targets)
-from .model_helpers import PatcherKeys, require_sd1_unet, require_video_latent
+from .model_helpers import PatcherKeys, require_unet, require_video_latent
 from .motion_lora_files import SPATIAL_PREFIX, save_motion_lora
 from .socket_types import InversionType, MotionLoRA, VideoEditNode, VideoSet
 from .training import TrainingSampler, adamw, predict_eps, train_in_guider
@@ -164,7 +164,7 @@ def train_motion_director(model, videos: tuple[TrainingVideo, ...], steps: int, 
     """
     if spatial_sets not in SPATIAL_SETS:
         raise ValueError(f"spatial_sets: {spatial_sets!r} is not one of {', '.join(SPATIAL_SETS)}.")
-    unet = require_sd1_unet(model)
+    unet = require_unet(model)
     inflation = require_inflated(model, needs="MotionDirector trains LoRAs on the temporal layers")
     if not videos:
         raise ValueError("clip_set: it holds no videos; build it with VE Motion Clip Set.")
