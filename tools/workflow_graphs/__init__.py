@@ -28,6 +28,11 @@ def note(name: str) -> str | None:
             f"its file in the loader node: the first save is numbered _00001_.")
 
 
+def base_model(name: str) -> str:
+    """The base model a workflow's checkpoint is: ``sd15`` (most), or another one the demo must provide."""
+    return next((m.BASE_MODELS[name] for m in MODULES if name in getattr(m, "BASE_MODELS", {})), "sd15")
+
+
 def all_workflows() -> dict:
     return {name: build for module in MODULES for name, build in module.WORKFLOWS.items()}
 
