@@ -36,8 +36,9 @@ def prompt_tokens(clip, text: str, input_name: str) -> PromptTokens:
         return [[int(t[0]) for t in batch] for batch in batches]
 
     full = ids(text)
-    bos, eos = full[0][0], full[0][-1]
-    word_tokens = [[t for t in ids(word)[0][1:] if t != eos] for word in words]
+    bos, eos, *rest = ids("")[0]  # SD1.x pads with the end token, SD2.x (OpenCLIP-H) with token 0
+    padding = {eos, *rest}
+    word_tokens = [[t for t in ids(word)[0][1:] if t not in padding] for word in words]
     try:
         tokens = PromptTokens(words, word_tokens, bos, eos, length=len(full[0]))
     except ValueError as error:
