@@ -113,7 +113,7 @@ def sdxl(comfy_lib, other_base_models):
     return comfy.sd.load_diffusion_model(str(other_base_models["sdxl_unet"]))
 
 
-def sdxl_conditioning(seed: int, frames: int = 1, size: int = 64):
+def sdxl_conditioning(seed: int, size: int = 64):
     """SDXL CONDITIONING without its text encoders: a seeded 2048-wide context and 1280-wide pooled output, with
     the size entries ComfyUI's SDXL encode adds (model_base.SDXL.encode_adm reads them)."""
     generator = torch.Generator().manual_seed(seed)

@@ -196,7 +196,9 @@ def test_motion_director_trains_on_sd2(base):
     from video_edit.nodes import motiondirector, video_unet
 
     videos = motiondirector.add_video(None, {"samples": _video()}, base.cond)
-    trained = motiondirector.train_motion_director(video_unet.inflate(base.model, frame_groupnorm=False), videos,
-                                                   steps=1, rank=4, learning_rate=1e-3, seed=0,
-                                                   gradient_checkpointing=False, spatial_mask_probability=0.0)
-    assert trained is not None
+    spatial, temporal, losses = motiondirector.train_motion_director(
+        video_unet.inflate(base.model, frame_groupnorm=False), videos, steps=1, rank=4, learning_rate=1e-3, seed=0,
+        gradient_checkpointing=False, spatial_mask_probability=0.0)
+    assert spatial is not None and temporal is not None
+    assert len(losses["spatial"]) == len(losses["temporal"]) == 1
+    assert all(torch.isfinite(torch.tensor(losses["spatial"] + losses["temporal"])))
