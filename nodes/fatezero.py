@@ -13,7 +13,7 @@ from ..kernels.fatezero import (AttentionStore, CrossAttentionEdit, PromptTokens
 from ..kernels.inversion import Inversion
 from ..kernels.schedule import in_window, matching
 from .shared.attention_slots import FUSION, AddsToOutput, SharedPatch, SlotPatch, guard_slots, install
-from .shared.inputs import advising, require_sd1_unet
+from .shared.inputs import TRAINING_FREE_FAMILIES, advising, require_unet
 from .shared.unet_call import cond_chunks
 from .shared.socket_types import ATTENTION_CAPTURE, InversionType, VideoEditNode
 from .shared.windowing import clip_rows
@@ -38,8 +38,9 @@ def prompt_tokens(clip, text: str, input_name: str) -> PromptTokens:
         return [[int(t[0]) for t in batch] for batch in batches]
 
     full = ids(text)
-    bos, eos = full[0][0], full[0][-1]
-    word_tokens = [[t for t in ids(word)[0][1:] if t != eos] for word in words]
+    bos, eos, *rest = ids("")[0]  # SD1.x pads with the end token, SD2.x (OpenCLIP-H) with token 0
+    padding = {eos, *rest}
+    word_tokens = [[t for t in ids(word)[0][1:] if t not in padding] for word in words]
     try:
         tokens = PromptTokens(words, word_tokens, bos, eos, length=len(full[0]))
     except ValueError as error:
@@ -283,7 +284,7 @@ def attention_fusion(model, inversion: Inversion, clip, source_prompt: str, edit
                      reweight: str = "", blend_start: float = 0.2, blend_end: float = 0.8, blend: str = "latents",
                      word_swap: str = "replace", blend_source: str = BLEND_SOURCES[0]):
     """A clone of ``model`` that fuses the inversion's attention into editing; returns it with its FusionPlan."""
-    require_sd1_unet(model)
+    require_unet(model, TRAINING_FREE_FAMILIES)
     store = require_attention(inversion)
     if store.context != 77:
         raise ValueError(f"inversion: it was captured with a {store.context}-token conditioning; invert with one "

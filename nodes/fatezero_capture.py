@@ -15,7 +15,7 @@ from comfy_api.latest import io
 
 from ..kernels.fatezero import AttentionStore, attention_probs, captured_blocks, chunk_slice
 from .shared.attention_slots import CAPTURE, AddsToOutput, SlotPatch, install
-from .shared.inputs import require_sd1_unet
+from .shared.inputs import TRAINING_FREE_FAMILIES, require_unet
 from .shared.unet_call import cond_chunks
 from .shared.socket_types import ATTENTION_CAPTURE, CaptureType, VideoEditNode
 from .shared.windowing import clip_rows
@@ -88,7 +88,7 @@ class AttentionCapture:
 
     def allocate(self, model, samples: torch.Tensor, conditioning, sigmas: torch.Tensor) -> AttentionStore:
         """The empty store for this inversion, after checking its size against the limit."""
-        unet = require_sd1_unet(model)
+        unet = require_unet(model, TRAINING_FREE_FAMILIES)
         frames, _, height, width = samples.shape
         blocks = captured_blocks(unet, height, width, self.max_query_tokens)
         if not blocks:

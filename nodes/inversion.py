@@ -10,7 +10,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..kernels.inversion import Inversion, inversion_sigmas, invert
-from .shared.inputs import require_sd1_unet, require_video_latent
+from .shared.inputs import TRAINING_FREE_FAMILIES, require_unet, require_video_latent
 from .shared.socket_types import CaptureType, InversionCapture, InversionType, VideoEditNode
 from .shared.schema_fields import TUNE_A_VIDEO_ALIASES, TOKENFLOW_ALIASES, FATEZERO_ALIASES, VIDEO_EDIT_ALIASES, search_aliases
 
@@ -147,7 +147,7 @@ class DDIMInvert(VideoEditNode):
     @classmethod
     def execute(cls, model, latent, steps, method="ddim", iterations=3, keep_steps=0, conditioning=None, clip=None,
                 attention_capture=None) -> io.NodeOutput:
-        require_sd1_unet(model)
+        require_unet(model, TRAINING_FREE_FAMILIES)
         require_video_latent(latent)
         if conditioning is None:
             if clip is None:

@@ -14,7 +14,7 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from ..kernels.lora import check_lora_tensors, linear_targets, spatial_targets, split_spatial_sets
-from .shared.inputs import advising, require_sd1_unet
+from .shared.inputs import advising, require_unet
 from .shared.patcher import add_weight_patches
 from .shared.motion_lora_files import SPATIAL_FOLDER, SPATIAL_PREFIX, TEMPORAL_FOLDER, read_lora_file, save_motion_lora
 from .shared.socket_types import MotionLoRA, VideoEditNode
@@ -30,7 +30,7 @@ def _shapes(linears: dict, prefix: str = "") -> dict[str, tuple[int, int]]:
 
 def spatial_lora_shapes(model) -> dict[str, tuple[int, int]]:
     """Spatial LoRA module key (``diffusion_model.<path>``) -> (out, in) for this MODEL."""
-    return _shapes(spatial_targets(require_sd1_unet(model)), SPATIAL_PREFIX)
+    return _shapes(spatial_targets(require_unet(model)), SPATIAL_PREFIX)
 
 
 def temporal_lora_shapes(model, input_name: str = "model") -> dict[str, tuple[int, int]]:

@@ -26,7 +26,7 @@ from comfy_api.latest import io, ui
 from ..kernels.lora import (LoRASet, debiased_temporal_loss, join_spatial_sets, linear_targets, noise_prior,
                             spatial_targets)
 from .shared.comfy_internals import BasicGuider, predict_without_cfg, set_guider_conds
-from .shared.inputs import require_sd1_unet, require_video_latent
+from .shared.inputs import require_unet, require_video_latent
 from .shared.patcher import PatcherKeys
 from .shared.motion_lora_files import SPATIAL_PREFIX, save_motion_lora
 from .shared.socket_types import InversionType, MotionLoRA, VideoEditNode, VideoSet
@@ -165,7 +165,7 @@ def train_motion_director(model, videos: tuple[TrainingVideo, ...], steps: int, 
     """
     if spatial_sets not in SPATIAL_SETS:
         raise ValueError(f"spatial_sets: {spatial_sets!r} is not one of {', '.join(SPATIAL_SETS)}.")
-    unet = require_sd1_unet(model)
+    unet = require_unet(model)
     inflation = require_inflated(model, needs="MotionDirector trains LoRAs on the temporal layers")
     if not videos:
         raise ValueError("clip_set: it holds no videos; build it with VE Motion Clip Set.")

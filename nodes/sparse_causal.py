@@ -11,7 +11,7 @@ from ..kernels.attention import (CROSS_FRAME_MODES, QUERY_TOKENS_PER_CALL, atten
 from ..kernels.unet_layout import iter_transformer_blocks
 from ..kernels.windows import anchor_frames, window_references
 from .shared.attention_slots import CROSS_FRAME, SlotPatch, guard_slots, install, remove
-from .shared.inputs import require_sd1_unet
+from .shared.inputs import TRAINING_FREE_FAMILIES, require_unet
 from .shared.patcher import check_video_inputs_when_sampling
 from .shared.unet_call import BORROWED_OPTION, PER_FRAME_OPTION
 from .shared.socket_types import VideoEditNode
@@ -91,7 +91,7 @@ def with_cross_frame_attention(model, mode: str, start_percent: float = 0.0, end
     ``least_sc_channel``)."""
     if mode not in CROSS_FRAME_MODES:  # ComfyUI 0.3.75 does not check V3 combo values sent over its API
         raise ValueError(f"mode: {mode!r} is not one of {', '.join(CROSS_FRAME_MODES)}; pick one of them.")
-    unet = require_sd1_unet(model)
+    unet = require_unet(model, TRAINING_FREE_FAMILIES)
     blocks = [(key, block.attn1.to_q.in_features) for key, _, _, block in iter_transformer_blocks(unet)]
     widest = max(channels for _, channels in blocks)
     if min_channels > widest:

@@ -25,7 +25,7 @@ from ..kernels.tokenflow import (copy_source_branch, keyframe_attention, keyfram
 from ..kernels.unet_layout import iter_transformer_blocks
 from .shared.attention_slots import TOKENFLOW, SlotPatch, guard_slots, install
 from .shared.comfy_internals import wrapped_base_model
-from .shared.inputs import require_sd1_unet
+from .shared.inputs import TRAINING_FREE_FAMILIES, require_unet
 from .shared.patcher import PatcherKeys, check_video_inputs_when_sampling, set_wrapper
 from .shared.socket_types import InversionType, VideoEditNode
 from .shared.unet_call import TOKENFLOW_STEP
@@ -211,7 +211,7 @@ def tokenflow(model, inversion: Inversion, conditioning, keyframe_chunk_size: in
               pnp_attention_window: float = 0.5, pnp_feature_window: float = 0.8, seed: int = 1,
               keyframes_per_pass: int = 0):
     """A clone of ``model`` that samples TokenFlow edits of ``inversion``'s clip, and the official start latent."""
-    unet = require_sd1_unet(model)
+    unet = require_unet(model, TRAINING_FREE_FAMILIES)
     if keyframe_chunk_size < 1:
         raise ValueError(f"keyframe_chunk_size: {keyframe_chunk_size} is not a chunk size; use 1 or more (one keyframe "
                          "per chunk of that many frames; the official value is 8).")

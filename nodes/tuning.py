@@ -15,7 +15,7 @@ from torch import nn
 
 from ..kernels.weight_decay import decay_delta_
 from .shared.comfy_internals import BasicGuider, weight_functions
-from .shared.inputs import require_sd1_unet, require_video_latent
+from .shared.inputs import require_unet, require_video_latent
 from .shared.socket_types import VideoEditNode
 from .shared.training import TrainingSampler, adamw, predict_eps, remove_weight_wrappers, train_in_guider
 from .shared.video_unet import TunedWeights, apply_tuned, bypass_temporal, inflate, query_layers, require_inflated
@@ -112,7 +112,7 @@ def one_shot_tune(model, latent: dict, positive, steps: int, learning_rate: floa
     with ``image_mix`` (Dreamix) also ``video`` and ``image``, NaN on the other kind of step."""
     if not 0.0 <= image_mix <= 1.0:
         raise ValueError(f"image_mix: {image_mix} is not a fraction of the steps; use 0 (Tune-A-Video) to 1.")
-    unet = require_sd1_unet(model)
+    unet = require_unet(model)
     samples = require_video_latent(latent)
     inflation = require_inflated(model, needs="one-shot tuning trains the temporal layers")
     with torch.inference_mode(False), torch.enable_grad():

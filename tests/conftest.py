@@ -18,7 +18,7 @@ from comfy_server import ComfyServer, default_comfyui_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = Path(os.environ.get("VE_CACHE_DIR", REPO_ROOT / ".cache"))
-COMFY_FIXTURES = {"comfy", "comfy_lib", "sd15"}
+COMFY_FIXTURES = {"comfy", "comfy_lib", "sd15", "sd21", "sd21_v", "sdxl"}
 
 
 def pytest_collection_modifyitems(items):
@@ -57,6 +57,16 @@ def tiny_models():
 
 
 @pytest.fixture(scope="session")
+def other_base_models():
+    """Paths of the tiny SD2.x 512 eps checkpoint and the SD2.x 768 v / SDXL UNet-only files (cached, seeded)."""
+    from tiny_models import tiny_sd21_base_checkpoint, tiny_sd21_v_unet, tiny_sdxl_unet
+
+    models_dir = CACHE_DIR / "tiny_models"
+    return {"sd21_base": tiny_sd21_base_checkpoint(models_dir), "sd21_v_unet": tiny_sd21_v_unet(models_dir),
+            "sdxl_unet": tiny_sdxl_unet(models_dir)}
+
+
+@pytest.fixture(scope="session")
 def comfy(tmp_path_factory, tiny_models):
     """A running ComfyUI server with this pack and the tiny models installed."""
     server = ComfyServer(tmp_path_factory.mktemp("comfyui"))
@@ -75,6 +85,42 @@ def sd15(comfy_lib, tiny_models):
     model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
         str(tiny_models["checkpoint"]), output_vae=True, output_clip=True)
     return model, clip, vae
+
+
+@pytest.fixture(scope="session")
+def sd21(comfy_lib, other_base_models):
+    """The tiny SD2.x 512 (eps, "2.1-base") checkpoint loaded by ComfyUI's own loader: (model, clip, vae)."""
+    import comfy.sd
+
+    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
+        str(other_base_models["sd21_base"]), output_vae=True, output_clip=True)
+    return model, clip, vae
+
+
+@pytest.fixture(scope="session")
+def sd21_v(comfy_lib, other_base_models):
+    """The tiny SD2.x 768-style UNet, detected as v-prediction by ComfyUI's loader (a MODEL; no text encoder)."""
+    import comfy.sd
+
+    return comfy.sd.load_diffusion_model(str(other_base_models["sd21_v_unet"]))
+
+
+@pytest.fixture(scope="session")
+def sdxl(comfy_lib, other_base_models):
+    """The tiny SDXL UNet loaded by ComfyUI's loader (a MODEL; no text encoder: use ``sdxl_conditioning``)."""
+    import comfy.sd
+
+    return comfy.sd.load_diffusion_model(str(other_base_models["sdxl_unet"]))
+
+
+def sdxl_conditioning(seed: int, size: int = 64):
+    """SDXL CONDITIONING without its text encoders: a seeded 2048-wide context and 1280-wide pooled output, with
+    the size entries ComfyUI's SDXL encode adds (model_base.SDXL.encode_adm reads them)."""
+    generator = torch.Generator().manual_seed(seed)
+    context = torch.randn(1, 77, 2048, generator=generator)
+    pooled = torch.randn(1, 1280, generator=generator)
+    return [[context, {"pooled_output": pooled, "width": size, "height": size, "target_width": size,
+                       "target_height": size, "crop_w": 0, "crop_h": 0}]]
 
 
 @pytest.fixture(scope="session")
@@ -116,12 +162,14 @@ def object_info(comfy):
 
 
 @pytest.fixture(scope="session")
-def demo_settings(comfy):
+def demo_settings(comfy, other_base_models):
     """The demo's settings (tools/demo.py) at the smallest size the tests run workflows at: the tiny models, a
-    sample clip, 4 frames of 64x64, 2 steps (every workflow is cut by workflow_graphs.shrink, as the demo cuts it)."""
+    sample clip, 4 frames of 64x64, 2 steps (every workflow is cut by workflow_graphs.shrink, as the demo cuts it);
+    workflows on SD2.1-base get the tiny SD2.1 checkpoint."""
     from demo import Settings
     from sample_clip import write_sample_clip
 
     write_sample_clip(comfy.input_dir / "skier.mp4", frames=20, size=96)
-    files = dict(ckpt_name=comfy.checkpoint_name, control_net_name=comfy.controlnet_name, file="skier.mp4")
+    files = dict(ckpt_name=comfy.checkpoint_name, control_net_name=comfy.controlnet_name, file="skier.mp4",
+                 sd21_ckpt_name=comfy.add_model("checkpoints", other_base_models["sd21_base"]))
     return Settings(files, frames=4, size=64, steps=2)

@@ -11,13 +11,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tiny_models import TINY_UNET_CONFIG, tiny_controlnet, tiny_sd15_checkpoint, tiny_unet_diffusers_config
+from conftest import sdxl_conditioning
+from tiny_models import (TINY_SD2_UNET_CONFIG, TINY_SD2_V_UNET_CONFIG, TINY_SDXL_UNET_CONFIG, TINY_UNET_CONFIG,
+                         tiny_controlnet, tiny_sd15_checkpoint, tiny_unet_diffusers_config)
 
 # What ComfyUI logs when a state dict does not fit the model it built (comfy/sd.py, model_base.py,
 # controlnet.py). "clip missing" is checked separately: real SD1.5 files lack text_projection too.
 KEY_PROBLEMS = re.compile(r"unet missing|unet unexpected|Missing VAE keys|Leftover VAE keys|clip unexpected|"
                           r"left over keys|missing controlnet keys|unexpected controlnet keys|leftover keys|no match")
-CLIP_MISSING_OK = {"clip_l.logit_scale", "clip_l.transformer.text_projection.weight"}
+CLIP_MISSING_OK = {"clip_l.logit_scale", "clip_l.transformer.text_projection.weight", "clip_h.logit_scale"}
 
 
 class _Records(logging.Handler):
@@ -217,3 +219,59 @@ def test_full_size_config_is_sd15_and_has_the_diffusers_layout(comfy_lib):
     converted = convert_ldm_unet_checkpoint(checkpoint, reference.config)
     assert set(converted) == set(expected)
     assert all(converted[k].shape == expected[k].shape for k in expected)
+
+
+# ----- the other base models: SD2.x (eps and v) and SDXL -------------------------------------------
+
+def _detected_config(model) -> dict:
+    return {k: v for k, v in model.model.model_config.unet_config.items() if k != "dtype"}
+
+
+
+def test_sd21_base_checkpoint_is_detected_as_sd2_eps_with_clip_h(comfy_lib, other_base_models):
+    import comfy.model_base
+    import comfy.sd
+    import comfy.supported_models
+
+    (model, clip, vae, _), log = _logged(comfy.sd.load_checkpoint_guess_config, str(other_base_models["sd21_base"]),
+                                         output_vae=True, output_clip=True)
+    assert type(model.model.model_config) is comfy.supported_models.SD20
+    assert model.model.model_type == comfy.model_base.ModelType.EPS
+    assert _detected_config(model) == {**TINY_SD2_UNET_CONFIG, "attn_precision": torch.float32}
+    assert _key_problems(log) == [] and any(m.startswith("clip missing") for m in log)
+    context = clip.encode_from_tokens(clip.tokenize("a photo of a cat"))
+    assert context.shape == (1, 77, 1024) and torch.isfinite(context).all()
+    assert vae is not None
+
+
+@pytest.mark.parametrize("name, config_class, model_type, config", [
+    ("sd21_v_unet", "SD20", "V_PREDICTION", {**TINY_SD2_V_UNET_CONFIG, "attn_precision": torch.float32}),
+    ("sdxl_unet", "SDXL", "EPS", TINY_SDXL_UNET_CONFIG),
+])
+def test_unet_files_are_detected_as_their_family(comfy_lib, other_base_models, name, config_class, model_type, config):
+    import comfy.model_base
+    import comfy.sd
+
+    model, log = _logged(comfy.sd.load_diffusion_model, str(other_base_models[name]))
+    assert type(model.model.model_config).__name__ == config_class
+    assert model.model.model_type == getattr(comfy.model_base.ModelType, model_type)
+    assert _detected_config(model) == config
+    assert _key_problems(log) == []
+
+
+def test_sd2_and_sdxl_unets_run_finite_and_conditioned(sd21, sd21_v, sdxl):
+    torch.manual_seed(0)
+    x, sigma = torch.randn(1, 4, 8, 8), torch.tensor([1.0])
+    for model, width in ((sd21[0], 1024), (sd21_v, 1024)):
+        cat, dog = torch.randn(2, 1, 77, width)
+        out = model.model.apply_model(x, sigma, c_crossattn=cat)
+        assert out.shape == x.shape and torch.isfinite(out).all() and out.abs().max() < 100
+        assert (out - model.model.apply_model(x, sigma, c_crossattn=dog)).abs().max() > 1e-4
+    outs = []
+    for seed in (0, 1):
+        context, extra = sdxl_conditioning(seed)[0]
+        adm = sdxl.model.encode_adm(**extra)
+        outs.append(sdxl.model.apply_model(x, sigma, c_crossattn=context, y=adm))
+    assert outs[0].shape == x.shape and torch.isfinite(outs[0]).all()
+    assert (outs[0] - outs[1]).abs().max() > 1e-4
+

@@ -45,7 +45,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=HelpFormatter)
     parser.add_argument("--workflow", default="tune_a_video_edit", choices=WORKFLOWS, metavar="NAME",
                         help=f"a workflow in workflows/: {', '.join(WORKFLOWS)}")
-    parser.add_argument("--checkpoint", type=Path, help="an SD1.x checkpoint (default: a generated tiny random model)")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="the workflow's base checkpoint: SD1.x, SD2.1-base for tokenflow_sd21 (default: a "
+                             "generated tiny random model)")
     parser.add_argument("--controlnet", type=Path,
                         help="an SD1.x ControlNet for the workflows that use one (default: a generated tiny one, "
                              "which only fits the tiny model)")
@@ -156,7 +158,8 @@ def describe_failure(error, prompt: dict) -> str:
 @dataclass(frozen=True)
 class Settings:
     """What the demo changes in a workflow: the files its loaders name (``ckpt_name``, ``control_net_name``,
-    ``file``) and the size it is cut to."""
+    ``file``; ``sd21_ckpt_name`` replaces ``ckpt_name`` in workflows on SD2.1: workflow_graphs.base_model) and the
+    size it is cut to."""
     files: dict
     frames: int
     size: int
@@ -165,9 +168,12 @@ class Settings:
     def prompt(self, name: str) -> dict:
         """The workflow's API graph (tools/workflow_graphs: the source of workflows/<name>.json) with these files,
         cut to this size by ``workflow_graphs.shrink``, as the tests cut it."""
-        from workflow_graphs import all_workflows, set_inputs, shrink
+        from workflow_graphs import all_workflows, base_model, set_inputs, shrink
 
-        return shrink(set_inputs(all_workflows()[name](), **self.files), self.frames, self.size, self.steps)
+        files = {k: v for k, v in self.files.items() if not k.endswith("_ckpt_name")}
+        if base_model(name) != "sd15":
+            files["ckpt_name"] = self.files[f"{base_model(name)}_ckpt_name"]
+        return shrink(set_inputs(all_workflows()[name](), **files), self.frames, self.size, self.steps)
 
 
 def missing_files(prompt: dict, server) -> list[str]:
@@ -245,13 +251,16 @@ def demo(args: argparse.Namespace) -> int:
     from sample_clip import write_sample_clip
 
     sys.path.insert(0, str(default_comfyui_path()))
-    from tiny_models import tiny_controlnet, tiny_sd15_checkpoint
+    from tiny_models import tiny_controlnet, tiny_sd15_checkpoint, tiny_sd21_base_checkpoint
+    from workflow_graphs import base_model
 
     server = ComfyServer(args.workdir)
     models = REPO_ROOT / ".cache" / "tiny_models"
     files = dict(file="demo_source.mp4",
                  ckpt_name=server.add_model("checkpoints", args.checkpoint or tiny_sd15_checkpoint(models)),
                  control_net_name=server.add_model("controlnet", args.controlnet or tiny_controlnet(models)))
+    if base_model(args.workflow) == "sd21":
+        files["sd21_ckpt_name"] = server.add_model("checkpoints", args.checkpoint or tiny_sd21_base_checkpoint(models))
     settings = Settings(files, args.frames, args.size, args.steps)
     clip = server.input_dir / "demo_source.mp4"
     server.input_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Tiny random-weight SD1.5 checkpoint and ControlNet for tests: real file layouts, seconds to build.
+"""Tiny random-weight SD1.5 / SD2.x / SDXL models and a ControlNet for tests: real file layouts, seconds to build.
 
 The checkpoint is an original (LDM) single-file SD1.5 checkpoint that ComfyUI's CheckpointLoaderSimple
 detects as SD1.5: a shrunken UNet (``TINY_UNET_CONFIG``), with the full-size CLIP-L text encoder and
@@ -7,6 +7,18 @@ single-file ControlNet (``control_model.*``) for that UNet. The modules are buil
 classes, so the keys are exactly the ones ComfyUI loads; the weights are seeded PyTorch default
 inits (also where the originals start at zero), stored in fp16. Nothing is trained: outputs are
 noise, but finite, deterministic and shaped like the real thing.
+
+The other base models, each the smallest layout ComfyUI's model detection (comfy/model_detection.py,
+supported_models.py) still files under the real model's class; channel multipliers and ResNet counts
+are not part of its match:
+- SD2.x 512 (eps, "2.1-base"): a checkpoint like the SD1.5 one with a 1024-wide context, linear
+  projections and 64-channel heads, the full-size OpenCLIP-H text encoder and the SD VAE.
+- SD2.x 768 (v-prediction): a UNet-only file (models/diffusion_models). ComfyUI tells v from eps by the
+  spread of ``output_blocks.11.1.transformer_blocks.0.norm1.bias`` (SD20.model_type), so this UNet has
+  12 output blocks (4 levels of 320 channels, 2 ResNets each) and that bias drawn wide.
+- SDXL: a UNet-only file with SDXL's input transformer depths [0, 0, 2, 2, 10, 10] (the match), no
+  attention at the top level, the 2816-wide added conditioning, 320 channels at every level. Its text
+  encoders (CLIP-L + OpenCLIP-bigG, 1.4 GB) are not built: tests feed CONDITIONING tensors directly.
 
     python tools/tiny_models.py MODELS_DIR [--seed N]
 """
@@ -49,6 +61,38 @@ TINY_UNET_CONFIG = {
     "num_head_channels": -1,
 }
 
+# SD2.x 512 (2.1-base): SD20's match (1024 context, linear proj_in/proj_out) on the tiny layout, SD2's heads.
+TINY_SD2_UNET_CONFIG = {
+    **TINY_UNET_CONFIG,
+    "use_linear_in_transformer": True,
+    "context_dim": 1024,
+    "num_heads": -1,
+    "num_head_channels": 64,              # 5 heads at 320 channels, as SD2.x
+}
+
+# SD2.x 768 (v-prediction): 12 output blocks so that output_blocks.11.1 (ComfyUI's v/eps tell) exists.
+TINY_SD2_V_UNET_CONFIG = {
+    **TINY_SD2_UNET_CONFIG,
+    "num_res_blocks": [2, 2, 2, 2],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+    "channel_mult": [1, 1, 1, 1],
+}
+V_PREDICTION_TELL = "output_blocks.11.1.transformer_blocks.0.norm1.bias"
+
+# SDXL: its match is transformer_depth [0, 0, 2, 2, 10, 10], 2048 context, 2816 added conditioning.
+TINY_SDXL_UNET_CONFIG = {
+    **TINY_SD2_UNET_CONFIG,
+    "num_classes": "sequential",
+    "adm_in_channels": 2816,
+    "num_res_blocks": [2, 2, 2],
+    "transformer_depth": [0, 0, 2, 2, 10, 10],
+    "transformer_depth_output": [0, 0, 0, 2, 2, 2, 2, 2, 2],
+    "transformer_depth_middle": 2,
+    "channel_mult": [1, 1, 1],
+    "context_dim": 2048,
+}
+
 # The real SD1.5 UNet's layout (random weights for benchmarks at true size): 4 levels, 2 ResNets each.
 FULL_UNET_CONFIG = {
     **TINY_UNET_CONFIG,
@@ -64,7 +108,8 @@ SD_VAE_DDCONFIG = {
     "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0,
 }
 
-_SALT = {"unet": 0, "clip": 1, "vae": 2, "controlnet": 3}
+_SALT = {"unet": 0, "clip": 1, "vae": 2, "controlnet": 3, "sd2_unet": 4, "sd2_clip": 5, "sd2_v_unet": 6,
+         "sdxl_unet": 7}
 _SILU_GAIN = 1.68  # 1 / sqrt(E[silu(z)^2]) for z ~ N(0, 1): keeps a conv + SiLU stack's variance
 
 
@@ -151,13 +196,29 @@ def _state_dict(module: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]
     return {prefix + k: v.to(torch.float16).contiguous() for k, v in module.state_dict().items()}
 
 
-def _unet_state_dict(seed: int, config: dict = TINY_UNET_CONFIG) -> dict[str, torch.Tensor]:
+def _unet_state_dict(seed: int, config: dict = TINY_UNET_CONFIG, part: str = "unet",
+                     prefix: str = "model.diffusion_model.") -> dict[str, torch.Tensor]:
     ops = _import_comfy()
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-    with _seeded(seed, "unet"):
+    with _seeded(seed, part):
         unet = _init_(UNetModel(**config, dtype=torch.float32, device="cpu", operations=ops))
-    return _state_dict(unet, "model.diffusion_model.")
+        if part == "sd2_v_unet":
+            torch.nn.init.normal_(unet.get_submodule(V_PREDICTION_TELL.rsplit(".", 1)[0]).bias, std=0.2)
+    return _state_dict(unet, prefix)
+
+
+def _sd2_clip_state_dict(seed: int) -> dict[str, torch.Tensor]:
+    """The full-size OpenCLIP-H text encoder of SD2.x, in the original checkpoint's (OpenCLIP) key layout."""
+    ops = _import_comfy()
+    import comfy.clip_model
+    import comfy.diffusers_convert
+    import comfy.text_encoders.sd2_clip
+
+    config = json.loads((Path(comfy.text_encoders.sd2_clip.__file__).parent / "sd2_clip_config.json").read_text())
+    with _seeded(seed, "sd2_clip"):
+        clip = _init_(comfy.clip_model.CLIPTextModel(config, torch.float32, "cpu", ops))
+    return comfy.diffusers_convert.convert_text_enc_state_dict_v20(_state_dict(clip, "cond_stage_model.model.transformer."))
 
 
 def _clip_state_dict(seed: int) -> dict[str, torch.Tensor]:
@@ -249,6 +310,13 @@ def _build_checkpoint(seed: int, unet_config: dict = TINY_UNET_CONFIG) -> dict[s
     return sd
 
 
+def _build_sd2_checkpoint(seed: int) -> dict[str, torch.Tensor]:
+    sd = _unet_state_dict(seed, TINY_SD2_UNET_CONFIG, "sd2_unet")
+    sd.update(_sd2_clip_state_dict(seed))
+    sd.update(_vae_state_dict(seed))
+    return sd
+
+
 def full_size_sd15_checkpoint(models_dir: Path, seed: int = 0) -> Path:
     """``models_dir/full_size_sd15_seed{seed}.safetensors``: random weights in the real SD1.5 shapes (~2 GB)."""
     return _write(Path(models_dir) / f"full_size_sd15_seed{seed}.safetensors",
@@ -258,6 +326,24 @@ def full_size_sd15_checkpoint(models_dir: Path, seed: int = 0) -> Path:
 def tiny_sd15_checkpoint(models_dir: Path, seed: int = 0) -> Path:
     """``models_dir/tiny_sd15_seed{seed}.safetensors``: tiny UNet + CLIP-L + SD VAE, LDM layout (~630 MB)."""
     return _write(Path(models_dir) / f"tiny_sd15_seed{seed}.safetensors", _build_checkpoint, seed, "sd15")
+
+
+def tiny_sd21_base_checkpoint(models_dir: Path, seed: int = 0) -> Path:
+    """``models_dir/tiny_sd21_base_seed{seed}.safetensors``: tiny SD2.x eps UNet + OpenCLIP-H + SD VAE (~0.9 GB)."""
+    return _write(Path(models_dir) / f"tiny_sd21_base_seed{seed}.safetensors", _build_sd2_checkpoint, seed,
+                  "sd21-base")
+
+
+def tiny_sd21_v_unet(models_dir: Path, seed: int = 0) -> Path:
+    """``models_dir/tiny_sd21_v_unet_seed{seed}.safetensors``: a UNet-only file ComfyUI detects as SD2.x v."""
+    return _write(Path(models_dir) / f"tiny_sd21_v_unet_seed{seed}.safetensors",
+                  lambda seed: _unet_state_dict(seed, TINY_SD2_V_UNET_CONFIG, "sd2_v_unet", ""), seed, "sd21-v-unet")
+
+
+def tiny_sdxl_unet(models_dir: Path, seed: int = 0) -> Path:
+    """``models_dir/tiny_sdxl_unet_seed{seed}.safetensors``: a UNet-only file ComfyUI detects as SDXL."""
+    return _write(Path(models_dir) / f"tiny_sdxl_unet_seed{seed}.safetensors",
+                  lambda seed: _unet_state_dict(seed, TINY_SDXL_UNET_CONFIG, "sdxl_unet", ""), seed, "sdxl-unet")
 
 
 def tiny_controlnet(models_dir: Path, seed: int = 0) -> Path:
@@ -273,3 +359,6 @@ if __name__ == "__main__":
     options = parser.parse_args()
     print(tiny_sd15_checkpoint(options.models_dir, options.seed))
     print(tiny_controlnet(options.models_dir, options.seed))
+    print(tiny_sd21_base_checkpoint(options.models_dir, options.seed))
+    print(tiny_sd21_v_unet(options.models_dir, options.seed))
+    print(tiny_sdxl_unet(options.models_dir, options.seed))

@@ -5,19 +5,48 @@ from __future__ import annotations
 import contextlib
 
 
-def require_sd1_unet(model, input_name: str = "model"):
-    """Return the SD1.x UNet inside a MODEL, or raise naming the input (SDXL, SD3, Flux ... are refused)."""
+# The base-model families the nodes know, as the docs' tables name them.
+SD1, SD2, SDXL = "SD1.x", "SD2.x", "SDXL"
+TUNING_FAMILIES = (SD1, SD2)  # nodes that train or add temporal layers: the official Tune-A-Video architecture
+TRAINING_FREE_FAMILIES = (SD1, SD2, SDXL)  # attention patches and inversion
+
+
+def unet_family(model) -> str | None:
+    """The family of the UNet inside a MODEL (``SD1``, ``SD2`` or ``SDXL``), or None for any other model.
+
+    As ComfyUI's model detection files them (comfy/supported_models.py): SD1.x has a 768-wide text context, SD2.x
+    a 1024-wide one with linear projections (eps or v-prediction alike), SDXL is ComfyUI's SDXL model class (also
+    its distilled variants). Models with added conditioning other than SDXL's (unCLIP, refiner) are none of them."""
+    import comfy.model_base
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-    unet = model.model.diffusion_model
+    if not isinstance(getattr(model.model, "diffusion_model", None), UNetModel):
+        return None
+    if type(model.model) is comfy.model_base.SDXL:
+        return SDXL
+    config = getattr(getattr(model.model, "model_config", None), "unet_config", None) or {}
+    if config.get("adm_in_channels") or getattr(model.model, "adm_channels", 0):
+        return None
+    if config.get("context_dim") == 768 and not config.get("use_linear_in_transformer"):
+        return SD1
+    if config.get("context_dim") == 1024 and config.get("use_linear_in_transformer"):
+        return SD2
+    return None
+
+
+def require_unet(model, families: tuple[str, ...] = TUNING_FAMILIES, input_name: str = "model"):
+    """Return the UNet inside a MODEL of one of ``families``, or raise naming the input, the model's family (Flux,
+    SD3, video models ... as ComfyUI names them) and the families this node supports."""
+    family = unet_family(model)
+    if family in families:
+        return model.model.diffusion_model
     config = getattr(model.model, "model_config", None)
-    family = type(config).__name__ if config is not None else type(unet).__name__
-    context_dim = (getattr(config, "unet_config", None) or {}).get("context_dim")
-    if not isinstance(unet, UNetModel) or context_dim != 768 or getattr(model.model, "adm_channels", 0):
-        raise ValueError(
-            f"{input_name}: this node needs an SD1.x model (UNet with 768-wide text context); got {family}. "
-            "Load an SD1.5 or SD1.x DreamBooth checkpoint with Load Checkpoint.")
-    return unet
+    name = type(config).__name__ if config is not None else type(model.model.diffusion_model).__name__
+    if family is not None:
+        name = f"{family} ({name})"
+    raise ValueError(
+        f"{input_name}: this node supports {', '.join(families)} models (eps or v-prediction); got {name}. "
+        "Load a supported checkpoint with Load Checkpoint.")
 
 
 def require_video_latent(latent: dict, input_name: str = "latent", min_frames: int = 2):

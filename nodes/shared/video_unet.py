@@ -23,7 +23,7 @@ from torch import nn
 
 from ...kernels.temporal import TemporalLayers, TemporalMask, frame_spanning_group_norm
 from ...kernels.unet_layout import iter_resnet_norms, iter_transformer_blocks
-from .inputs import require_sd1_unet
+from .inputs import require_unet
 from .patcher import PatcherKeys, add_weight_patches, check_video_inputs_when_sampling, injected_layer_ops, set_wrapper
 from .unet_call import COPY_SKIPS, GRADIENT_CHECKPOINTING, PER_FRAME_OPTION, TEMPORAL_BYPASS, VIDEO_CHUNKS
 
@@ -203,7 +203,7 @@ def inflate(model, temporal_state: dict | None = None, frame_groupnorm: bool = T
 
     Re-inflating an inflated MODEL replaces its temporal layers.
     """
-    unet = require_sd1_unet(model)
+    unet = require_unet(model)
     ops = injected_layer_ops(model)
     if temporal_state is None:
         layers = TemporalLayers(temporal_layer_specs(unet), mask, ops)
@@ -261,7 +261,7 @@ def query_weight_shapes(unet: nn.Module) -> dict[str, torch.Size]:
 def apply_tuned(model, tuned: TunedWeights, what: str = "tuned weights"):
     """A clone of ``model`` carrying ``tuned``: re-inflated with its temporal layers, query deltas as weight patches.
     Weights that do not fit the model are refused in one line starting with ``what``."""
-    unet = require_sd1_unet(model)
+    unet = require_unet(model)
     shapes = query_weight_shapes(unet)
     if set(tuned.query_deltas) != set(shapes):
         odd = sorted(set(tuned.query_deltas) ^ set(shapes))[0]

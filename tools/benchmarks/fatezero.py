@@ -67,10 +67,10 @@ class OfficialLayoutCapture:
     def recording_model(self, model, samples, conditioning, sigmas):
         from video_edit.kernels.fatezero import captured_blocks
         from video_edit.nodes.fatezero_capture import with_attention_capture
-        from video_edit.nodes.shared.inputs import require_sd1_unet
+        from video_edit.nodes.shared.inputs import require_unet
 
         _, _, height, width = samples.shape
-        store = OfficialLayoutStore(captured_blocks(require_sd1_unet(model), height, width, 1024))
+        store = OfficialLayoutStore(captured_blocks(require_unet(model), height, width, 1024))
         return with_attention_capture(model, store), store
 
 

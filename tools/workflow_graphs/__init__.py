@@ -81,6 +81,11 @@ def note(name: str) -> str:
                    "frontend offers its download.")
 
 
+def base_model(name: str) -> str:
+    """The base model a workflow's checkpoint is: ``sd15`` (most), or another one the demo must provide."""
+    return next((m.BASE_MODELS[name] for m in MODULES if name in getattr(m, "BASE_MODELS", {})), "sd15")
+
+
 def all_workflows() -> dict:
     return {name: build for module in MODULES for name, build in module.WORKFLOWS.items()}
 

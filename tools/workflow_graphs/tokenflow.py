@@ -6,6 +6,7 @@ Official settings (preprocess.py, configs/config_pnp.yaml): inversion in 500 DDI
 0.5 / 0.8, seed 1, the negative prompt below. Run workflows/tune_a_video_edit.json first for the tuned file.
 tokenflow_fast is the pack's fast recipe: the inversion at the sampler's own 50 steps, fixed_point with no extra
 refinement (50 model calls instead of 500; docs/nodes/tokenflow.md).
+tokenflow_sd21 is tokenflow_edit's recipe on the official default base model, sd_version '2.1' (stable-diffusion-2-1-base).
 """
 
 from comfy_execution.graph_utils import GraphBuilder
@@ -16,6 +17,7 @@ from .tune_a_video import CHECKPOINT, SOURCE_PROMPT, SOURCE_VIDEO, TUNED_FILE
 
 EDIT_PROMPT = "a marble sculpture of a man skiing"
 NEGATIVE_PROMPT = "ugly, blurry, low res, unrealistic, unaesthetic"
+SD21_BASE_CHECKPOINT = "v2-1_512-ema-pruned.safetensors"  # stabilityai/stable-diffusion-2-1-base, single file
 
 
 OFFICIAL_INVERSION = {"steps": 500, "method": "ddim", "iterations": 3, "keep_steps": 50}
@@ -56,6 +58,14 @@ def tokenflow_fast():
     return g.finalize()
 
 
+def tokenflow_sd21():
+    """TokenFlow's official default recipe (configs/config_pnp.yaml): SD 2.1-base, 40 frames, the same settings."""
+    g = GraphBuilder(prefix="")
+    ckpt = g.node("CheckpointLoaderSimple", ckpt_name=SD21_BASE_CHECKPOINT)
+    _edit(g, ckpt, ckpt.out(0), n_frames=40, frame_stride=1, prefix="video_edit/tokenflow_sd21")
+    return g.finalize()
+
+
 def tokenflow_on_tuned():
     g = GraphBuilder(prefix="")
     ckpt = g.node("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
@@ -75,9 +85,13 @@ def tokenflow_long_clip():
     return g.finalize()
 
 
+# Workflows whose checkpoint is not SD1.x: the base model the demo and the tests give them (tools/demo.py).
+BASE_MODELS = {"tokenflow_sd21": "sd21"}
+
 WORKFLOWS = {
     "tokenflow_edit": tokenflow_edit,
     "tokenflow_fast": tokenflow_fast,
+    "tokenflow_sd21": tokenflow_sd21,
     "tokenflow_on_tuned": tokenflow_on_tuned,
     "tokenflow_long_clip": tokenflow_long_clip,
 }
