@@ -18,10 +18,10 @@ from comfy.context_windows import ContextHandlerABC, create_prepare_sampling_wra
 from comfy_api.latest import io
 
 from ..kernels.windows import frame_windows, window_weights
-from .attention_slots import chain
+from .animatediff import fit_motion_module_per_call
 from .model_helpers import controlnets
 from .socket_types import VideoEditNode
-from .windowing import BORROWED_OPTION, BorrowedFrames, FrameWindow
+from .windowing import BORROWED_OPTION, BorrowedFrames, FrameWindow, attn1_patches
 
 
 def per_frame(value, frames: int) -> bool:
@@ -61,13 +61,6 @@ def window_cond(cond_in, window: FrameWindow, frames: int):
                                for key, item in value.items()}
         resized.append(entry)
     return resized
-
-
-def attn1_patches(model_options):
-    """Every attn1 replace patch in the options, with the patches of ours each one wraps."""
-    slots = model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
-    for patch in slots.values():
-        yield from chain(patch)
 
 
 class VideoWindows(ContextHandlerABC):
@@ -126,6 +119,7 @@ def with_context_windows(model, length: int, overlap: int):
     clone = model.clone()
     clone.model_options["context_handler"] = VideoWindows(length, overlap)
     create_prepare_sampling_wrapper(clone)  # ComfyUI sizes the model's memory for one window, not the clip
+    fit_motion_module_per_call(clone)  # AnimateDiff-Evolved's motion module: each window's frames
     return clone
 
 

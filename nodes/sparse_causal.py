@@ -11,6 +11,7 @@ from ..kernels.attention import (CROSS_FRAME_MODES, QUERY_TOKENS_PER_CALL, atten
 from ..kernels.unet_layout import iter_transformer_blocks
 from ..kernels.windows import anchor_frames, window_references
 from .windowing import BORROWED_OPTION
+from .animatediff import fit_motion_module_per_call
 from .attention_slots import CROSS_FRAME, SlotPatch, guard_slots, install, remove
 from .model_helpers import PER_FRAME_OPTION, check_video_inputs_when_sampling, require_sd1_unet
 from .socket_types import VideoEditNode
@@ -105,6 +106,7 @@ def with_cross_frame_attention(model, mode: str, start_percent: float = 0.0, end
         else:
             remove(clone, "attn1", key, CROSS_FRAME)
     guard_slots(clone)
+    fit_motion_module_per_call(clone)
     check_video_inputs_when_sampling(clone)
     return clone
 

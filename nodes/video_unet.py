@@ -226,6 +226,9 @@ class TunedWeights:
     frame_groupnorm: bool
     metadata: dict = field(default_factory=dict)
     mask: TemporalMask = TemporalMask()
+    # AnimateDiff-Evolved motion module path -> delta of its temporal query projection (VE One-Shot Tune's
+    # motion_module "tune its queries"); empty otherwise.
+    motion_query_deltas: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def query_layers(unet: nn.Module) -> dict[str, nn.Module]:

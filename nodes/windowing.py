@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from .attention_slots import chain
+
 # transformer_options key of the step's BorrowedFrames, read by the cross-frame attention patches.
 BORROWED_OPTION = "video_edit_borrowed_frames"
 
@@ -53,3 +55,10 @@ def clip_rows(extra_options, frames: int) -> list[int] | slice:
     """The clip's frame indices of a model call's ``frames`` frames: the window's under context windows, else all."""
     window = extra_options.get("context_window")
     return slice(0, frames) if window is None else list(window.index_list)
+
+
+def attn1_patches(model_options):
+    """Every attn1 replace patch in the options, with the patches of ours each one wraps."""
+    slots = model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
+    for patch in slots.values():
+        yield from chain(patch)
