@@ -4,7 +4,8 @@ loads), ``socket_types``, ``inputs`` (input guards), ``patcher`` (keys, wrappers
 ModelPatcher), ``unet_call`` (the state carried through one UNet call), ``attention_slots`` (the one owner of the
 attention slots), ``comfy_internals`` (every ComfyUI internal the pack uses), ``training`` (the training loop inside
 ComfyUI's sampler), ``video_unet`` (the inflated UNet and tuned weights), ``motion_lora_files``, ``plots``,
-``windowing`` (what context windows share with attention patches)."""
+``windowing`` (what context windows share with attention patches), ``schema_fields`` (schema fields only newer
+ComfyUI accepts), ``animatediff`` (AnimateDiff-Evolved's motion module on our MODELs)."""
 
 import logging
 

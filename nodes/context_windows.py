@@ -18,12 +18,12 @@ from comfy.context_windows import ContextHandlerABC, create_prepare_sampling_wra
 from comfy_api.latest import io
 
 from ..kernels.windows import frame_windows, window_weights
-from .shared.attention_slots import chain
-from .shared.comfy_internals import controlnet_hint, model_cond_rows, replace_patches, set_controlnet_hint
+from .shared.animatediff import fit_motion_module_per_call
+from .shared.comfy_internals import controlnet_hint, model_cond_rows, set_controlnet_hint
 from .shared.patcher import controlnets
 from .shared.socket_types import VideoEditNode
 from .shared.unet_call import BORROWED_OPTION
-from .shared.windowing import BorrowedFrames, FrameWindow
+from .shared.windowing import BorrowedFrames, FrameWindow, attn1_patches
 from .shared.schema_fields import VIDEO_EDIT_ALIASES, search_aliases
 
 
@@ -64,12 +64,6 @@ def window_cond(cond_in, window: FrameWindow, frames: int):
                                for key, item in value.items()}
         resized.append(entry)
     return resized
-
-
-def attn1_patches(model_options):
-    """Every attn1 replace patch in the options, with the patches of ours each one wraps."""
-    for patch in replace_patches(model_options, "attn1").values():
-        yield from chain(patch)
 
 
 class VideoWindows(ContextHandlerABC):
@@ -128,6 +122,7 @@ def with_context_windows(model, length: int, overlap: int):
     clone = model.clone()
     clone.model_options["context_handler"] = VideoWindows(length, overlap)
     create_prepare_sampling_wrapper(clone)  # ComfyUI sizes the model's memory for one window, not the clip
+    fit_motion_module_per_call(clone)  # AnimateDiff-Evolved's motion module: each window's frames
     return clone
 
 

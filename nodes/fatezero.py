@@ -12,6 +12,7 @@ from ..kernels.fatezero import (AttentionStore, CrossAttentionEdit, PromptTokens
                                 latent_blend_active, mask_blocks, word_attention)
 from ..kernels.inversion import Inversion
 from ..kernels.schedule import in_window, matching
+from .shared.animatediff import fit_motion_module_per_call
 from .shared.attention_slots import FUSION, AddsToOutput, SharedPatch, SlotPatch, guard_slots, install
 from .shared.inputs import TRAINING_FREE_FAMILIES, advising, require_unet
 from .shared.unet_call import cond_chunks
@@ -310,6 +311,7 @@ def attention_fusion(model, inversion: Inversion, clip, source_prompt: str, edit
         install(clone, "attn2", key, CrossAttentionFusion(plan, key))
         install(clone, "attn1", key, SelfAttentionFusion(plan, key))
     guard_slots(clone)
+    fit_motion_module_per_call(clone)
     if plan.blends_latents:
         clone.set_model_sampler_post_cfg_function(LatentBlend(plan))
     return clone, plan

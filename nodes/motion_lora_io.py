@@ -14,6 +14,7 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from ..kernels.lora import check_lora_tensors, linear_targets, spatial_targets, split_spatial_sets
+from .shared.animatediff import is_ade_motion_lora
 from .shared.inputs import advising, require_unet
 from .shared.patcher import add_weight_patches
 from .shared.motion_lora_files import SPATIAL_FOLDER, SPATIAL_PREFIX, TEMPORAL_FOLDER, read_lora_file, save_motion_lora
@@ -84,6 +85,9 @@ def apply_motion_lora(model, spatial: dict | None, spatial_strength: float, temp
         if spatial_strength != 0:
             add_weight_patches(clone, patches, spatial_strength)
     if temporal is not None:
+        if is_ade_motion_lora(temporal):
+            raise ValueError(f"{temporal_name}: it was trained on the AnimateDiff motion module; save it with VE Save "
+                             "Motion LoRA and load it with AnimateDiff-Evolved's Load AnimateDiff LoRA.")
         patches = _lora_patches(temporal, temporal_lora_shapes(model), temporal_name)
         if temporal_strength != 0:
             accepted = set(temporal_patcher(clone).add_patches(patches, temporal_strength))
@@ -133,7 +137,9 @@ class SaveMotionLoRA(VideoEditNode):
             description=(f"Saves the spatial LoRA as models/{SPATIAL_FOLDER}/<filename>_00001_spatial.safetensors "
                          f"(standard LoRA keys: core Load LoRA can use it) and the temporal LoRA as "
                          f"models/{TEMPORAL_FOLDER}/<filename>_00001_temporal.safetensors, under the next number free "
-                         f"in both folders (nothing is overwritten). Both files are written, or neither."),
+                         f"in both folders (nothing is overwritten). Both files are written, or neither. A temporal "
+                         f"LoRA trained on the AnimateDiff motion module goes to models/animatediff_motion_lora/ in "
+                         f"AnimateDiff-Evolved's motion-LoRA format, for its Load AnimateDiff LoRA."),
             inputs=[
                 io.LoraModel.Input("spatial_lora", tooltip="VE Train MotionDirector's spatial_lora."),
                 MotionLoRA.Input("temporal_lora", tooltip="VE Train MotionDirector's temporal_lora."),

@@ -25,6 +25,8 @@ from comfy_api.latest import io, ui
 
 from ..kernels.lora import (LoRASet, debiased_temporal_loss, join_spatial_sets, linear_targets, noise_prior,
                             spatial_targets)
+from .shared.animatediff import (ade_motion_module, check_clip_lengths, fit_motion_module_per_call, motion_module_targets,
+                                 to_ade_motion_lora)
 from .shared.comfy_internals import BasicGuider, predict_without_cfg, set_guider_conds
 from .shared.inputs import require_unet, require_video_latent
 from .shared.patcher import PatcherKeys
@@ -37,6 +39,9 @@ from .shared.schema_fields import MOTIONDIRECTOR_ALIASES, search_aliases
 
 
 SPATIAL_SETS = ("one per video", "shared")  # official single_spatial_lora False / True
+# Where the temporal LoRA goes: our temporal layers (VE Inflate UNet), or AnimateDiff-Evolved's motion module
+# (AnimateDiff-MotionDirector: a motion LoRA that ADE's Load AnimateDiff LoRA reads).
+TEMPORAL_TARGETS = ("VE temporal layers", "AnimateDiff motion module")
 
 
 @dataclass(frozen=True)
@@ -138,12 +143,12 @@ class MotionDirectorSampler(TrainingSampler):
             self.checkpoint(step)
 
 
-def _hook_injection(spatial: list[LoRASet], temporal: LoRASet, temporal_layers) -> PatcherInjection:
+def _hook_injection(spatial: list[LoRASet], temporal: LoRASet, temporal_targets: dict) -> PatcherInjection:
     def inject(patcher):
         targets = {SPATIAL_PREFIX + p: m for p, m in spatial_targets(patcher.model.diffusion_model).items()}
         for lora_set in spatial:
             lora_set.attach(targets)
-        temporal.attach(linear_targets(temporal_layers))
+        temporal.attach(temporal_targets)
 
     def eject(patcher):
         for lora_set in spatial + [temporal]:
@@ -156,37 +161,53 @@ def train_motion_director(model, videos: tuple[TrainingVideo, ...], steps: int, 
                           learning_rate: float = 5e-4, weight_decay: float = 1e-2, seed: int = 0,
                           gradient_checkpointing: bool = True, spatial_mask_probability: float = 0.2,
                           lora_dropout: float = 0.1, checkpoint_every: int = 0, checkpoint_name: str = "",
-                          spatial_sets: str = "one per video"):
+                          spatial_sets: str = "one per video", temporal_target: str = TEMPORAL_TARGETS[0]):
     """Train spatial and temporal LoRAs on ``videos``; return (spatial LoRA, temporal LoRA, losses by name).
 
     ``spatial_sets``: "one per video" (official) trains a spatial set per video, each on its own video's frames
     (the file keys them ``video<k>.``); "shared" trains one. Losses: ``temporal`` (also ``loss``, for core's loss
-    graph) and ``spatial`` per step, NaN where masked.
+    graph) and ``spatial`` per step, NaN where masked. ``temporal_target`` "AnimateDiff motion module": the
+    temporal LoRA goes on the temporal attention projections of AnimateDiff-Evolved's motion module (no inflation
+    needed) and comes back in ADE's motion-LoRA format.
     """
     if spatial_sets not in SPATIAL_SETS:
         raise ValueError(f"spatial_sets: {spatial_sets!r} is not one of {', '.join(SPATIAL_SETS)}.")
+    if temporal_target not in TEMPORAL_TARGETS:
+        raise ValueError(f"temporal_target: {temporal_target!r} is not one of {', '.join(TEMPORAL_TARGETS)}.")
     unet = require_unet(model)
-    inflation = require_inflated(model, needs="MotionDirector trains LoRAs on the temporal layers")
     if not videos:
         raise ValueError("clip_set: it holds no videos; build it with VE Motion Clip Set.")
+    on_animatediff = temporal_target == TEMPORAL_TARGETS[1]
+    if on_animatediff:
+        motion_module = ade_motion_module(model)
+        check_clip_lengths(motion_module, [len(video.samples) for video in videos])
+        temporal_modules = motion_module_targets(motion_module)
+    else:
+        inflation = require_inflated(model, needs="MotionDirector trains LoRAs on the temporal layers")
+        temporal_modules = linear_targets(inflation.layers)
     with torch.inference_mode(False), torch.enable_grad():
         device = model.load_device
         targets = {SPATIAL_PREFIX + p: m for p, m in spatial_targets(unet).items()}
         count = len(videos) if spatial_sets == "one per video" else 1
         spatial = [LoRASet(targets, rank, lora_dropout, seed if k == 0 else seed + 1 + k) for k in range(count)]
-        temporal = LoRASet(linear_targets(inflation.layers), rank, lora_dropout, seed + 1)
+        temporal = LoRASet(temporal_modules, rank, lora_dropout, seed + 1)
         for lora_set in spatial + [temporal]:
             lora_set.to(device).train()
 
         def spatial_tensors():
             return join_spatial_sets([lora_set.file_tensors() for lora_set in spatial])
 
+        def temporal_tensors():
+            tensors = temporal.file_tensors()
+            return to_ade_motion_lora(tensors) if on_animatediff else tensors
+
         def checkpoint(step):
-            save_motion_lora(spatial_tensors(), temporal.file_tensors(), f"{checkpoint_name}_step{step:05d}",
+            save_motion_lora(spatial_tensors(), temporal_tensors(), f"{checkpoint_name}_step{step:05d}",
                              {"steps": str(step)})
 
         trainer = model.clone()
-        trainer.set_injections(PatcherKeys.MOTION_LORA_TRAINING, [_hook_injection(spatial, temporal, inflation.layers)])
+        fit_motion_module_per_call(trainer)  # AnimateDiff-Evolved's motion module off on the spatial path
+        trainer.set_injections(PatcherKeys.MOTION_LORA_TRAINING, [_hook_injection(spatial, temporal, temporal_modules)])
         sampler = MotionDirectorSampler([c.samples.clone() for c in videos], spatial, temporal, steps, learning_rate,
                                         weight_decay, seed, gradient_checkpointing, spatial_mask_probability, device,
                                         checkpoint if checkpoint_name.strip() else None, checkpoint_every)
@@ -199,7 +220,7 @@ def train_motion_director(model, videos: tuple[TrainingVideo, ...], steps: int, 
             for lora_set in spatial + [temporal]:
                 lora_set.detach()
     losses = {"loss": sampler.losses["temporal"], **sampler.losses}
-    return spatial_tensors(), temporal.file_tensors(), losses
+    return spatial_tensors(), temporal_tensors(), losses
 
 
 class MotionClipSet(VideoEditNode):
@@ -267,6 +288,12 @@ class TrainMotionDirector(VideoEditNode):
                                tooltip="Spatial LoRAs: one set per video, each learning its own video's look "
                                        "(official), or one set shared by all (official single_spatial_lora; a "
                                        "standard LoRA file that core Load LoRA reads)."),
+                io.Combo.Input("temporal_target", options=list(TEMPORAL_TARGETS), default=TEMPORAL_TARGETS[0],
+                               optional=True,
+                               tooltip="Where the temporal LoRA learns the motion: the temporal layers of VE Inflate "
+                                       "UNet, or the temporal attention of AnimateDiff-Evolved's motion module "
+                                       "(AnimateDiff-MotionDirector; the model comes through Use Evolved Sampling, "
+                                       "VE Save Motion LoRA writes a motion LoRA for ADE's Load AnimateDiff LoRA)."),
             ],
             outputs=[
                 io.LoraModel.Output(display_name="spatial_lora", tooltip="The appearance LoRA, for VE Save Motion LoRA or VE "
@@ -280,10 +307,10 @@ class TrainMotionDirector(VideoEditNode):
     @classmethod
     def execute(cls, model, clip_set, steps, rank, learning_rate, weight_decay, seed, gradient_checkpointing,
                 spatial_mask_probability, lora_dropout, checkpoint_every, checkpoint_name,
-                spatial_sets=SPATIAL_SETS[0]) -> io.NodeOutput:
+                spatial_sets=SPATIAL_SETS[0], temporal_target=TEMPORAL_TARGETS[0]) -> io.NodeOutput:
         spatial, temporal, losses = train_motion_director(
             model, clip_set, steps, rank, learning_rate, weight_decay, seed, gradient_checkpointing,
-            spatial_mask_probability, lora_dropout, checkpoint_every, checkpoint_name, spatial_sets)
+            spatial_mask_probability, lora_dropout, checkpoint_every, checkpoint_name, spatial_sets, temporal_target)
         return io.NodeOutput(spatial, temporal, losses, ui=ui.PreviewText(loss_summary(losses)))
 
 

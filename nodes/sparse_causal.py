@@ -10,6 +10,7 @@ from ..kernels.attention import (CROSS_FRAME_MODES, QUERY_TOKENS_PER_CALL, atten
                                  cross_frame_attention)
 from ..kernels.unet_layout import iter_transformer_blocks
 from ..kernels.windows import anchor_frames, window_references
+from .shared.animatediff import fit_motion_module_per_call
 from .shared.attention_slots import CROSS_FRAME, SlotPatch, guard_slots, install, remove
 from .shared.inputs import TRAINING_FREE_FAMILIES, require_unet
 from .shared.patcher import check_video_inputs_when_sampling
@@ -107,6 +108,7 @@ def with_cross_frame_attention(model, mode: str, start_percent: float = 0.0, end
         else:
             remove(clone, "attn1", key, CROSS_FRAME)
     guard_slots(clone)
+    fit_motion_module_per_call(clone)
     check_video_inputs_when_sampling(clone)
     return clone
 

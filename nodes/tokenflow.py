@@ -23,6 +23,7 @@ from ..kernels.schedule import in_window, matching, nearest
 from ..kernels.tokenflow import (copy_source_branch, keyframe_attention, keyframe_schedule, pnp_output_block,
                                  pnp_resnet, propagate, same_token_count, start_latent, with_source_branch)
 from ..kernels.unet_layout import iter_transformer_blocks
+from .shared.animatediff import fit_motion_module_per_call
 from .shared.attention_slots import TOKENFLOW, SlotPatch, guard_slots, install
 from .shared.comfy_internals import wrapped_base_model
 from .shared.inputs import TRAINING_FREE_FAMILIES, require_unet
@@ -231,6 +232,7 @@ def tokenflow(model, inversion: Inversion, conditioning, keyframe_chunk_size: in
     for key, *_ in iter_transformer_blocks(unet):
         install(clone, "attn1", key, TokenFlowAttention(inject_qk=key[0] == "output" and key[1] >= first))
     guard_slots(clone)
+    fit_motion_module_per_call(clone)
     clone.set_injections(PatcherKeys.TOKENFLOW, [PatcherInjection(inject=_inject, eject=_eject)])
     set_wrapper(clone, WrappersMP.APPLY_MODEL, PatcherKeys.TOKENFLOW, TokenFlowSampling(
         inversion, conditioning[0][0][:1].detach().cpu(), keyframe_chunk_size, pnp_attention_window,

@@ -4,6 +4,9 @@ File layout (``models/video_edit_tuned/*.safetensors``):
 - ``query_delta.<model key>``: the tuned change of each query projection, e.g.
   ``query_delta.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight`` (fp32);
 - ``temporal.<block path>.{norm_temp,attn_temp}...``: the temporal layers (fp32);
+- ``motion_query_delta.<motion module path>.to_q``: with VE One-Shot Tune's motion_module "tune its queries", the
+  tuned change of AnimateDiff-Evolved's motion module's temporal query projections (fp32; loading needs the MODEL
+  through Use Evolved Sampling with that motion module);
 - metadata ``video_edit_format`` = "tune_a_video/1", ``frame_groupnorm``, ``temporal_mask`` and ``temporal_window``
   (absent in older files: none, 0), and the tuning's ``frames``, ``height``, ``width``, ``steps``,
   ``learning_rate``, ``seed``, ``prompt``.
@@ -20,9 +23,10 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..kernels.temporal import TemporalMask
+from .shared.animatediff import apply_tuned_weights
 from .shared.files import file_stem, model_folder, numbered_paths, read_safetensors, register_model_folder, save_safetensors_group
 from .shared.patcher import PatcherKeys
-from .shared.video_unet import TunedWeights, apply_tuned
+from .shared.video_unet import TunedWeights
 from .shared.socket_types import VideoEditNode
 from .shared.schema_fields import TUNE_A_VIDEO_ALIASES, DREAMIX_ALIASES, search_aliases
 
@@ -30,6 +34,7 @@ FOLDER = "video_edit_tuned"
 FORMAT = "tune_a_video/1"
 QUERY_PREFIX = "query_delta."
 TEMPORAL_PREFIX = "temporal."
+MOTION_QUERY_PREFIX = "motion_query_delta."
 
 register_model_folder(FOLDER, {".safetensors"})
 
@@ -38,6 +43,7 @@ def save_tuned(tuned: TunedWeights, path: str):
     """Write ``tuned`` to ``path`` atomically; an existing file is never replaced."""
     tensors = {QUERY_PREFIX + k: v for k, v in tuned.query_deltas.items()}
     tensors.update({TEMPORAL_PREFIX + k: v for k, v in tuned.temporal.items()})
+    tensors.update({MOTION_QUERY_PREFIX + k: v for k, v in tuned.motion_query_deltas.items()})
     metadata = {k: json.dumps(v) for k, v in tuned.metadata.items()}
     metadata.update(video_edit_format=FORMAT, frame_groupnorm=json.dumps(tuned.frame_groupnorm),
                     temporal_mask=json.dumps(tuned.mask.mode), temporal_window=json.dumps(tuned.mask.window))
@@ -64,6 +70,8 @@ def load_tuned(path: str, input_name: str = "tuned_file") -> TunedWeights:
     return TunedWeights(
         query_deltas={k[len(QUERY_PREFIX):]: v for k, v in tensors.items() if k.startswith(QUERY_PREFIX)},
         temporal={k[len(TEMPORAL_PREFIX):]: v for k, v in tensors.items() if k.startswith(TEMPORAL_PREFIX)},
+        motion_query_deltas={k[len(MOTION_QUERY_PREFIX):]: v for k, v in tensors.items()
+                             if k.startswith(MOTION_QUERY_PREFIX)},
         frame_groupnorm=frame_groupnorm,
         mask=mask,
         metadata=info,
@@ -99,7 +107,7 @@ class SaveTuned(VideoEditNode):
         stem = file_stem(filename, "tuned_clip", "filename", "VE_SaveTuned", ".safetensors")
         (path,) = numbered_paths(stem, [(model_folder(FOLDER), ".safetensors")])
         tuned = TunedWeights(tuned.query_deltas, tuned.temporal, tuned.frame_groupnorm,
-                             {**tuned.metadata, "prompt": prompt}, tuned.mask)
+                             {**tuned.metadata, "prompt": prompt}, tuned.mask, tuned.motion_query_deltas)
         save_tuned(tuned, path)
         return io.NodeOutput(path, ui={"text": [path]})
 
@@ -129,7 +137,7 @@ class LoadTuned(VideoEditNode):
         path = folder_paths.get_full_path(FOLDER, tuned_file)
         if path is None:
             raise FileNotFoundError(f"tuned_file: {tuned_file!r} is not in models/{FOLDER}/. Save one with VE Save Tuned Model.")
-        return io.NodeOutput(apply_tuned(model, load_tuned(path), f"tuned_file: {tuned_file}"))
+        return io.NodeOutput(apply_tuned_weights(model, load_tuned(path), f"tuned_file: {tuned_file}"))
 
 
 NODES = [SaveTuned, LoadTuned]

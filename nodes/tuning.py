@@ -14,13 +14,21 @@ from comfy_api.latest import io, ui
 from torch import nn
 
 from ..kernels.weight_decay import decay_delta_
+from .shared.animatediff import (ade_motion_module, apply_tuned_weights, fit_motion_module_per_call, motion_query_layers,
+                                 with_motion_query_deltas)
 from .shared.comfy_internals import BasicGuider, weight_functions
 from .shared.inputs import require_unet, require_video_latent
 from .shared.socket_types import VideoEditNode
 from .shared.training import TrainingSampler, adamw, predict_eps, remove_weight_wrappers, train_in_guider
-from .shared.video_unet import TunedWeights, apply_tuned, bypass_temporal, inflate, query_layers, require_inflated
+from .shared.video_unet import TunedWeights, bypass_temporal, inflate, query_layers, require_inflated
 from .shared.plots import loss_summary
 from .shared.schema_fields import TUNE_A_VIDEO_ALIASES, DREAMIX_ALIASES, MAKE_YOUR_VIDEO_ALIASES, search_aliases
+
+# What VE One-Shot Tune does with an AnimateDiff-Evolved motion module on the MODEL: keep it frozen (it runs on video
+# steps, is off on Dreamix's image steps; the default, the behaviour without this option), or also tune the query
+# projections of its temporal attention (as Tune-A-Video tunes its own temporal attention's queries).
+MOTION_MODULE_MODES = ("frozen", "tune its queries")
+
 
 class QueryDelta(nn.Module):
     """Weight wrapper ``W -> W + delta`` on ``layer``, with a trainable delta; remembers W for decoupled weight
@@ -107,18 +115,24 @@ class OneShotTuningSampler(TrainingSampler):
 
 def one_shot_tune(model, latent: dict, positive, steps: int, learning_rate: float, seed: int,
                   gradient_checkpointing: bool = True, weight_decay: float = 1e-2,
-                  image_mix: float = 0.0) -> tuple[object, dict[str, list[float]]]:
+                  image_mix: float = 0.0, motion_module: str = MOTION_MODULE_MODES[0]
+                  ) -> tuple[object, dict[str, list[float]]]:
     """Tune ``model`` (inflated) on one video; return the tuned clone and its losses by name: ``loss`` per step, and
     with ``image_mix`` (Dreamix) also ``video`` and ``image``, NaN on the other kind of step."""
     if not 0.0 <= image_mix <= 1.0:
         raise ValueError(f"image_mix: {image_mix} is not a fraction of the steps; use 0 (Tune-A-Video) to 1.")
+    if motion_module not in MOTION_MODULE_MODES:
+        raise ValueError(f"motion_module: {motion_module!r} is not one of {', '.join(MOTION_MODULE_MODES)}.")
     unet = require_unet(model)
     samples = require_video_latent(latent)
+    motion_layers = (motion_query_layers(ade_motion_module(model)) if motion_module == MOTION_MODULE_MODES[1]
+                     else {})
     inflation = require_inflated(model, needs="one-shot tuning trains the temporal layers")
     with torch.inference_mode(False), torch.enable_grad():
         device = model.load_device
         # A private copy of the temporal layers: the training clone injects it, the optimiser trains it.
         trainer = inflate(model, inflation.layers.state_dict(), inflation.frame_groupnorm, mask=inflation.mask)
+        fit_motion_module_per_call(trainer)  # AnimateDiff-Evolved's motion module off on Dreamix's image steps
         trainer_layers = require_inflated(trainer).layers
         temporal_params = trainer_layers.tunable_parameters()
         for p in temporal_params:
@@ -126,7 +140,11 @@ def one_shot_tune(model, latent: dict, positive, steps: int, learning_rate: floa
         deltas = {key: QueryDelta(layer, device) for key, layer in query_layers(unet).items()}
         for key, delta in deltas.items():
             trainer.add_weight_wrapper(key, delta)
-        sampler = OneShotTuningSampler(list(deltas.values()), temporal_params, steps, learning_rate, weight_decay, seed,
+        motion_deltas = {path: QueryDelta(layer, device) for path, layer in motion_layers.items()}
+        if motion_deltas:
+            trainer = with_motion_query_deltas(trainer, {path: d.delta for path, d in motion_deltas.items()}, "model")
+        sampler = OneShotTuningSampler([*deltas.values(), *motion_deltas.values()], temporal_params, steps,
+                                       learning_rate, weight_decay, seed,
                                        gradient_checkpointing, device, image_mix)
         guider = BasicGuider(trainer)
         guider.set_conds(positive)
@@ -141,8 +159,9 @@ def one_shot_tune(model, latent: dict, positive, steps: int, learning_rate: floa
             metadata={"frames": samples.shape[0], "height": samples.shape[2] * 8, "width": samples.shape[3] * 8,
                       "steps": steps, "learning_rate": learning_rate, "seed": seed},
             mask=inflation.mask,
+            motion_query_deltas={path: d.delta.detach().float().cpu() for path, d in motion_deltas.items()},
         )
-    return apply_tuned(model, tuned), sampler.losses
+    return apply_tuned_weights(model, tuned), sampler.losses
 
 
 class OneShotTune(VideoEditNode):
@@ -175,6 +194,13 @@ class OneShotTune(VideoEditNode):
                                tooltip="Dreamix: the fraction of steps that train on a random subset of the frames, "
                                        "shuffled, as independent images (temporal layers skipped, not trained). "
                                        "0 = Tune-A-Video."),
+                io.Combo.Input("motion_module", options=list(MOTION_MODULE_MODES), default=MOTION_MODULE_MODES[0],
+                               optional=True,
+                               tooltip="With an AnimateDiff-Evolved motion module on the model (Use Evolved "
+                                       "Sampling): frozen = it runs on video steps, untrained (off on image steps); "
+                                       "tune its queries = also tune the query projections of its temporal "
+                                       "attention. VE Save/Load Tuned keep them; loading needs the same motion "
+                                       "module on the model."),
             ],
             outputs=[io.Model.Output(display_name="model", tooltip="The tuned copy of the model, for the sampler, VE DDIM "
                                                                   "Invert or VE Save Tuned Model."),
@@ -183,9 +209,9 @@ class OneShotTune(VideoEditNode):
 
     @classmethod
     def execute(cls, model, latent, conditioning, steps, learning_rate, seed, gradient_checkpointing,
-                image_mix=0.0) -> io.NodeOutput:
+                image_mix=0.0, motion_module=MOTION_MODULE_MODES[0]) -> io.NodeOutput:
         tuned, losses = one_shot_tune(model, latent, conditioning, steps, learning_rate, seed, gradient_checkpointing,
-                                      image_mix=image_mix)
+                                      image_mix=image_mix, motion_module=motion_module)
         return io.NodeOutput(tuned, losses, ui=ui.PreviewText(loss_summary(losses)))
 
 

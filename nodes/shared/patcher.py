@@ -17,6 +17,8 @@ class PatcherKeys:
     TOKENFLOW_SOURCE = "video_edit_tokenflow_source"  # the cond uuid of TokenFlow's source branch
     MOTION_LORA_TRAINING = "video_edit_motion_lora_training"  # injection of the LoRAs being trained
     SLOTS = "video_edit_slots"  # OUTER_SAMPLE wrapper: our attention patches are still in their slots
+    ANIMATEDIFF = "video_edit_animatediff"  # DIFFUSION_MODEL wrapper: ADE's motion module gets each call's frames
+    MOTION_QUERIES = "video_edit_motion_queries"  # injection: tuned query deltas on ADE's motion module
 
 
 def injected_layer_ops(model):

@@ -11,7 +11,6 @@ counts them as a model of their own when it plans memory, and they are ``comfy.o
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import copy
 from dataclasses import dataclass, field
 
@@ -245,6 +244,9 @@ class TunedWeights:
     frame_groupnorm: bool
     metadata: dict = field(default_factory=dict)
     mask: TemporalMask = TemporalMask()
+    # AnimateDiff-Evolved motion module path -> delta of its temporal query projection (VE One-Shot Tune's
+    # motion_module "tune its queries"); empty otherwise.
+    motion_query_deltas: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def query_layers(unet: nn.Module) -> dict[str, nn.Module]:

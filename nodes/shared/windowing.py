@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import torch
 
+from .attention_slots import chain
+from .comfy_internals import replace_patches
+
+
 class BorrowedFrames:
     """One step's anchor keys/values, kept by the window that computed them for the windows after it.
 
@@ -49,3 +53,9 @@ def clip_rows(extra_options, frames: int) -> list[int] | slice:
     """The clip's frame indices of a model call's ``frames`` frames: the window's under context windows, else all."""
     window = extra_options.get("context_window")
     return slice(0, frames) if window is None else list(window.index_list)
+
+
+def attn1_patches(model_options):
+    """Every attn1 replace patch in the options, with the patches of ours each one wraps."""
+    for patch in replace_patches(model_options, "attn1").values():
+        yield from chain(patch)
