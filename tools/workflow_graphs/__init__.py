@@ -34,11 +34,24 @@ ABOUT = {
     "tune_a_video_reuse": (
         "Edits again with a model tune_a_video_edit saved (VE Load Tuned Model): no retraining.",
         "the tuned file and the edit prompt", "the same clip and prompts the tuning used", "about 1 min (estimate)"),
+    "tune_a_video_fast": (
+        "Edits again with a model tune_a_video_edit saved, with the pack's fast recipe: fixed_point inversion (one "
+        "refinement) at 20 steps, the edit in 20 (60 UNet calls instead of 100).",
+        "the tuned file and the edit prompt", "VE DDIM Invert method fixed_point, iterations 1, steps 20",
+        "about 30 s (estimate)"),
     "tokenflow_edit": (
-        "TokenFlow: training-free edit of 40 frames: keyframes edited together, their tokens propagated. (TokenFlow's "
-        "default model is SD 2.1 base; this pack runs SD1.x models for now, so SD1.5.)",
+        "TokenFlow: training-free edit of 40 frames: keyframes edited together, their tokens propagated (on SD1.5; "
+        "tokenflow_sd21 is the same on TokenFlow's default model, SD 2.1 base).",
         "the edit prompt (sampler) and the clip", "keyframe_chunk_size 8, pnp windows 0.5 / 0.8; 500 inversion "
         "steps kept at 50", "about 5 min (estimate)"),
+    "tokenflow_fast": (
+        "TokenFlow with the pack's fast recipe: the clip inverted at the sampler's own 50 steps (fixed_point, one "
+        "model call each) instead of 500 DDIM steps: 150 UNet calls per edit instead of 600.",
+        "the edit prompt (sampler) and the clip", "VE DDIM Invert method fixed_point, iterations 0, steps 50",
+        "about 2 min (estimate)"),
+    "tokenflow_sd21": (
+        "TokenFlow's official default recipe: tokenflow_edit on SD 2.1 base (stable-diffusion-2-1-base).",
+        "the edit prompt (sampler) and the clip", "as tokenflow_edit", "about 5 min (estimate)"),
     "tokenflow_on_tuned": (
         "TokenFlow on the model tune_a_video_edit tuned.", "the tuned file and the edit prompt",
         "as tokenflow_edit", "about 3 min (estimate)"),
@@ -50,6 +63,10 @@ ABOUT = {
         "FateZero zero-shot attribute edit: the source attention stored while inverting is fused while editing.",
         "the clip, source_prompt, edit_prompt and blend_words (the official example is FateZero's jeep.mp4)",
         "self_replace / cross_replace 0.8, mask_threshold 0.3, 50 steps", "about 2 min (estimate)"),
+    "fatezero_fast": (
+        "FateZero with the pack's fast recipe: fixed_point inversion (one refinement) at 20 steps, the edit in 20: "
+        "60 UNet calls instead of 100.", "the clip, source_prompt, edit_prompt and blend_words",
+        "VE DDIM Invert method fixed_point, iterations 1, steps 20", "about 1 min (estimate)"),
     "fatezero_shape_edit": (
         "FateZero shape edit on the model tune_a_video_edit tuned.", "the tuned file, the prompts and blend_words",
         "replace 0.5, blend 'both'", "about 2 min (estimate)"),
@@ -77,6 +94,9 @@ def note(name: str) -> str:
         what = "motion LoRAs" if producer == "motiondirector_train" else "tuned model"
         text += (f"\nRun {producer} first (once): this workflow loads the {what} it saves; pick its file in the "
                  f"loader node (the first save is numbered _00001_).")
+    if base_model(name) == "sd21":
+        return text + ("\nCheckpoint: SD 2.1 base (TokenFlow's default); when it is missing the frontend offers its "
+                       "download.")
     return text + ("\nCheckpoint: SD1.5 (Tune-A-Video was published with SD 1.4/1.5); when it is missing the "
                    "frontend offers its download.")
 
