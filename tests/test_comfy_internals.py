@@ -148,6 +148,36 @@ def test_replace_patches_and_their_dict(ci, setup):
     assert ci.replace_patches(again.model_options, "attn1")[("input", 1, 0)] is not patch
 
 
+def test_wrapped_replace_patches_survive_a_clone_that_copies_only_dicts(ci, setup, monkeypatch):
+    """Newer ComfyUI's clone copies model_options with comfy.utils.deepcopy_list_dict (dicts and lists only): the
+    wrap_replace_patches clone callback still gives the clone the wrapped type and its own patch copies."""
+    import types
+
+    import comfy.model_patcher
+
+    def deepcopy_list_dict(obj):  # comfy.utils.deepcopy_list_dict of newer ComfyUI, without its memo
+        if isinstance(obj, dict):
+            return {key: deepcopy_list_dict(value) for key, value in obj.items()}
+        return [deepcopy_list_dict(item) for item in obj] if isinstance(obj, list) else obj
+
+    class Slots(dict):
+        pass
+
+    model, _ = setup
+    clone, patch = model.clone(), [1]
+    clone.set_model_attn1_replace(patch, "input", 1, 0)
+    ci.wrap_replace_patches(clone, "attn1", Slots)
+    monkeypatch.setattr(comfy.model_patcher, "copy", types.SimpleNamespace(deepcopy=deepcopy_list_dict,
+                                                                           copy=__import__("copy").copy))
+    again = clone.clone()
+    copied = ci.replace_patches(again.model_options, "attn1")
+    assert type(copied) is Slots and copied[("input", 1, 0)] == patch and copied[("input", 1, 0)] is not patch
+    monkeypatch.undo()
+    once_more = again.clone()  # the callback travels with the clones
+    assert type(ci.replace_patches(once_more.model_options, "attn1")) is Slots
+    assert len(once_more.get_callbacks(comfy.model_patcher.CallbacksMP.ON_CLONE, ci.COPY_WRAPPED_SLOTS)) == 1
+
+
 def test_register_model_folder(ci, comfy_lib):
     import os
 

@@ -7,8 +7,10 @@ Not here: the UNet's resampling layer class names, which the kernels match witho
 
 from __future__ import annotations
 
+import copy
 import os
 
+from comfy.patcher_extension import CallbacksMP
 from comfy_extras.nodes_custom_sampler import Guider_Basic
 
 
@@ -85,10 +87,31 @@ def replace_patches(model_options: dict, kind: str) -> dict:
     return model_options.get("transformer_options", {}).get("patches_replace", {}).get(kind, {})
 
 
+COPY_WRAPPED_SLOTS = "video_edit_copy_wrapped_slots"  # ON_CLONE callback key
+
+
 def wrap_replace_patches(clone, kind: str, wrap) -> None:
-    """Replace ``clone``'s ``kind`` patch dict (which ``set_model_patch_replace`` created) by ``wrap(dict)``."""
+    """Replace ``clone``'s ``kind`` patch dict (which ``set_model_patch_replace`` created) by ``wrap(dict)``, on
+    every clone made of it too.
+
+    ComfyUI 0.3.75's ``ModelPatcher.clone`` deep-copies ``model_options``: the clone gets a ``wrap`` dict of copied
+    patches. Newer ComfyUI copies only dicts and lists (``comfy.utils.deepcopy_list_dict``): the clone would get a
+    plain dict holding the same patch objects, so a pack's ``.add`` on a clone's patch would change the original's.
+    A clone callback gives such a clone what 0.3.75 gives it."""
     slots = clone.model_options["transformer_options"]["patches_replace"]
     slots[kind] = wrap(slots[kind])
+    if not clone.get_callbacks(CallbacksMP.ON_CLONE, COPY_WRAPPED_SLOTS):
+        clone.add_callback_with_key(CallbacksMP.ON_CLONE, COPY_WRAPPED_SLOTS, _copy_wrapped_slots)
+
+
+def _copy_wrapped_slots(original, clone) -> None:
+    """ON_CLONE: each wrapped patch dict of ``original`` that ``clone`` got as another type becomes a dict of that
+    type holding deep copies of its patches (as ``copy.deepcopy`` of the model options makes them)."""
+    for kind, slots in original.model_options.get("transformer_options", {}).get("patches_replace", {}).items():
+        copied = replace_patches(clone.model_options, kind)
+        if type(slots) is not dict and type(copied) is not type(slots):
+            clone.model_options["transformer_options"]["patches_replace"][kind] = type(slots)(
+                {key: copy.deepcopy(patch) for key, patch in copied.items()})
 
 
 # ----- model folders -------------------------------------------------------------------------------------------------
