@@ -38,15 +38,20 @@ def tiny_model_of(family: str):
 
 
 @pytest.mark.parametrize("family", ["SDXL", "Flux"])
-def test_non_sd1_models_are_refused_by_name(comfy_lib, family):
+def test_other_models_are_refused_by_name(comfy_lib, family):
+    """Flux by every node; SDXL by the nodes that add temporal layers (attention patches and inversion take it:
+    tests/test_base_models.py)."""
     from video_edit.nodes import inversion, sparse_causal
     from video_edit.nodes.shared import video_unet
 
     model = tiny_model_of(family)
     latent = {"samples": torch.zeros(2, 4, 8, 8)}
-    for make in (video_unet.inflate, lambda m: sparse_causal.with_cross_frame_attention(m, "sparse_causal"),
-                 lambda m: inversion.DDIMInvert.execute(m, latent, 2, conditioning=[[torch.zeros(1, 77, 768), {}]])):
-        with pytest.raises(ValueError, match=f"model: this node needs an SD1.x model .*got {family}"):
+    makers = [video_unet.inflate]
+    if family == "Flux":
+        makers += [lambda m: sparse_causal.with_cross_frame_attention(m, "sparse_causal"),
+                   lambda m: inversion.DDIMInvert.execute(m, latent, 2, conditioning=[[torch.zeros(1, 77, 768), {}]])]
+    for make in makers:
+        with pytest.raises(ValueError, match=f"model: this node supports SD1.x, SD2.x.* models .*got {family}\\. "):
             make(model)
 
 

@@ -42,7 +42,7 @@ def require_unet(model, families: tuple[str, ...] = TUNING_FAMILIES, input_name:
         return model.model.diffusion_model
     config = getattr(model.model, "model_config", None)
     name = type(config).__name__ if config is not None else type(model.model.diffusion_model).__name__
-    if family is not None:
+    if family is not None and family != name:
         name = f"{family} ({name})"
     raise ValueError(
         f"{input_name}: this node supports {', '.join(families)} models (eps or v-prediction); got {name}. "

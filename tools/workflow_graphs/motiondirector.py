@@ -46,7 +46,7 @@ def motiondirector_train():
     train = g.node("VE_TrainMotionDirector", model=inflated.out(0), clip_set=clip_set.out(0), steps=300, rank=32,
                    learning_rate=5e-4, weight_decay=1e-4, seed=0, gradient_checkpointing=True,
                    spatial_mask_probability=0.2, lora_dropout=0.1, checkpoint_every=0, checkpoint_name=LORA_NAME,
-                   spatial_sets="one per video")
+                   spatial_sets="one per video", temporal_target="VE temporal layers")
     g.node("VE_SaveMotionLoRA", spatial_lora=train.out(0), temporal_lora=train.out(1), filename=LORA_NAME)
     g.node("VE_PlotLoss", loss=train.out(2))  # spatial and temporal loss curves
     # Validation sample, as the official training loop does: temporal LoRA only.

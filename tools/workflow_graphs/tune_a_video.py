@@ -45,7 +45,7 @@ def _tuned_model(g, ckpt, latent):
                     end_percent=1.0, min_channels=0)
     source = g.node("CLIPTextEncode", clip=ckpt.out(1), text=SOURCE_PROMPT)
     tune = g.node("VE_OneShotTune", model=sparse.out(0), latent=latent.out(0), conditioning=source.out(0), steps=500,
-                  learning_rate=3e-5, seed=33, gradient_checkpointing=True, image_mix=0.0)
+                  learning_rate=3e-5, seed=33, gradient_checkpointing=True, image_mix=0.0, motion_module="frozen")
     g.node("VE_SaveTuned", model=tune.out(0), filename=TUNED_NAME, prompt=SOURCE_PROMPT)
     g.node("VE_PlotLoss", loss=tune.out(1))  # is it converging?
     return tune.out(0)
