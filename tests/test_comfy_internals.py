@@ -167,8 +167,10 @@ def test_wrapped_replace_patches_survive_a_clone_that_copies_only_dicts(ci, setu
     clone, patch = model.clone(), [1]
     clone.set_model_attn1_replace(patch, "input", 1, 0)
     ci.wrap_replace_patches(clone, "attn1", Slots)
+    # 0.3.75's clone deep-copies with the module's copy.deepcopy; newer ComfyUI's already copies dicts and lists only
     monkeypatch.setattr(comfy.model_patcher, "copy", types.SimpleNamespace(deepcopy=deepcopy_list_dict,
-                                                                           copy=__import__("copy").copy))
+                                                                           copy=__import__("copy").copy),
+                        raising=False)
     again = clone.clone()
     copied = ci.replace_patches(again.model_options, "attn1")
     assert type(copied) is Slots and copied[("input", 1, 0)] == patch and copied[("input", 1, 0)] is not patch
