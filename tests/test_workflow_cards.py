@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from workflow_cards import PREVIEW, STAGES, stage_of, workflow_hash
+from workflow_cards import PREVIEW, STAGES, all_workflows_hash, stage_of, workflow_hash
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*.json"))
@@ -30,6 +30,15 @@ def test_card_is_current(path):
     assert thumbnail.is_file(), f"no card for {path.name}: run python tools/build_workflows.py"
     comment = Image.open(thumbnail).info.get("comment", b"").decode()
     assert comment == workflow_hash(path.read_text()), f"{thumbnail.name} is stale: run tools/build_workflows.py"
+
+
+@pytest.mark.parametrize("name", ["templates", "after_run"])
+def test_readme_screenshot_is_current(name):
+    shot = REPO_ROOT / "docs" / "images" / f"{name}.jpg"
+    assert f"docs/images/{name}.jpg" in (REPO_ROOT / "README.md").read_text(), f"the README does not show {shot.name}"
+    comment = Image.open(shot).info.get("comment", b"").decode()
+    assert comment == all_workflows_hash(REPO_ROOT / "workflows"), \
+        f"{shot.name} shows other workflows than workflows/ holds: run python tools/readme_screenshots.py"
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)

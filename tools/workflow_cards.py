@@ -69,6 +69,11 @@ def workflow_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def all_workflows_hash(folder: Path) -> str:
+    """The hash of every workflow file in ``folder`` (names and contents): what the README's screenshots show."""
+    return workflow_hash("".join(f"{p.name}\n{p.read_text()}" for p in sorted(folder.glob("*.json"))))
+
+
 def title_of(name: str) -> str:
     """A workflow file name as words: tune_a_video_edit -> 'Tune a video edit'."""
     return name.replace("_", " ").capitalize().replace("Tune a video", "Tune-A-Video").replace(

@@ -29,6 +29,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { chromium } from 'playwright-core'
 import { overlappingNodes } from './overlaps.mjs'
+import { closeUi } from './dialogs.mjs'
 
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium'
 const CHROMIUM_FLAGS = [
@@ -334,24 +335,6 @@ async function collectUi(page) {
     }
     return { errors: texts, warnings }
   })
-}
-
-async function closeUi(page) {
-  for (let i = 0; i < 5; i++) {
-    const open = await page.evaluate(
-      () => document.querySelectorAll('.p-dialog, .p-toast-message, [data-testid="error-overlay"]').length
-    )
-    if (!open) return
-    await page.evaluate(() => {
-      for (const b of document.querySelectorAll(
-        '.p-dialog .p-dialog-close-button, .p-dialog-header-close, .p-toast-close-button, .p-toast-icon-close, ' +
-          '[data-testid="error-overlay-dismiss"]'
-      ))
-        b.click()
-    })
-    await page.keyboard.press('Escape')
-    await page.waitForTimeout(100)
-  }
 }
 
 main().catch((err) => {

@@ -8,11 +8,14 @@
 // out.json: {videos: [{src, readyState, error, width, height}], images: [src], overlaps, seconds}. A video counts
 // once it has decoded a frame (readyState >= 2) or failed (error set); the script waits up to 120 s for one, then
 // for the run to end, and lists the pairs of nodes whose bounds (the frontend's own) overlap then.
+// With VE_SCREENSHOTS=<dir> (tools/readme_screenshots.py) it also saves the page: templates.png, the template
+// browser on the pack's templates, before loading the workflow; after_run.png, the whole graph after the run.
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { chromium } from 'playwright-core'
 import { overlappingNodes } from './overlaps.mjs'
+import { closeUi } from './dialogs.mjs'
 
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium'
 const FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
@@ -20,6 +23,26 @@ const FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-backgro
   '--autoplay-policy=no-user-gesture-required']
 
 const [server, out, file, valuesFile] = process.argv.slice(2)
+
+async function screenshotTemplates (page, target) {
+  // Workflow → Browse Templates, then the pack's own category, once its cards have loaded.
+  await page.evaluate(() => window.app.extensionManager.command.execute('Comfy.BrowseTemplates'))
+  await page.getByText('comfyui-video-edit', { exact: true }).first().click({ timeout: 30_000 })
+  await page.waitForFunction(() => {
+    const cards = [...document.querySelectorAll('img')].filter((i) => i.src.startsWith('blob:')) // the cards
+    return cards.length > 0 && cards.every((i) => i.complete && i.naturalWidth > 0)
+  }, null, { timeout: 60_000, polling: 250 })
+  await page.waitForTimeout(500)
+  await page.screenshot({ path: target })
+  await page.reload({ waitUntil: 'domcontentloaded' }) // the dialog closed, as a fresh page
+  await appReady(page)
+}
+
+async function appReady (page) {
+  await page.waitForFunction(() => window.app?.graph && window.app.canvas && window.LiteGraph &&
+    Object.keys(window.LiteGraph.registered_node_types).length > 10, null, { timeout: 120_000, polling: 200 })
+}
+
 await fetch(`${server}/settings/Comfy.TutorialCompleted`, {
   method: 'POST', headers: { 'Content-Type': 'application/json' }, body: 'true'
 })
@@ -31,8 +54,9 @@ const t0 = Date.now()
 try {
   const page = context.pages()[0] ?? (await context.newPage())
   await page.goto(server + '/', { waitUntil: 'domcontentloaded' })
-  await page.waitForFunction(() => window.app?.graph && window.app.canvas && window.LiteGraph &&
-    Object.keys(window.LiteGraph.registered_node_types).length > 10, null, { timeout: 120_000, polling: 200 })
+  await appReady(page)
+  const shots = process.env.VE_SCREENSHOTS
+  if (shots) await screenshotTemplates(page, path.join(shots, 'templates.png'))
   const workflow = JSON.parse(fs.readFileSync(file, 'utf8'))
   const values = valuesFile ? JSON.parse(fs.readFileSync(valuesFile, 'utf8')) : {}
   await page.evaluate(async ({ workflow, values }) => {
@@ -74,6 +98,15 @@ try {
   const results = await page.evaluate(() =>
     Object.fromEntries(window.app.graph.nodes.filter((n) => n.widgets?.some((w) => w.name === 'result'))
       .map((n) => [n.type, n.widgets.find((w) => w.name === 'result').value])))
+  if (shots) {
+    await closeUi(page) // the missing-checkpoint notice of the shipped workflow (the run used the tiny one)
+    await page.evaluate(() => {
+      window.app.canvas.min_font_size_for_lod = 0 // full detail even when zoomed out (not saved)
+      return window.app.extensionManager?.command?.execute?.('Comfy.Canvas.FitView')
+    })
+    await page.waitForTimeout(500)
+    await page.screenshot({ path: path.join(shots, 'after_run.png') })
+  }
   fs.writeFileSync(out, JSON.stringify({ ...seen, overlaps, results, seconds: (Date.now() - t0) / 1000 }, null, 1))
 } finally {
   await context.close()
