@@ -66,6 +66,14 @@ def test_loaded_patchers_injected_clones_and_ejected(ci, setup):
     assert not any(p is clone for p in ci.loaded_patchers())
 
 
+def test_diffusers_to_ldm_unet_keys_names_every_unet_weight(ci, setup):
+    model, _ = setup
+    mapping = ci.diffusers_to_ldm_unet_keys(model)
+    assert sorted(mapping.values()) == sorted(model.model.diffusion_model.state_dict())
+    assert mapping["down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_q.weight"] == \
+        "input_blocks.1.1.transformer_blocks.0.attn2.to_q.weight"
+
+
 def test_weight_functions_apply_to_a_cast_layer(ci, comfy_lib):
     import comfy.ops
 

@@ -33,6 +33,14 @@ def ejected(patcher):
     return patcher.use_ejected()
 
 
+def diffusers_to_ldm_unet_keys(model) -> dict[str, str]:
+    """diffusers UNet weight name -> the MODEL's UNet weight name (``comfy.utils.unet_to_diffusers`` on the MODEL's
+    UNet config), e.g. ``down_blocks.0.attentions.0.proj_in.weight`` -> ``input_blocks.1.1.proj_in.weight``."""
+    import comfy.utils
+
+    return comfy.utils.unet_to_diffusers(model.model.model_config.unet_config)
+
+
 # ----- weight functions ----------------------------------------------------------------------------------------------
 
 def weight_functions(module) -> list:
