@@ -61,8 +61,6 @@ def split_official_unet(state: dict[str, torch.Tensor], diffusers_to_ldm: dict[s
 
 
 def weight_difference(weight: torch.Tensor, base: torch.Tensor) -> float:
-    """``|weight - base| / |base|`` in fp32 (inf for another shape): how far a checkpoint's weight is from the base's."""
-    if weight.shape != base.shape:
-        return float("inf")
-    base = base.float()
+    """``|weight - base| / |base|`` in fp32: how far a checkpoint's weight is from the base's (same shape)."""
+    base = base.detach().to(weight.device, torch.float32)
     return ((weight.float() - base).norm() / base.norm().clamp_min(1e-12)).item()

@@ -26,6 +26,7 @@ import json
 import os
 
 import folder_paths
+import torch
 from comfy_api.latest import io
 
 from ..kernels.official_tav import SAME_WEIGHT_TOLERANCE, is_official_unet3d, split_official_unet, weight_difference
@@ -99,30 +100,40 @@ def official_tuning(model, tensors: dict, name: str, input_name: str = "tuned_fi
     """The tuning an official Tune-A-Video UNet (diffusers names) holds, relative to ``model``'s UNet: query deltas
     against the base's query weights, the temporal layers as they are; ValueError naming ``input_name`` when it was
     tuned from another base or does not fit this UNet's layout."""
-    split = split_official_unet(tensors, diffusers_to_ldm_unet_keys(model))
+    base = model.model.diffusion_model.state_dict()
+    # ComfyUI's map also names layers this UNet lacks (label_emb, skip connections of equal-width ResNets).
+    mapping = {key: ldm for key, ldm in diffusers_to_ldm_unet_keys(model).items() if ldm in base}
+    split = split_official_unet(tensors, mapping)
     if split.unknown:
         raise ValueError(f"{input_name}: {name} holds {split.unknown[0]}, which has no place in the MODEL's UNet "
                          f"({len(split.unknown)} such weights); it was tuned for another UNet layout. Connect the base "
                          f"it was tuned from ({OFFICIAL_BASES}).")
-    base = model.model.diffusion_model.state_dict()
     official = {**split.queries, **split.kept}
     missing = sorted(set(base) - set(official))
     if missing:
         raise ValueError(f"{input_name}: {name} lacks the UNet weight {missing[0]} ({len(missing)} missing in all); "
                          "the file is incomplete. Download the checkpoint's unet folder again.")
+    for key, weight in official.items():
+        if weight.shape != base[key].shape:
+            raise another_base(input_name, name, f"its {key} has shape {tuple(weight.shape)}, the MODEL's "
+                                                 f"{tuple(base[key].shape)}")
     for key, weight in split.kept.items():
         difference = weight_difference(weight, base[key])
         if difference > SAME_WEIGHT_TOLERANCE:
-            raise ValueError(f"{input_name}: {name} was tuned from another base model than the MODEL connected: its "
-                             f"{key} differs from the MODEL's (relative difference {difference:.2g}); connect the "
-                             f"base it was tuned from ({OFFICIAL_BASES}).")
+            raise another_base(input_name, name, f"its {key} differs from the MODEL's (relative difference "
+                                                 f"{difference:.2g})")
     return TunedWeights(
-        query_deltas={f"diffusion_model.{key}": weight.float() - base[key].float()
+        query_deltas={f"diffusion_model.{key}": weight.float() - base[key].detach().to("cpu", torch.float32)
                       for key, weight in split.queries.items()},
         temporal={key: value.float() for key, value in split.temporal.items()},
         frame_groupnorm=True,
         metadata={"official_checkpoint": name},
     )
+
+
+def another_base(input_name: str, name: str, evidence: str) -> ValueError:
+    return ValueError(f"{input_name}: {name} was tuned from another base model than the MODEL connected: {evidence}; "
+                      f"connect the base it was tuned from ({OFFICIAL_BASES}).")
 
 
 def load_any_tuning(model, path: str, shown_name: str, input_name: str = "tuned_file") -> TunedWeights:

@@ -69,7 +69,7 @@ def test_loaded_patchers_injected_clones_and_ejected(ci, setup):
 def test_diffusers_to_ldm_unet_keys_names_every_unet_weight(ci, setup):
     model, _ = setup
     mapping = ci.diffusers_to_ldm_unet_keys(model)
-    assert sorted(mapping.values()) == sorted(model.model.diffusion_model.state_dict())
+    assert set(model.model.diffusion_model.state_dict()) <= set(mapping.values())  # and layers this UNet lacks
     assert mapping["down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_q.weight"] == \
         "input_blocks.1.1.transformer_blocks.0.attn2.to_q.weight"
 

@@ -134,6 +134,11 @@ def test_checkpoint_tuned_from_another_base_is_refused(official):
                                          r".2.(weight|bias) differs .*connect the base it was tuned from \(Tune-A-Video: "
                                          r"SD 1.4, FateZero: SD 1.5\)"):
         load_tuned.execute(model, name)
+    query = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_q.weight"
+    name = write(folder, "other_layout/unet/diffusion_pytorch_model.safetensors", {**state, query: torch.ones(3, 5)})
+    with pytest.raises(ValueError, match=r"other_layout/.* was tuned from another base model than the MODEL connected: "
+                                         r"its input_blocks.1.1.transformer_blocks.0.attn2.to_q.weight has shape \(3, 5\)"):
+        load_tuned.execute(model, name)
 
 
 def test_foreign_files_are_refused(official):
@@ -142,8 +147,8 @@ def test_foreign_files_are_refused(official):
     with pytest.raises(ValueError, match="foreign.safetensors is not a Tune-A-Video file saved by VE Save Tuned Model"
                                          r".* nor an official Tune-A-Video UNet"):
         load_tuned.execute(model, name)
-    extra = write(folder, "extra/unet/diffusion_pytorch_model.safetensors", {**state, "add_embedding.weight": torch.ones(2)})
-    with pytest.raises(ValueError, match=r"holds add_embedding.weight, which has no place in the MODEL's UNet"):
+    extra = write(folder, "extra/unet/diffusion_pytorch_model.safetensors", {**state, "add_embedding.linear_1.weight": torch.ones(2)})
+    with pytest.raises(ValueError, match=r"holds add_embedding.linear_1.weight, which has no place in the MODEL's UNet"):
         load_tuned.execute(model, extra)
     partial = {k: v for k, v in state.items() if not k.startswith("conv_out.")}
     name = write(folder, "partial/unet/diffusion_pytorch_model.safetensors", partial)
