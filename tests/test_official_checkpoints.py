@@ -3,6 +3,8 @@ diffusers UNet3D state dict: the base's diffusers weights with tuned query proje
 on the base MODEL equal the official inflated UNet (tests/reference, derived from showlab/Tune-A-Video) on the same
 weights; pickled files, another base and foreign files are refused by name."""
 
+import pickle
+
 import pytest
 import torch
 from reference.tav_diffusers import ReferenceTAV, build_reference_unet, ldm_to_diffusers_block_paths
@@ -11,6 +13,16 @@ from tiny_models import tiny_unet_diffusers_config
 
 FRAMES, TIMESTEP = 4, 500
 OFFICIAL = "man_skate_250/unet/diffusion_pytorch_model.safetensors"
+
+
+class Marker:
+    """Unpickling this creates a file: proof that a loader unpickled."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
 
 
 def official_state(ldm: dict, seed: int = 11) -> dict:
@@ -46,8 +58,8 @@ def official_reference(state: dict, mode: str = "sparse_causal") -> ReferenceTAV
     ldm_of = {diffusers: ldm for ldm, diffusers in ldm_to_diffusers_block_paths(unet).items()}
     temporal = {}
     for key, value in state.items():
-        if any(p in key for p in temporal_parts):
-            block, part = key.split(".attn_temp." if ".attn_temp." in key else ".norm_temp.")
+        block = next((key.split(part)[0] for part in temporal_parts if part in key), None)
+        if block is not None:
             temporal[f"{ldm_of[block]}.{key[len(block) + 1:]}"] = value
     return ReferenceTAV(unet.eval(), temporal, mode=mode, frame_groupnorm=True)
 
@@ -116,12 +128,13 @@ def test_half_precision_official_checkpoint_loads(official):
 def test_pickled_checkpoint_is_refused_with_the_conversion_command(official):
     model, _, _, folder, load_tuned, _ = official
     (folder / "jeep_tuned_200" / "unet").mkdir(parents=True)
-    # Not even a pickle: unpickling it would fail with another error than the refusal.
-    (folder / "jeep_tuned_200" / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"never unpickled")
+    marker = folder / "unpickled"
+    (folder / "jeep_tuned_200" / "unet" / "diffusion_pytorch_model.bin").write_bytes(pickle.dumps(Marker(str(marker))))
     with pytest.raises(ValueError, match=r"tuned_file: diffusion_pytorch_model.bin is not a .safetensors file.*"
                                          r"python -c \"import torch, safetensors.torch as st; st.save_file\(.*torch.load\(r'.*"
                                          r"diffusion_pytorch_model.bin'.*r'.*diffusion_pytorch_model.safetensors'\)\""):
         load_tuned.execute(model, "jeep_tuned_200/unet/diffusion_pytorch_model.bin")
+    assert not marker.exists()
 
 
 def test_checkpoint_tuned_from_another_base_is_refused(official):
