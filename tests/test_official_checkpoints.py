@@ -167,3 +167,35 @@ def test_foreign_files_are_refused(official):
     name = write(folder, "partial/unet/diffusion_pytorch_model.safetensors", partial)
     with pytest.raises(ValueError, match=r"lacks the UNet weight out.2.(weight|bias)"):
         load_tuned.execute(model, name)
+
+
+def test_split_sorts_an_official_state_into_queries_temporal_and_kept_weights():
+    from video_edit.kernels.official_tav import is_official_unet3d, split_official_unet
+
+    block = "down_blocks.0.attentions.0.transformer_blocks.0"
+    mapping = {f"{block}.attn1.to_q.weight": "input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight",
+               f"{block}.attn2.to_q.weight": "input_blocks.1.1.transformer_blocks.0.attn2.to_q.weight",
+               f"{block}.attn1.to_k.weight": "input_blocks.1.1.transformer_blocks.0.attn1.to_k.weight",
+               "conv_in.weight": "input_blocks.0.0.weight"}
+    state = {key: torch.full((1,), float(i)) for i, key in enumerate(
+        [*mapping, f"{block}.attn_temp.to_out.0.bias", f"{block}.norm_temp.weight", "mid_block.attentions.0."
+         "transformer_blocks.0.attn_temp.to_q.weight", "text_model.embeddings.weight"])}
+    split = split_official_unet(state, mapping)
+    assert sorted(split.queries) == ["input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight",
+                                     "input_blocks.1.1.transformer_blocks.0.attn2.to_q.weight"]
+    assert sorted(split.kept) == ["input_blocks.0.0.weight", "input_blocks.1.1.transformer_blocks.0.attn1.to_k.weight"]
+    assert sorted(split.temporal) == ["input_blocks.1.1.transformer_blocks.0.attn_temp.to_out.0.bias",
+                                      "input_blocks.1.1.transformer_blocks.0.norm_temp.weight"]
+    # A temporal layer of a block this UNet lacks and a foreign weight have no place.
+    assert split.unknown == ["mid_block.attentions.0.transformer_blocks.0.attn_temp.to_q.weight",
+                             "text_model.embeddings.weight"]
+    assert is_official_unet3d(state) and not is_official_unet3d(mapping)
+
+
+def test_half_precision_copies_are_within_the_tolerance_another_base_is_not():
+    from video_edit.kernels.official_tav import SAME_WEIGHT_TOLERANCE, weight_difference
+
+    base = torch.randn(320, 320, generator=torch.Generator().manual_seed(0))
+    for dtype in (torch.float16, torch.bfloat16):
+        assert weight_difference(base.to(dtype), base) < SAME_WEIGHT_TOLERANCE / 2
+    assert weight_difference(base * 1.01, base) > SAME_WEIGHT_TOLERANCE
