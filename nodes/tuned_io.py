@@ -32,7 +32,7 @@ from comfy_api.latest import io
 from ..kernels.official_tav import SAME_WEIGHT_TOLERANCE, is_official_unet3d, split_official_unet, weight_difference
 from ..kernels.temporal import TemporalMask
 from .shared.animatediff import apply_tuned_weights
-from .shared.comfy_internals import diffusers_to_ldm_unet_keys
+from .shared.comfy_internals import diffusers_to_ldm_unet_keys, unpatched_unet_weights
 from .shared.files import PICKLE_EXTENSIONS, file_stem, model_folder, numbered_paths, read_safetensors, register_model_folder, save_safetensors_group
 from .shared.patcher import PatcherKeys
 from .shared.video_unet import TunedWeights
@@ -100,7 +100,7 @@ def official_tuning(model, tensors: dict, name: str, input_name: str = "tuned_fi
     """The tuning an official Tune-A-Video UNet (diffusers names) holds, relative to ``model``'s UNet: query deltas
     against the base's query weights, the temporal layers as they are; ValueError naming ``input_name`` when it was
     tuned from another base or does not fit this UNet's layout."""
-    base = model.model.diffusion_model.state_dict()
+    base = unpatched_unet_weights(model)
     # ComfyUI's map also names layers this UNet lacks (label_emb, skip connections of equal-width ResNets).
     mapping = {key: ldm for key, ldm in diffusers_to_ldm_unet_keys(model).items() if ldm in base}
     split = split_official_unet(tensors, mapping)

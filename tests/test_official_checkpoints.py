@@ -111,7 +111,30 @@ def test_official_checkpoint_reproduces_the_official_unet(official, denoise):
     assert (eps_base - eps_official).abs().max().item() > 1e-2
 
 
-def test_half_precision_official_checkpoint_loads(official):
+def test_official_checkpoint_through_the_executor_saves_in_the_pack_format(official, comfy):
+    """A real graph: Load Checkpoint -> VE Load Tuned Model (the official UNet) -> VE Save Tuned Model; the saved file
+    holds the same tuning the node converts in-process (the server loads the same tiny checkpoint)."""
+    from comfy_execution.graph_utils import GraphBuilder
+
+    from video_edit.nodes import tuned_io
+    from video_edit.nodes.shared.patcher import PatcherKeys
+
+    model, _, state, _, load_tuned, _ = official
+    write(comfy.models_dir(tuned_io.FOLDER), OFFICIAL, state)
+    g = GraphBuilder(prefix="")
+    ckpt = g.node("CheckpointLoaderSimple", ckpt_name=comfy.checkpoint_name)
+    loaded = g.node("VE_LoadTuned", model=ckpt.out(0), tuned_file=OFFICIAL)
+    g.node("VE_SaveTuned", model=loaded.out(0), filename="man_skate_250", prompt="a man skateboarding")
+    comfy.run(g.finalize())
+    saved = tuned_io.load_tuned(str(comfy.models_dir(tuned_io.FOLDER) / "man_skate_250_00001_.safetensors"))
+    expected = load_tuned.execute(model, OFFICIAL).result[0].get_attachment(PatcherKeys.TUNING)
+    assert saved.metadata == {"official_checkpoint": OFFICIAL, "prompt": "a man skateboarding"}
+    assert saved.frame_groupnorm and saved.mask == expected.mask
+    for mine, theirs in ((saved.query_deltas, expected.query_deltas), (saved.temporal, expected.temporal)):
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+def test_half_precision_official_checkpoint_loads(official, tiny_models):
     """Official checkpoints published in fp16: the kept weights match the base within fp16 rounding."""
     model, _, state, folder, load_tuned, _ = official
     name = write(folder, "fp16/unet/diffusion_pytorch_model.safetensors", {k: v.half() for k, v in state.items()})
@@ -119,7 +142,7 @@ def test_half_precision_official_checkpoint_loads(official):
 
     tuning = load_tuned.execute(model, name).result[0].get_attachment(PatcherKeys.TUNING)
     key = "input_blocks.1.1.transformer_blocks.0.attn2.to_q.weight"
-    base = model.model.diffusion_model.state_dict()[key]
+    base = load_file(str(tiny_models["checkpoint"]))[f"model.diffusion_model.{key}"]  # the MODEL may be patched now
     official_weight = state["down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_q.weight"].half().float()
     assert torch.equal(base + tuning.query_deltas[f"diffusion_model.{key}"], official_weight)
     assert tuning.frame_groupnorm and all(v.dtype == torch.float32 for v in tuning.temporal.values())
