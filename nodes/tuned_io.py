@@ -12,6 +12,12 @@ File layout (``models/video_edit_tuned/*.safetensors``):
   ``learning_rate``, ``seed``, ``prompt``.
 
 Saves are numbered (``<filename>_00001_.safetensors``, ...) so a finished tuning is never overwritten.
+
+VE_LoadTuned also takes an official Tune-A-Video / FateZero checkpoint's UNet (``unet/diffusion_pytorch_model.safetensors``
+in a subfolder, kernels/official_tav.py) and converts it against the base MODEL: the query deltas are the official
+``to_q`` weights minus the base's, the temporal layers are taken as they are, every other weight must be the base's.
+The official folder carries no settings: frame-spanning GroupNorm (the official inflated ResNets), no temporal mask.
+Pickled files are listed so that choosing one explains how to convert it; they are never opened.
 """
 
 from __future__ import annotations
@@ -20,11 +26,14 @@ import json
 import os
 
 import folder_paths
+import torch
 from comfy_api.latest import io
 
+from ..kernels.official_tav import SAME_WEIGHT_TOLERANCE, is_official_unet3d, split_official_unet, weight_difference
 from ..kernels.temporal import TemporalMask
 from .shared.animatediff import apply_tuned_weights
-from .shared.files import file_stem, model_folder, numbered_paths, read_safetensors, register_model_folder, save_safetensors_group
+from .shared.comfy_internals import diffusers_to_ldm_unet_keys, unpatched_unet_weights
+from .shared.files import PICKLE_EXTENSIONS, file_stem, model_folder, numbered_paths, read_safetensors, register_model_folder, save_safetensors_group
 from .shared.patcher import PatcherKeys
 from .shared.video_unet import TunedWeights
 from .shared.socket_types import VideoEditNode
@@ -36,7 +45,10 @@ QUERY_PREFIX = "query_delta."
 TEMPORAL_PREFIX = "temporal."
 MOTION_QUERY_PREFIX = "motion_query_delta."
 
-register_model_folder(FOLDER, {".safetensors"})
+OFFICIAL_BASES = "Tune-A-Video: SD 1.4, FateZero: SD 1.5"
+
+# Pickled files are listed so that choosing one explains why it is refused and how to convert it.
+register_model_folder(FOLDER, {".safetensors", *PICKLE_EXTENSIONS})
 
 
 def save_tuned(tuned: TunedWeights, path: str):
@@ -54,10 +66,16 @@ def load_tuned(path: str, input_name: str = "tuned_file") -> TunedWeights:
     """The tuning saved in ``path``; ValueError naming ``input_name`` and the file for a corrupt, foreign or
     non-finite file, one holding non-float tensors, or one with invalid metadata."""
     tensors, metadata = read_safetensors(path, input_name)
-    name = os.path.basename(path)
+    return pack_tuning(tensors, metadata, os.path.basename(path), input_name)
+
+
+def pack_tuning(tensors: dict, metadata: dict, name: str, input_name: str) -> TunedWeights:
+    """The tuning held by a file saved by VE Save Tuned Model (``load_tuned``)."""
     if metadata.get("video_edit_format") != FORMAT:
         raise ValueError(f"{input_name}: {name} is not a Tune-A-Video file saved by VE Save Tuned Model "
-                         f"(format {metadata.get('video_edit_format')!r}, expected {FORMAT!r}).")
+                         f"(format {metadata.get('video_edit_format')!r}, expected {FORMAT!r}) nor an official "
+                         "Tune-A-Video UNet (a diffusers UNet with attn_temp layers, unet/diffusion_pytorch_model."
+                         "safetensors). Pick one of those.")
     try:
         info = {k: json.loads(v) for k, v in metadata.items() if k != "video_edit_format"}
         mask = TemporalMask(str(info.pop("temporal_mask", "none")), int(info.pop("temporal_window", 0)))
@@ -76,6 +94,55 @@ def load_tuned(path: str, input_name: str = "tuned_file") -> TunedWeights:
         mask=mask,
         metadata=info,
     )
+
+
+def official_tuning(model, tensors: dict, name: str, input_name: str = "tuned_file") -> TunedWeights:
+    """The tuning an official Tune-A-Video UNet (diffusers names) holds, relative to ``model``'s UNet: query deltas
+    against the base's query weights, the temporal layers as they are; ValueError naming ``input_name`` when it was
+    tuned from another base or does not fit this UNet's layout."""
+    base = unpatched_unet_weights(model)
+    # ComfyUI's map also names layers this UNet lacks (label_emb, skip connections of equal-width ResNets).
+    mapping = {key: ldm for key, ldm in diffusers_to_ldm_unet_keys(model).items() if ldm in base}
+    split = split_official_unet(tensors, mapping)
+    if split.unknown:
+        raise ValueError(f"{input_name}: {name} holds {split.unknown[0]}, which has no place in the MODEL's UNet "
+                         f"({len(split.unknown)} such weights); it was tuned for another UNet layout. Connect the base "
+                         f"it was tuned from ({OFFICIAL_BASES}).")
+    official = {**split.queries, **split.kept}
+    missing = sorted(set(base) - set(official))
+    if missing:
+        raise ValueError(f"{input_name}: {name} lacks the UNet weight {missing[0]} ({len(missing)} missing in all); "
+                         "the file is incomplete. Download the checkpoint's unet folder again.")
+    for key, weight in official.items():
+        if weight.shape != base[key].shape:
+            raise another_base(input_name, name, f"its {key} has shape {tuple(weight.shape)}, the MODEL's "
+                                                 f"{tuple(base[key].shape)}")
+    for key, weight in split.kept.items():
+        difference = weight_difference(weight, base[key])
+        if difference > SAME_WEIGHT_TOLERANCE:
+            raise another_base(input_name, name, f"its {key} differs from the MODEL's (relative difference "
+                                                 f"{difference:.2g})")
+    return TunedWeights(
+        query_deltas={f"diffusion_model.{key}": weight.float() - base[key].detach().to("cpu", torch.float32)
+                      for key, weight in split.queries.items()},
+        temporal={key: value.float() for key, value in split.temporal.items()},
+        frame_groupnorm=True,
+        metadata={"official_checkpoint": name},
+    )
+
+
+def another_base(input_name: str, name: str, evidence: str) -> ValueError:
+    return ValueError(f"{input_name}: {name} was tuned from another base model than the MODEL connected: {evidence}; "
+                      f"connect the base it was tuned from ({OFFICIAL_BASES}).")
+
+
+def load_any_tuning(model, path: str, shown_name: str, input_name: str = "tuned_file") -> TunedWeights:
+    """The tuning in ``path`` (``shown_name`` in messages): a file saved by VE Save Tuned Model, or an official
+    Tune-A-Video UNet converted against ``model``."""
+    tensors, metadata = read_safetensors(path, input_name)
+    if "video_edit_format" not in metadata and is_official_unet3d(tensors):
+        return official_tuning(model, tensors, shown_name, input_name)
+    return pack_tuning(tensors, metadata, shown_name, input_name)
 
 
 class SaveTuned(VideoEditNode):
@@ -122,11 +189,16 @@ class LoadTuned(VideoEditNode):
             **search_aliases(TUNE_A_VIDEO_ALIASES, DREAMIX_ALIASES, ("load tuned",)),
             description=("Applies a file saved by VE Save Tuned Model to a MODEL (the checkpoint it was tuned on): inflates it "
                          "with the tuned temporal layers and patches the query projections. Reproduces the tuned "
-                         "model exactly, without training."),
+                         "model exactly, without training. Also takes an official Tune-A-Video / FateZero checkpoint's "
+                         "unet/diffusion_pytorch_model.safetensors on its base model (Tune-A-Video: SD 1.4, FateZero: "
+                         "SD 1.5); connect VE Sparse-Causal Attention after it, as the official model attends."),
             inputs=[
                 io.Model.Input("model", tooltip="The checkpoint the file was tuned on (core Load Checkpoint), not inflated."),
                 io.Combo.Input("tuned_file", options=folder_paths.get_filename_list(FOLDER),
-                               tooltip=f"A file in models/{FOLDER}/ written by VE Save Tuned Model."),
+                               tooltip=f"A file in models/{FOLDER}/ written by VE Save Tuned Model, or an official "
+                                       "checkpoint's UNet in a subfolder (<name>/unet/diffusion_pytorch_model."
+                                       "safetensors). Pickled files (.bin, .ckpt, .pt) are refused with the command "
+                                       "that converts them."),
             ],
             outputs=[io.Model.Output(display_name="model", tooltip="The tuned video MODEL, for the sampler or VE DDIM "
                                                                   "Invert.")],
@@ -137,7 +209,8 @@ class LoadTuned(VideoEditNode):
         path = folder_paths.get_full_path(FOLDER, tuned_file)
         if path is None:
             raise FileNotFoundError(f"tuned_file: {tuned_file!r} is not in models/{FOLDER}/. Save one with VE Save Tuned Model.")
-        return io.NodeOutput(apply_tuned_weights(model, load_tuned(path), f"tuned_file: {tuned_file}"))
+        tuned = load_any_tuning(model, path, tuned_file)
+        return io.NodeOutput(apply_tuned_weights(model, tuned, f"tuned_file: {tuned_file}"))
 
 
 NODES = [SaveTuned, LoadTuned]

@@ -66,6 +66,43 @@ def test_loaded_patchers_injected_clones_and_ejected(ci, setup):
     assert not any(p is clone for p in ci.loaded_patchers())
 
 
+def test_diffusers_to_ldm_unet_keys_names_every_unet_weight(ci, setup):
+    model, _ = setup
+    mapping = ci.diffusers_to_ldm_unet_keys(model)
+    assert set(model.model.diffusion_model.state_dict()) <= set(mapping.values())  # and layers this UNet lacks
+    assert mapping["down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_q.weight"] == \
+        "input_blocks.1.1.transformer_blocks.0.attn2.to_q.weight"
+
+
+def test_unpatched_unet_weights_while_a_patched_injected_clone_is_loaded(ci, setup):
+    import comfy.model_management
+    from comfy.patcher_extension import PatcherInjection
+
+    model, _ = setup
+    key = "input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight"
+    keys = set(model.model.diffusion_model.state_dict())
+    original = model.model.diffusion_model.state_dict()[key].clone()
+    clone = model.clone()
+    clone.add_patches({f"diffusion_model.{key}": (torch.ones_like(original),)})
+    block = model.model.diffusion_model.input_blocks[1][1]
+
+    def rename(patcher):  # an injection that renames keys, as the pack's inflation does
+        block.transformer_blocks[0] = torch.nn.ModuleDict({"block": block.transformer_blocks[0]})
+
+    def restore(patcher):
+        block.transformer_blocks[0] = block.transformer_blocks[0]["block"]
+
+    clone.set_injections("comfy_internals_test", [PatcherInjection(inject=rename, eject=restore)])
+    try:
+        comfy.model_management.load_models_gpu([clone])
+        assert key not in model.model.diffusion_model.state_dict()  # renamed
+        assert torch.equal(block.transformer_blocks[0]["block"].attn1.to_q.weight, original + 1)  # patched in place
+        weights = ci.unpatched_unet_weights(model)
+        assert torch.equal(weights[key], original) and set(weights) == keys
+    finally:
+        comfy.model_management.unload_all_models()
+
+
 def test_weight_functions_apply_to_a_cast_layer(ci, comfy_lib):
     import comfy.ops
 

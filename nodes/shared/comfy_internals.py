@@ -7,6 +7,7 @@ Not here: the UNet's resampling layer class names, which the kernels match witho
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 
@@ -31,6 +32,30 @@ def injected_clones_of(model) -> list:
 def ejected(patcher):
     """Context manager: ``patcher``'s injections taken out while it runs (``ModelPatcher.use_ejected``)."""
     return patcher.use_ejected()
+
+
+def unpatched_unet_weights(model) -> dict:
+    """The MODEL's UNet weights as its file holds them, by UNet key (``input_blocks.1.1...``). A loaded clone of the
+    same UNet may have applied its weight patches in place (``ModelPatcher.backup`` keeps the originals) and
+    injected layers that rename keys (ejected while the keys are read)."""
+    with contextlib.ExitStack() as stack:
+        for patcher in injected_clones_of(model):
+            stack.enter_context(ejected(patcher))
+        weights = model.model.diffusion_model.state_dict()
+    for patcher in loaded_patchers():
+        if patcher.model is model.model:
+            for key, saved in patcher.backup.items():
+                if key.removeprefix("diffusion_model.") in weights:
+                    weights[key.removeprefix("diffusion_model.")] = saved.weight
+    return weights
+
+
+def diffusers_to_ldm_unet_keys(model) -> dict[str, str]:
+    """diffusers UNet weight name -> the MODEL's UNet weight name (``comfy.utils.unet_to_diffusers`` on the MODEL's
+    UNet config), e.g. ``down_blocks.0.attentions.0.proj_in.weight`` -> ``input_blocks.1.1.proj_in.weight``."""
+    import comfy.utils
+
+    return comfy.utils.unet_to_diffusers(model.model.model_config.unet_config)
 
 
 # ----- weight functions ----------------------------------------------------------------------------------------------

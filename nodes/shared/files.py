@@ -30,6 +30,7 @@ from . import comfy_internals
 
 PARTIAL_SUFFIX = ".partial"  # no ComfyUI folder filter accepts it, so no loader lists a save in progress
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+PICKLE_EXTENSIONS = (".pt", ".ckpt", ".pth", ".bin")
 
 
 def register_model_folder(name: str, extensions: set[str]) -> None:
@@ -279,6 +280,14 @@ def save_safetensors_group(files: list[tuple[dict, dict, str]], what: str) -> No
 
 # ----- checked loads -------------------------------------------------------------------------------------------------
 
+def conversion_command(path: str) -> str:
+    """The shell command that converts the pickled file ``path`` to a .safetensors file beside it (torch.load with
+    weights_only, which refuses anything but tensors and plain containers)."""
+    target = os.path.splitext(path)[0] + ".safetensors"
+    return ("python -c \"import torch, safetensors.torch as st; st.save_file({k: v.contiguous() for k, v in "
+            f"torch.load(r'{path}', map_location='cpu', weights_only=True).items()}}, r'{target}')\"")
+
+
 def read_safetensors(path: str, input_name: str, dtypes: tuple = FLOAT_DTYPES,
                      ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a safetensors file; ValueError naming ``input_name`` and the file when it is not
@@ -287,7 +296,8 @@ def read_safetensors(path: str, input_name: str, dtypes: tuple = FLOAT_DTYPES,
     name = os.path.basename(path)
     if not path.endswith(".safetensors"):
         raise ValueError(f"{input_name}: {name} is not a .safetensors file; pickled files (.pt/.ckpt/.pth/.bin) can "
-                         "run arbitrary code when loaded, so they are refused. Convert it to .safetensors first.")
+                         "run arbitrary code when loaded, so they are refused. Convert it to .safetensors first (only "
+                         f"if you trust its source), then pick the new file: {conversion_command(path)}")
     try:
         with safe_open(path, framework="pt") as f:
             metadata = f.metadata() or {}
