@@ -55,11 +55,12 @@ def main() -> int:
             print(f"run_preview.mjs failed:\n{result.stdout}\n{result.stderr}", file=sys.stderr)
             return 1
         IMAGES.mkdir(parents=True, exist_ok=True)
+        drawn_from = all_workflows_hash(REPO_ROOT / "workflows").encode()
         for name in ("templates", "after_run"):
             target = IMAGES / f"{name}.jpg"
             partial = target.with_name(target.name + ".partial")
             Image.open(shots / f"{name}.png").convert("RGB").save(
-                partial, "JPEG", quality=85, comment=all_workflows_hash(REPO_ROOT / "workflows").encode())
+                partial, "JPEG", quality=85, comment=drawn_from)
             partial.replace(target)
             print(target)
     return 0

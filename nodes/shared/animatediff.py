@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 
-from comfy.patcher_extension import WrappersMP
+from comfy.patcher_extension import PatcherInjection, WrappersMP
 
 from .patcher import PatcherKeys, set_wrapper
 from .unet_call import PER_FRAME_OPTION, TEMPORAL_BYPASS
@@ -192,8 +192,6 @@ class OutputDelta:
 def with_motion_query_deltas(model, deltas: dict, what: str = "tuned weights"):
     """A clone of ``model`` whose ADE motion module computes its temporal queries with ``W + delta`` (the delta of
     each ``motion_query_layers`` path); a delta that does not fit the motion module is refused naming ``what``."""
-    from comfy.patcher_extension import PatcherInjection
-
     layers = motion_query_layers(ade_motion_module(model, what))
     for path, delta in deltas.items():
         if path not in layers or tuple(layers[path].weight.shape) != tuple(delta.shape):

@@ -20,7 +20,8 @@ import folder_paths
 
 from ...kernels.lora import split_spatial_sets
 from .animatediff import ADE_LORA_FOLDER, is_ade_motion_lora
-from .files import file_stem, model_folder, numbered_paths, read_safetensors, register_model_folder, save_safetensors_group
+from .files import (PICKLE_EXTENSIONS, file_stem, model_folder, numbered_paths, read_safetensors, register_model_folder,
+                    save_safetensors_group)
 
 SPATIAL_FOLDER = "loras"
 TEMPORAL_FOLDER = "video_edit_motion_lora"
@@ -29,7 +30,7 @@ FORMATS = {"spatial": "motiondirector_spatial/1", "temporal": "motiondirector_te
            "animatediff": "motiondirector_animatediff_motion_lora/1"}
 
 # Pickled files are listed so that choosing one explains why it is refused, instead of it silently not showing.
-register_model_folder(TEMPORAL_FOLDER, {".safetensors", ".pt", ".ckpt", ".pth", ".bin"})
+register_model_folder(TEMPORAL_FOLDER, {".safetensors", *PICKLE_EXTENSIONS})
 
 
 def save_motion_lora(spatial: dict, temporal: dict, name: str, metadata: dict | None = None) -> tuple[str, str]:
