@@ -8,6 +8,7 @@ Every test that uses a ComfyUI fixture is marked ``comfy`` here, so ``-m "not co
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 
@@ -173,3 +174,42 @@ def demo_settings(comfy, other_base_models):
     files = dict(ckpt_name=comfy.checkpoint_name, control_net_name=comfy.controlnet_name, file="skier.mp4",
                  sd21_ckpt_name=comfy.add_model("checkpoints", other_base_models["sd21_base"]))
     return Settings(files, frames=4, size=64, steps=2)
+
+
+def produces_model_files(path: Path) -> bool:
+    """Workflows that save tuned weights or LoRAs: they run first, others load what they save."""
+    types = {node["type"] for node in json.loads(path.read_text())["nodes"]}
+    return any(t.startswith("VE_Save") and t != "VE_SaveVideo" for t in types)
+
+
+def in_run_order(workflows: list[Path]) -> list[Path]:
+    return sorted(workflows, key=lambda p: (not produces_model_files(p), p.name))
+
+
+class WorkflowRuns:
+    """Every shipped workflow run once on the ``comfy`` server through the demo's entry point (tools/demo.py
+    run_with_producer, at ``demo_settings``), on first use: ``runs[name]`` is the run's outputs ``{node id: UI
+    result}``. A failed run raises its error (SystemExit, as in the demo) each time it is asked for."""
+
+    def __init__(self, server, settings):
+        self.server, self.settings = server, settings
+        self.outputs: dict[str, dict] = {}
+        self.failures: dict[str, str] = {}
+
+    def __getitem__(self, name: str) -> dict:
+        from demo import run_with_producer
+
+        if name in self.failures:
+            raise SystemExit(self.failures[name])
+        if name not in self.outputs:
+            try:
+                self.outputs[name] = run_with_producer(name, self.server, self.settings)
+            except SystemExit as failure:
+                self.failures[name] = str(failure)
+                raise
+        return self.outputs[name]
+
+
+@pytest.fixture(scope="session")
+def workflow_runs(comfy_lib, comfy, demo_settings):
+    return WorkflowRuns(comfy, demo_settings)

@@ -137,8 +137,26 @@ def edge_case_workflow(object_info: dict, checkpoint: str) -> dict:
 
 
 @pytest.fixture(scope="session")
-def frontend(comfy, tmp_path_factory):
-    """Runs check_workflows.mjs once over all workflows; ``report[path]`` is {missing, errors, warnings, prompt}."""
+def run_results(workflow_runs, tmp_path_factory) -> Path:
+    """runs.json for check_workflows.mjs --outputs: each shipped workflow's path → the outputs of its run (the
+    workflows that failed to run are left out; their after-run test says so)."""
+    from conftest import in_run_order
+
+    results = {}
+    for path in in_run_order(WORKFLOWS):
+        try:
+            results[str(path)] = workflow_runs[path.stem]
+        except SystemExit:
+            pass
+    target = tmp_path_factory.mktemp("runs") / "runs.json"
+    target.write_text(json.dumps(results))
+    return target
+
+
+@pytest.fixture(scope="session")
+def frontend(comfy, run_results, tmp_path_factory):
+    """Runs check_workflows.mjs once over all workflows; ``report[path]`` is {missing, errors, warnings, prompt,
+    overlaps after load, previews and the run}."""
     reason = _frontend_missing()
     if reason:
         pytest.skip(f"frontend check unavailable: {reason}; run tools/setup/setup_env.sh --test")
@@ -162,7 +180,7 @@ def frontend(comfy, tmp_path_factory):
     files = [str(p) for p in WORKFLOWS] + [str(p) for p in paths.values()]
     started = time.monotonic()
     result = subprocess.run(["node", str(FRONTEND_DIR / "check_workflows.mjs"), comfy.url, str(out),
-                             "--screenshots", str(shots), *files],
+                             "--screenshots", str(shots), "--outputs", str(run_results), *files],
                             cwd=FRONTEND_DIR, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"check_workflows.mjs failed:\n{result.stdout}\n{result.stderr}"
     report = json.loads(out.read_text())
@@ -173,8 +191,18 @@ def frontend(comfy, tmp_path_factory):
 NEWEST_FRONTEND = REPO_ROOT / ".cache" / "frontend-newest"  # tools/setup/setup_env.sh --test installs it there
 
 
+def copy_results(runs: Path, source, target) -> None:
+    """The files the runs' outputs name (saved videos, previews in temp), from the source server's folders into the
+    same places of the target's."""
+    for outputs in json.loads(runs.read_text()).values():
+        for path in source.output_files(outputs):
+            copy = target.base_dir / path.relative_to(source.base_dir)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, copy)
+
+
 @pytest.fixture(scope="session")
-def newest_frontend(tmp_path_factory, tiny_models, frontend):
+def newest_frontend(tmp_path_factory, tiny_models, comfy, run_results, frontend):
     """The shipped workflows in the newest frontend: a second server started with --front-end-root."""
     from comfy_server import ComfyServer
 
@@ -188,8 +216,10 @@ def newest_frontend(tmp_path_factory, tiny_models, frontend):
     server.add_model("controlnet", tiny_models["controlnet"])
     out = base / "report.json"
     with server:
+        copy_results(run_results, comfy, server)  # once started: ComfyUI empties its temp folder on start
         result = subprocess.run(["node", str(FRONTEND_DIR / "check_workflows.mjs"), server.url, str(out),
-                                 *[str(p) for p in WORKFLOWS], frontend["paths"]["broken"]],
+                                 "--outputs", str(run_results), *[str(p) for p in WORKFLOWS],
+                                 frontend["paths"]["broken"]],
                                 cwd=FRONTEND_DIR, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"check_workflows.mjs failed:\n{result.stdout}\n{result.stderr}"
     return {"version": version, "report": json.loads(out.read_text())}
@@ -238,6 +268,19 @@ def _assert_opens_clean(entry: dict, where: str):
     assert not [w for w in entry["warnings"] if "media" in w and "model" not in w], f"{where}:\n{_describe(entry)}"
     assert entry["overlaps_after_load"] == [], f"{where}: overlapping nodes after loading"
     assert entry["overlaps_after_previews"] == [], f"{where}: overlapping nodes once the previews loaded"
+
+
+@pytest.mark.parametrize("which", ["bundled", "newest"])
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
+def test_no_overlap_after_a_run(frontend, newest_frontend, workflow_runs, workflow, which):
+    """The results of a real run of the workflow (the demo's settings), handed to the page as the server hands them
+    over: every result file shows (a video or an image), and no node grows over another."""
+    entry = _entry(frontend if which == "bundled" else newest_frontend, str(workflow))
+    assert workflow.stem not in workflow_runs.failures, workflow_runs.failures.get(workflow.stem)
+    shown = entry["shown_after_run"]
+    assert shown["expected"] > 0 and shown["videos"] + shown["images"] == shown["expected"], \
+        f"{workflow.name} in the {which} frontend: not every result shows: {shown}"
+    assert entry["overlaps_after_run"] == [], f"{workflow.name} in the {which} frontend: overlapping nodes after a run"
 
 
 @pytest.mark.parametrize("which", ["bundled", "newest"])

@@ -1,24 +1,19 @@
 """Every workflows/*.json runs end to end in the real ComfyUI executor, through the demo's own entry point and cut
 to the tiny model by the same code as the demo (workflow_graphs.shrink)."""
 
-import json
 from pathlib import Path
 
 import cv2
 import pytest
+
+from conftest import in_run_order
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*.json"))
 
 
-def produces_model_files(path: Path) -> bool:
-    """Workflows that save tuned weights or LoRAs run first: others load what they save."""
-    types = {node["type"] for node in json.loads(path.read_text())["nodes"]}
-    return any(t.startswith("VE_Save") and t != "VE_SaveVideo" for t in types)
-
-
-ORDERED = sorted(WORKFLOWS, key=lambda p: (not produces_model_files(p), p.name))
+ORDERED = in_run_order(WORKFLOWS)
 
 
 def frame_count(path: Path) -> int:
@@ -53,12 +48,12 @@ def test_shrink_keeps_every_workflow_consistent(comfy_lib, frames, size, steps):
 
 
 @pytest.mark.parametrize("path", ORDERED, ids=lambda p: p.stem)
-def test_workflow_runs_from_the_demo(comfy_lib, comfy, demo_settings, path):
+def test_workflow_runs_from_the_demo(comfy_lib, comfy, demo_settings, workflow_runs, path):
     """The demo's entry point for one workflow (tools/demo.py run_with_producer) on the test server, at the
     smallest settings: it finishes and every video it saves has every frame."""
-    from demo import run_with_producer
+    from demo import saved_videos
 
-    videos = run_with_producer(path.stem, comfy, demo_settings)
+    videos = saved_videos(comfy, workflow_runs[path.stem])
     assert videos, f"{path.name} saved no video"
     for video in videos:
         assert video.is_file()

@@ -187,8 +187,9 @@ def missing_files(prompt: dict, server) -> list[str]:
     return missing
 
 
-def run_workflow(name: str, server, settings: Settings) -> list[Path]:
-    """Queue one workflow, show its progress, return the videos it saved (SystemExit with ComfyUI's error)."""
+def run_workflow(name: str, server, settings: Settings) -> dict:
+    """Queue one workflow, show its progress, return its outputs ``{node id: UI result}`` (SystemExit with
+    ComfyUI's error)."""
     from comfy_server import ExecutionError
 
     prompt = settings.prompt(name)
@@ -213,6 +214,11 @@ def run_workflow(name: str, server, settings: Settings) -> list[Path]:
         done.set()
         watcher.join(timeout=5)
     print(f"\n{name} finished in {time.monotonic() - started:.0f} s", flush=True)
+    return outputs
+
+
+def saved_videos(server, outputs: dict) -> list[Path]:
+    """The videos a run's outputs name."""
     return [p for p in server.output_files(outputs) if p.suffix in (".mp4", ".webm", ".gif", ".webp")]
 
 
@@ -233,7 +239,7 @@ def saved_files(workdir: Path) -> set[Path]:
             for path in folder.rglob("*") if path.is_file() and not path.is_symlink()}
 
 
-def run_with_producer(name: str, server, settings: Settings) -> list[Path]:
+def run_with_producer(name: str, server, settings: Settings) -> dict:
     """Run the workflow, first the one that saves what it loads (a tuned model, motion LoRAs) if that is missing."""
     from workflow_graphs import PRODUCERS
 
@@ -271,7 +277,7 @@ def demo(args: argparse.Namespace) -> int:
 
     with server:
         print(f"ComfyUI {server.comfyui_path} at {server.url} (log: {server.log_path})", flush=True)
-        videos = run_with_producer(args.workflow, server, settings)
+        videos = saved_videos(server, run_with_producer(args.workflow, server, settings))
     for video in videos:
         print(f"edited video: {video}")
     return 0 if videos else 1

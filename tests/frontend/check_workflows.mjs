@@ -1,7 +1,7 @@
 // Load UI-format ComfyUI workflows in the real ComfyUI frontend (headless Debian chromium) and report
 // what the frontend makes of them.
 //
-//   node check_workflows.mjs <server_url> <out.json> [--screenshots DIR] <workflow.json>...
+//   node check_workflows.mjs <server_url> <out.json> [--screenshots DIR] [--outputs runs.json] <workflow.json>...
 //
 // One browser, one page: the app is opened once, then every workflow is loaded through the app's own
 // API (app.loadGraphData) one after the other. For each workflow the report holds
@@ -17,6 +17,12 @@
 //   prompt   the API prompt the frontend builds from it: (await app.graphToPrompt()).output
 //   overlaps_after_load / overlaps_after_previews  pairs of nodes whose bounds overlap, right after loading
 //            and once the selected clips' previews have loaded
+//   overlaps_after_run, shown_after_run  with --outputs: runs.json maps a workflow path to the results of a real
+//            run of it ({node id: the node's UI output}, as ComfyUI's history holds them); each node's result is
+//            handed to the frontend as the server hands it over after a run (an "executed" message through the
+//            frontend's own api), then, once the results' videos and images have loaded, the overlapping pairs and
+//            what the page shows: {videos, images, expected} (result videos with metadata, result images loaded,
+//            the number of result files the outputs name)
 // The "__startup__" entry also holds the pack's templates (names and each card's content type, as the template
 // browser fetches them) and the first line of a few node help pages (the URL the help panel falls back to).
 // and out.json maps each workflow path (as given) to that object. Errors from opening the page before
@@ -94,14 +100,15 @@ function isExternal(url, origin) {
 }
 
 function parseArgs(argv) {
-  const args = { workflows: [], screenshots: null }
+  const args = { workflows: [], screenshots: null, outputs: {} }
   const rest = []
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === '--screenshots') args.screenshots = argv[++i]
+    else if (argv[i] === '--outputs') args.outputs = JSON.parse(fs.readFileSync(argv[++i], 'utf8'))
     else rest.push(argv[i])
   }
   if (rest.length < 2) {
-    console.error('usage: node check_workflows.mjs <server_url> <out.json> [--screenshots DIR] <workflow.json>...')
+    console.error('usage: node check_workflows.mjs <server_url> <out.json> [--screenshots DIR] [--outputs runs.json] <workflow.json>...')
     process.exit(2)
   }
   ;[args.server, args.out, ...args.workflows] = rest
@@ -252,6 +259,12 @@ async function main() {
       await previewsSettled(page)
       // Once the selected clips' previews have loaded (the node grows to show them).
       entry.overlaps_after_previews = await page.evaluate(overlappingNodes)
+      if (args.outputs[file]) {
+        const expected = await showResults(page, args.outputs[file])
+        await previewsSettled(page)
+        entry.overlaps_after_run = await page.evaluate(overlappingNodes)
+        entry.shown_after_run = { ...(await page.evaluate(shownResults)), expected }
+      }
       // Open dialogs and overlays (the missing-nodes notice among them) and error/warning toasts count as errors.
       const ui = await collectUi(page)
       entry.errors.push(...ui.errors)
@@ -282,8 +295,40 @@ async function main() {
   console.log(`${args.workflows.length} workflow(s) checked, ${bad.length} with missing nodes or errors; ${ignored.length} ignored message(s)`)
 }
 
-// Wait until every <video> on the page has its metadata (a selected clip's preview) and the nodes' sizes have
-// stopped changing (the node grows to show the preview), or PREVIEWS_TIMEOUT_MS.
+// A run's results, as the server hands them to the page after a run: one "executed" message per node, through
+// the frontend's own api (its handler stores the output and calls the node's onExecuted), then the redraw the
+// run's last "executing" message asks for. Waits (up to PREVIEWS_TIMEOUT_MS) until the page shows as many result
+// files as the outputs name.
+async function showResults(page, outputs) {
+  await page.evaluate((outputs) => {
+    const { api } = window.comfyAPI.api
+    for (const [node, output] of Object.entries(outputs)) {
+      api.dispatchCustomEvent('executed', { node, display_node: node, output, prompt_id: 'replayed-run' })
+    }
+    window.app.canvas.setDirty(true, true)
+  }, outputs)
+  const expected = Object.values(outputs).reduce((n, output) => n + (output.images?.length ?? 0), 0)
+  await page.waitForFunction(
+    ({ shownResults, expected }) => {
+      const shown = eval(`(${shownResults})`)()
+      return shown.videos + shown.images >= expected
+    },
+    { shownResults: shownResults.toString(), expected },
+    { timeout: PREVIEWS_TIMEOUT_MS, polling: 250 }
+  ).catch(() => {})
+  return expected
+}
+
+// Run in the page: the result files it shows, {videos: result videos with their metadata loaded, images: result
+// images loaded}.
+function shownResults() {
+  const videos = [...document.querySelectorAll('video')].filter((v) => /[?&]type=(output|temp)/.test(v.currentSrc || v.src))
+  const images = window.app.graph.nodes.flatMap((n) => n.imgs ?? []).filter((i) => i.complete && i.naturalWidth > 0)
+  return { videos: videos.filter((v) => v.readyState >= 1).length, images: images.length }
+}
+
+// Wait until every <video> on the page has its metadata (a selected clip's preview) and every node image has
+// loaded, and the nodes' sizes have stopped changing (the node grows to show the preview), or PREVIEWS_TIMEOUT_MS.
 async function previewsSettled(page) {
   let last = ''
   let same = 0
@@ -291,7 +336,8 @@ async function previewsSettled(page) {
   while (Date.now() < deadline && same < 3) {
     const state = await page.evaluate(() =>
       JSON.stringify([
-        [...document.querySelectorAll('video')].every((v) => v.readyState >= 1 || v.error),
+        [...document.querySelectorAll('video')].every((v) => v.readyState >= 1 || v.error) &&
+          window.app.graph.nodes.every((n) => (n.imgs ?? []).every((i) => i.complete)),
         window.app.graph.nodes.map((n) => [n.size[0], n.size[1]])
       ])
     )
