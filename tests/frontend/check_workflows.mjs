@@ -308,14 +308,12 @@ async function showResults(page, outputs) {
     window.app.canvas.setDirty(true, true)
   }, outputs)
   const expected = Object.values(outputs).reduce((n, output) => n + (output.images?.length ?? 0), 0)
-  await page.waitForFunction(
-    ({ shownResults, expected }) => {
-      const shown = eval(`(${shownResults})`)()
-      return shown.videos + shown.images >= expected
-    },
-    { shownResults: shownResults.toString(), expected },
-    { timeout: PREVIEWS_TIMEOUT_MS, polling: 250 }
-  ).catch(() => {})
+  const deadline = Date.now() + PREVIEWS_TIMEOUT_MS
+  while (Date.now() < deadline) {
+    const shown = await page.evaluate(shownResults)
+    if (shown.videos + shown.images >= expected) break
+    await page.waitForTimeout(250)
+  }
   return expected
 }
 
