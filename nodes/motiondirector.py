@@ -263,7 +263,9 @@ class TrainMotionDirector(VideoEditNode):
                 "appearance-debiased loss. Generate with the temporal LoRA only (VE Load Motion LoRA or VE Apply "
                 "Motion LoRA, spatial strength 0) to move a new subject the same way. The input MODEL is unchanged."),
             inputs=[
-                io.Model.Input("model", tooltip="An inflated SD1.x model (VE Inflate UNet)."),
+                io.Model.Input("model", tooltip="An inflated SD1.x model (VE Inflate UNet); for temporal_target "
+                               "\"AnimateDiff motion module\", SD1.5 with a motion module: the MODEL of "
+                               "AnimateDiff-Evolved's Use Evolved Sampling (no VE Inflate UNet)."),
                 VideoSet.Input("clip_set", tooltip="The training videos, from VE Motion Clip Set."),
                 io.Int.Input("steps", default=300, min=1, max=100000,
                              tooltip="Official: 150 for one video, 300-500 for several."),

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfy_server import ComfyServer, default_comfyui_path
+from comfy_server import ANIMATEDIFF_EVOLVED, THIRD_PARTY, ComfyServer, default_comfyui_path, third_party_pack
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = Path(os.environ.get("VE_CACHE_DIR", REPO_ROOT / ".cache"))
@@ -67,12 +67,42 @@ def other_base_models():
             "sdxl_unet": tiny_sdxl_unet(models_dir)}
 
 
+def missing_packs(workflow: str) -> str | None:
+    """Why a workflow cannot run or load here (another node pack it needs is absent from ../shared/third_party),
+    or None."""
+    from workflow_graphs import other_packs
+
+    missing = [name for name in other_packs(workflow) if third_party_pack(name) is None]
+    return (f"{workflow} not tested: it needs {', '.join(missing)}, absent from {THIRD_PARTY} (a clone without "
+            "../shared); get it at the commit in ../shared/third_party/README.md to run it") if missing else None
+
+
+def skip_without_packs(workflow: str) -> None:
+    reason = missing_packs(workflow)
+    if reason:
+        pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
-def comfy(tmp_path_factory, tiny_models):
-    """A running ComfyUI server with this pack and the tiny models installed."""
-    server = ComfyServer(tmp_path_factory.mktemp("comfyui"))
+def animatediff():
+    """AnimateDiff-Evolved's folder (../shared/third_party) and its random v2 motion module, or None where absent."""
+    ade = third_party_pack(ANIMATEDIFF_EVOLVED)
+    if ade is None:
+        return None
+    from tiny_models import random_animatediff_v2
+
+    return {"pack": ade, "motion_module": random_animatediff_v2(CACHE_DIR / "tiny_models", ade)}
+
+
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory, tiny_models, animatediff):
+    """A running ComfyUI server with this pack and the tiny models installed, and AnimateDiff-Evolved with its
+    random motion module where ../shared has it."""
+    server = ComfyServer(tmp_path_factory.mktemp("comfyui"), other_packs=(animatediff["pack"],) if animatediff else ())
     server.checkpoint_name = server.add_model("checkpoints", tiny_models["checkpoint"])
     server.controlnet_name = server.add_model("controlnet", tiny_models["controlnet"])
+    if animatediff:
+        server.motion_module_name = server.add_model("animatediff_models", animatediff["motion_module"])
     server.start()
     yield server
     server.stop()
@@ -163,16 +193,21 @@ def object_info(comfy):
 
 
 @pytest.fixture(scope="session")
-def demo_settings(comfy, other_base_models):
+def demo_settings(comfy, other_base_models, animatediff):
     """The demo's settings (tools/demo.py) at the smallest size the tests run workflows at: the tiny models, a
     sample clip, 4 frames of 64x64, 2 steps (every workflow is cut by workflow_graphs.shrink, as the demo cuts it);
-    workflows on SD2.1-base get the tiny SD2.1 checkpoint."""
+    workflows on SD2.1-base get the tiny SD2.1 checkpoint, the AnimateDiff ones (where ../shared has ADE) the
+    random full-size SD1.5 and the random motion module."""
     from demo import Settings
     from sample_clip import write_sample_clip
+    from tiny_models import full_size_sd15_checkpoint
 
     write_sample_clip(comfy.input_dir / "skier.mp4", frames=20, size=96)
     files = dict(ckpt_name=comfy.checkpoint_name, control_net_name=comfy.controlnet_name, file="skier.mp4",
                  sd21_ckpt_name=comfy.add_model("checkpoints", other_base_models["sd21_base"]))
+    if animatediff:
+        files.update(model_name=comfy.motion_module_name, sd15_full_ckpt_name=comfy.add_model(
+            "checkpoints", full_size_sd15_checkpoint(CACHE_DIR / "tiny_models")))
     return Settings(files, frames=4, size=64, steps=2)
 
 
@@ -189,7 +224,8 @@ def in_run_order(workflows: list[Path]) -> list[Path]:
 class WorkflowRuns:
     """Every shipped workflow run once on the ``comfy`` server through the demo's entry point (tools/demo.py
     run_with_producer, at ``demo_settings``), on first use: ``runs[name]`` is the run's outputs ``{node id: UI
-    result}``. A failed run raises its error (SystemExit, as in the demo) each time it is asked for."""
+    result}``. A failed run raises its error (SystemExit, as in the demo) each time it is asked for; one that needs
+    a node pack absent here is skipped, the reason named."""
 
     def __init__(self, server, settings):
         self.server, self.settings = server, settings
@@ -199,6 +235,7 @@ class WorkflowRuns:
     def __getitem__(self, name: str) -> dict:
         from demo import run_with_producer
 
+        skip_without_packs(name)
         if name in self.failures:
             raise SystemExit(self.failures[name])
         if name not in self.outputs:

@@ -3,7 +3,7 @@ whole clip gives ADE's motion module the call's frames, or turns it off on image
 
 ADE comes from ``../shared/third_party`` (a test fixture, never part of the pack); without it every test here is
 skipped with the reason printed. ADE needs SD1.5's real channel layout: a random full-size SD1.5 UNet
-(tools/tiny_models.py) and a random AnimateDiff v2 motion module built from ADE's own classes, both cached."""
+and a random AnimateDiff v2 motion module built from ADE's own classes (both tools/tiny_models.py), both cached."""
 
 from dataclasses import replace
 from pathlib import Path
@@ -12,62 +12,28 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from comfy_server import ANIMATEDIFF_EVOLVED, ANIMATEDIFF_EVOLVED_MODULE
 from conftest import CACHE_DIR
 from test_attention_slots import load_pack
 
 FRAMES, H, W = 4, 8, 8  # 64x64 pixels
-CHANNELS = (320, 640, 1280, 1280)  # SD1.5's levels
-MOTION_MODULE = "random_animatediff_v2_seed0.safetensors"
-
-
-def build_motion_module(ade, path: Path, seed: int = 0) -> Path:
-    """A random AnimateDiff v2 motion module (down 4x2, up 4x3, mid 1, positional encoding of 32 frames) from
-    ADE's own MotionModule class, in fp16; every weight random so the module changes what it sees."""
-    if path.is_file():
-        return path
-    from safetensors.torch import save_file
-
-    mm = ade.animatediff.motion_module_ad
-    torch.manual_seed(seed)
-    parts = {f"down_blocks.{i}": mm.MotionModule(c, temporal_pe_max_len=32, block_type=mm.BlockType.DOWN, block_idx=i)
-             for i, c in enumerate(CHANNELS)}
-    parts.update({f"up_blocks.{i}": mm.MotionModule(c, temporal_pe_max_len=32, block_type=mm.BlockType.UP, block_idx=i)
-                  for i, c in enumerate(reversed(CHANNELS))})
-    parts["mid_block"] = mm.MotionModule(1280, temporal_pe_max_len=32, block_type=mm.BlockType.MID)
-    state = {}
-    for prefix, module in parts.items():
-        for name, tensor in module.state_dict().items():
-            if name.endswith("pe"):
-                value = tensor
-            elif "norm" in name and name.endswith("weight"):
-                value = 1 + 0.1 * torch.randn(tensor.shape)
-            else:
-                value = 0.05 * torch.randn(tensor.shape)
-            state[f"{prefix}.{name}"] = value.half().contiguous()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    save_file(state, partial)
-    partial.replace(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def ade(comfy_lib):
     """ADE's nodes on the full-size random SD1.5 UNet with the random motion module; a spy on one motion module
     records (rows, ADE's clip length, cond/uncond chunks, effect) of every call."""
-    pack = load_pack("ComfyUI-AnimateDiff-Evolved", "ade_under_test")
+    pack = load_pack(ANIMATEDIFF_EVOLVED, ANIMATEDIFF_EVOLVED_MODULE)
     import comfy.sd
     import folder_paths
 
-    from tiny_models import full_size_sd15_checkpoint
+    from tiny_models import full_size_sd15_checkpoint, random_animatediff_v2
 
     models_dir = CACHE_DIR / "tiny_models"
-    build_motion_module(pack, models_dir / MOTION_MODULE)
+    motion_module = random_animatediff_v2(models_dir, pack)
     folder_paths.add_model_folder_path("animatediff_models", str(models_dir))
     base = comfy.sd.load_checkpoint_guess_config(str(full_size_sd15_checkpoint(models_dir)), output_vae=False,
                                                  output_clip=False)[0]
     nodes = pack.NODE_CLASS_MAPPINGS
-    motion = nodes["ADE_LoadAnimateDiffModel"]().load_motion_model(MOTION_MODULE)[0]
+    motion = nodes["ADE_LoadAnimateDiffModel"]().load_motion_model(motion_module.name)[0]
     calls = []
     spied = motion.model.down_blocks[0].motion_modules[0]
 

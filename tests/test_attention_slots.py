@@ -5,32 +5,28 @@ with its output checked, or refuses naming both nodes. The third-party packs com
 (test fixtures only). What several tests compare against (a node's output alone) is sampled once per session."""
 
 import functools
-import importlib.util
-import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
 
+from comfy_server import ANIMATEDIFF_EVOLVED, ANIMATEDIFF_EVOLVED_MODULE
+
 FRAMES, H, W, STEPS = 3, 8, 8, 2
 SOURCE, EDIT = "a silver jeep", "a red jeep"
 MODES = ("sparse_causal", "first_frame", "middle_frame", "full")
-THIRD_PARTY = Path(__file__).resolve().parents[2] / "shared" / "third_party"
 CALLS = Counter()  # by name: ModelPatcher.clone copies patches, so patches count here
 
 
 def load_pack(folder: str, name: str):
     """Another pack, imported by file path from ../shared/third_party (never from the pack itself)."""
-    path = THIRD_PARTY / folder
-    if not (path / "__init__.py").exists():
-        pytest.skip(f"interop not tested: {path} is absent (a clone without ../shared); get {folder} at the commit "
-                    "in ../shared/third_party/README.md to run it")
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path / "__init__.py", submodule_search_locations=[str(path)])
-        sys.modules[name] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    from comfy_server import THIRD_PARTY, import_pack, third_party_pack
+
+    path = third_party_pack(folder)
+    if path is None:
+        pytest.skip(f"interop not tested: {THIRD_PARTY / folder} is absent (a clone without ../shared); get "
+                    f"{folder} at the commit in ../shared/third_party/README.md to run it")
+    return import_pack(path, name)
 
 
 class ForeignPatch:
@@ -96,7 +92,7 @@ def s(sd15, encode):
         return node
 
     def evolved_sampling(m):
-        ade = load_pack("ComfyUI-AnimateDiff-Evolved", "ade_under_test")
+        ade = load_pack(ANIMATEDIFF_EVOLVED, ANIMATEDIFF_EVOLVED_MODULE)
         return ade.NODE_CLASS_MAPPINGS["ADE_UseEvolvedSampling"]().use_evolved_sampling(m, "autoselect")[0]
 
     plain_inversion = invert(model)

@@ -16,7 +16,11 @@ from workflow_cards import PREVIEW, STAGES, all_workflows_hash, stage_of, workfl
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*.json"))
 SAMPLES = REPO_ROOT / "workflows" / "input"
-MODEL_LOADERS = {"CheckpointLoaderSimple", "ControlNetLoader"}
+# Loader node -> the model folder and file types its download metadata may name (AnimateDiff's motion modules are
+# published only as pickled .ckpt files).
+MODEL_LOADERS = {"CheckpointLoaderSimple": ("checkpoints", (".safetensors",)),
+                 "ControlNetLoader": ("controlnet", (".safetensors",)),
+                 "ADE_LoadAnimateDiffModel": ("animatediff_models", (".ckpt", ".safetensors"))}
 TITLE_BAR = 30  # LiteGraph draws a node's title above its pos
 
 
@@ -49,9 +53,10 @@ def test_note_models_and_sample_clip(path):
     for node in nodes:
         if node["type"] in MODEL_LOADERS:
             (model,) = node["properties"]["models"]
-            assert model["name"] == node["widgets_values"][0] and model["name"].endswith(".safetensors")
+            directory, suffixes = MODEL_LOADERS[node["type"]]
+            assert model["name"] == node["widgets_values"][0] and model["name"].endswith(suffixes)
             assert model["url"].startswith("https://huggingface.co/") and model["url"].endswith("/" + model["name"])
-            assert model["directory"] in ("checkpoints", "controlnet")
+            assert model["directory"] == directory
         if node["type"] == "VE_LoadVideo":
             assert (SAMPLES / node["widgets_values"][0]).is_file(), node["widgets_values"][0]
 

@@ -1,6 +1,7 @@
 """Regenerate workflows/*.json (UI format) from the API graphs in tools/workflow_graphs.
 
-Starts a headless ComfyUI with the pack to read the node definitions, then lays each graph out for the editor in
+Starts a headless ComfyUI with the pack, and AnimateDiff-Evolved from ../shared/third_party (the workflows on it
+need its node definitions), to read the node definitions, then lays each graph out for the editor in
 groups by stage, adds the model download metadata and the Note, and draws the template card (workflows/<name>.jpg).
 Usage: python tools/build_workflows.py
 """
@@ -15,14 +16,15 @@ from pathlib import Path
 TOOLS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TOOLS))
 
-from comfy_server import REPO_ROOT, ComfyServer, default_comfyui_path  # noqa: E402
+from comfy_server import (ANIMATEDIFF_EVOLVED, REPO_ROOT, THIRD_PARTY, ComfyServer,  # noqa: E402
+                          default_comfyui_path, third_party_pack)
 from workflow_cards import lay_out_by_stage, write_thumbnail  # noqa: E402
 from workflow_format import api_to_ui  # noqa: E402
 
 
 # The models the workflows name, with where the frontend downloads them from when they are missing (a loader
 # node's properties.models: name, url, directory): SD1.5, SD 2.1-base and the ControlNet 1.1 models for SD1.5, as
-# safetensors.
+# safetensors, and AnimateDiff's v2 motion module for SD1.5 (published only as a pickled .ckpt).
 MODELS = {
     "v1-5-pruned-emaonly-fp16.safetensors": (
         "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/v1-5-pruned-emaonly-fp16.safetensors",
@@ -36,7 +38,12 @@ MODELS = {
     "control_v11f1p_sd15_depth_fp16.safetensors": (
         "https://huggingface.co/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/"
         "control_v11f1p_sd15_depth_fp16.safetensors", "controlnet"),
+    "mm_sd_v15_v2.ckpt": ("https://huggingface.co/guoyww/animatediff/resolve/main/mm_sd_v15_v2.ckpt",
+                          "animatediff_models"),
 }
+# Other packs' nodes the workflows use: their folder in custom_nodes -> their Comfy Registry id (a node's cnr_id,
+# by which the frontend and ComfyUI-Manager offer to install a missing pack).
+OTHER_PACK_IDS = {ANIMATEDIFF_EVOLVED: "comfyui-animatediff-evolved"}
 
 
 def add_model_metadata(workflow: dict) -> None:
@@ -46,6 +53,14 @@ def add_model_metadata(workflow: dict) -> None:
         if named:
             node["properties"]["models"] = [{"name": name, "url": MODELS[name][0], "directory": MODELS[name][1]}
                                             for name in named]
+
+
+def add_other_pack_ids(workflow: dict, object_info: dict) -> None:
+    """``properties.cnr_id`` on the nodes of the packs of OTHER_PACK_IDS (api_to_ui marks only ours and core's)."""
+    for node in workflow["nodes"]:
+        folder = (object_info.get(node["type"], {}).get("python_module") or "").removeprefix("custom_nodes.")
+        if folder in OTHER_PACK_IDS:
+            node["properties"] = {"cnr_id": OTHER_PACK_IDS[folder], **node["properties"]}
 
 
 def add_note(workflow: dict, text: str) -> None:
@@ -63,12 +78,18 @@ def main() -> int:
 
     version = next(line.split('"')[1] for line in (REPO_ROOT / "pyproject.toml").read_text().splitlines()
                    if line.startswith("version"))
-    with tempfile.TemporaryDirectory() as base, ComfyServer(Path(base)) as server:
+    ade = third_party_pack(ANIMATEDIFF_EVOLVED)
+    if ade is None:
+        print(f"no {THIRD_PARTY / ANIMATEDIFF_EVOLVED}: the AnimateDiff workflows need its node definitions; get it "
+              "at the commit in ../shared/third_party/README.md", file=sys.stderr)
+        return 1
+    with tempfile.TemporaryDirectory() as base, ComfyServer(Path(base), other_packs=(ade,)) as server:
         object_info = server.object_info()
     for name, build in all_workflows().items():
         workflow = api_to_ui(build(), object_info, pack_version=version)
         lay_out_by_stage(workflow)
         add_model_metadata(workflow)
+        add_other_pack_ids(workflow, object_info)
         add_note(workflow, note(name))
         path = REPO_ROOT / "workflows" / f"{name}.json"
         text = json.dumps(workflow, indent=1) + "\n"

@@ -2,11 +2,13 @@
 
 Used by the tests and by the demo. ``ComfyServer`` starts ``main.py --cpu`` on 127.0.0.1 at a free port,
 in its own base directory (models, input, output, custom_nodes), with this repository symlinked into
-``custom_nodes``. Graphs are API-format dicts (``comfy_execution.graph_utils.GraphBuilder`` builds them).
+``custom_nodes`` (and, when asked, other packs beside it: ``third_party_pack`` finds the test copies of
+``../shared/third_party``, never part of this pack). Graphs are API-format dicts (``comfy_execution.graph_utils.GraphBuilder`` builds them).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -21,6 +23,30 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACK_NAME = "comfyui-video-edit"
+THIRD_PARTY = REPO_ROOT.parent / "shared" / "third_party"  # other packs, for interop tests and the demo only
+ANIMATEDIFF_EVOLVED = "ComfyUI-AnimateDiff-Evolved"
+ANIMATEDIFF_EVOLVED_MODULE = "third_party_animatediff_evolved"  # its module name when imported in-process
+
+
+def third_party_pack(name: str) -> Path | None:
+    """``../shared/third_party/<name>`` beside this checkout (see its README), or None where it is absent."""
+    path = THIRD_PARTY / name
+    return path if (path / "__init__.py").is_file() else None
+
+
+def import_pack(path: Path, module_name: str):
+    """Another pack imported in this process by file path, once per ``module_name`` (ComfyUI's modules must be
+    importable: the tests' ``comfy_lib``, tiny_models' ``_import_comfy``)."""
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, Path(path) / "__init__.py",
+                                                      submodule_search_locations=[str(path)])
+        sys.modules[module_name] = module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[module_name]
+            raise
+    return sys.modules[module_name]
 
 
 def default_comfyui_path() -> Path:
@@ -50,10 +76,13 @@ def _free_port() -> int:
 
 
 class ComfyServer:
-    def __init__(self, base_dir: Path, comfyui_path: Path | None = None, extra_args: tuple[str, ...] = ()):
+    def __init__(self, base_dir: Path, comfyui_path: Path | None = None, extra_args: tuple[str, ...] = (),
+                 other_packs: tuple[Path, ...] = ()):
+        """``other_packs``: folders of other custom node packs, symlinked into ``custom_nodes`` beside this one."""
         self.comfyui_path = Path(comfyui_path or default_comfyui_path())
         self.base_dir = Path(base_dir)
         self.extra_args = extra_args
+        self.other_packs = tuple(Path(p) for p in other_packs)
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
@@ -84,9 +113,10 @@ class ComfyServer:
     def start(self, timeout: float = 240.0) -> "ComfyServer":
         for sub in ("custom_nodes", "input", "output", "temp", "user"):
             (self.base_dir / sub).mkdir(parents=True, exist_ok=True)
-        link = self.base_dir / "custom_nodes" / PACK_NAME
-        if not link.exists():
-            link.symlink_to(REPO_ROOT)
+        for name, source in ((PACK_NAME, REPO_ROOT), *((p.name, p) for p in self.other_packs)):
+            link = self.base_dir / "custom_nodes" / name
+            if not link.exists():
+                link.symlink_to(Path(source).resolve())
         cmd = [
             sys.executable, str(self.comfyui_path / "main.py"), "--cpu", "--listen", "127.0.0.1",
             "--port", str(self.port), "--base-directory", str(self.base_dir), "--disable-auto-launch",

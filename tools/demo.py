@@ -3,8 +3,10 @@
 Runs workflows/<workflow>.json (its API graph, from tools/workflow_graphs) as an artist would queue it, with the
 inputs shrunk for a CPU: the generated tiny SD1.5 model and ControlNet (or --checkpoint PATH for real weights), a
 generated clip of a skier (or --video PATH), fewer frames and steps. A workflow that loads what another saves (a
-tuned model, motion LoRAs) runs that one first when its file is missing. The executor's progress (node, step,
-loss) is shown as it runs.
+tuned model, motion LoRAs) runs that one first when its file is missing. A workflow on another node pack
+(AnimateDiff-Evolved) gets it from ../shared/third_party beside the checkout, with a random full-size SD1.5 and a
+random AnimateDiff v2 motion module (its motion modules need SD1.5's real channels). The executor's progress
+(node, step, loss) is shown as it runs.
 With random weights the "edit" is noise; the point is the real pipeline.
 
     tools/demo.sh [--workflow NAME] [--checkpoint model.safetensors] [--video clip.mp4] [--frames 8] ...
@@ -29,6 +31,7 @@ WORKFLOWS = sorted(p.stem for p in (REPO_ROOT / "workflows").glob("*.json"))
 LOADED_FILES = {  # loader node -> {input: model folder}: files a workflow needs from an earlier one
     "VE_LoadTuned": {"tuned_file": "video_edit_tuned"},
     "VE_LoadMotionLoRA": {"spatial_file": "loras", "temporal_file": "video_edit_motion_lora"},
+    "ADE_AnimateDiffLoRALoader": {"name": "animatediff_motion_lora"},
 }
 
 
@@ -47,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"a workflow in workflows/: {', '.join(WORKFLOWS)}")
     parser.add_argument("--checkpoint", type=Path,
                         help="the workflow's base checkpoint: SD1.x, SD2.1-base for tokenflow_sd21 (default: a "
-                             "generated tiny random model)")
+                             "generated tiny random model; a random full-size SD1.5 for the AnimateDiff ones)")
     parser.add_argument("--controlnet", type=Path,
                         help="an SD1.x ControlNet for the workflows that use one (default: a generated tiny one, "
                              "which only fits the tiny model)")
@@ -158,8 +161,9 @@ def describe_failure(error, prompt: dict) -> str:
 @dataclass(frozen=True)
 class Settings:
     """What the demo changes in a workflow: the files its loaders name (``ckpt_name``, ``control_net_name``,
-    ``file``; ``sd21_ckpt_name`` replaces ``ckpt_name`` in workflows on SD2.1: workflow_graphs.base_model) and the
-    size it is cut to."""
+    ``file``, ``model_name`` (an AnimateDiff motion module); ``<base>_ckpt_name`` replaces ``ckpt_name`` in
+    workflows on another base model: ``sd21_ckpt_name`` on SD2.1, ``sd15_full_ckpt_name`` on the full-size SD1.5
+    that AnimateDiff needs: workflow_graphs.base_model) and the size it is cut to."""
     files: dict
     frames: int
     size: int
@@ -253,20 +257,32 @@ def run_with_producer(name: str, server, settings: Settings) -> dict:
 def demo(args: argparse.Namespace) -> int:
     """Set up the demo ComfyUI (models, clip), run the workflow, print the edited videos' paths."""
     sys.path.insert(0, str(TOOLS))
-    from comfy_server import ComfyServer, default_comfyui_path
+    from comfy_server import ANIMATEDIFF_EVOLVED, THIRD_PARTY, ComfyServer, default_comfyui_path, third_party_pack
     from sample_clip import write_sample_clip
 
     sys.path.insert(0, str(default_comfyui_path()))
-    from tiny_models import tiny_controlnet, tiny_sd15_checkpoint, tiny_sd21_base_checkpoint
-    from workflow_graphs import base_model
+    from tiny_models import (full_size_sd15_checkpoint, random_animatediff_v2, tiny_controlnet, tiny_sd15_checkpoint,
+                             tiny_sd21_base_checkpoint)
+    from workflow_graphs import base_model, other_packs
 
-    server = ComfyServer(args.workdir)
+    packs = {name: third_party_pack(name) for name in other_packs(args.workflow)}
+    missing = [name for name, path in packs.items() if path is None]
+    if missing:
+        raise SystemExit(f"{args.workflow} needs the node pack {', '.join(missing)}: the demo takes it from "
+                         f"{THIRD_PARTY}/ (see the README there), which is absent")
+    server = ComfyServer(args.workdir, other_packs=tuple(packs.values()))
     models = REPO_ROOT / ".cache" / "tiny_models"
     files = dict(file="demo_source.mp4",
                  ckpt_name=server.add_model("checkpoints", args.checkpoint or tiny_sd15_checkpoint(models)),
                  control_net_name=server.add_model("controlnet", args.controlnet or tiny_controlnet(models)))
     if base_model(args.workflow) == "sd21":
         files["sd21_ckpt_name"] = server.add_model("checkpoints", args.checkpoint or tiny_sd21_base_checkpoint(models))
+    if base_model(args.workflow) == "sd15_full":
+        files["sd15_full_ckpt_name"] = server.add_model("checkpoints",
+                                                        args.checkpoint or full_size_sd15_checkpoint(models))
+    if ANIMATEDIFF_EVOLVED in packs:
+        files["model_name"] = server.add_model("animatediff_models", random_animatediff_v2(models,
+                                                                                           packs[ANIMATEDIFF_EVOLVED]))
     settings = Settings(files, args.frames, args.size, args.steps)
     clip = server.input_dir / "demo_source.mp4"
     server.input_dir.mkdir(parents=True, exist_ok=True)

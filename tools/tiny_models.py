@@ -16,6 +16,9 @@ are not part of its match:
 - SD2.x 768 (v-prediction): a UNet-only file (models/diffusion_models). ComfyUI tells v from eps by the
   spread of ``output_blocks.11.1.transformer_blocks.0.norm1.bias`` (SD20.model_type), so this UNet has
   12 output blocks (4 levels of 320 channels, 2 ResNets each) and that bias drawn wide.
+- AnimateDiff v2 motion module: AnimateDiff-Evolved's own ``MotionModule`` classes at SD1.5's real channels
+  (down 4x2, up 4x3, mid 1, a positional encoding of 32 frames), every weight random so it changes what it
+  sees; ADE loads it on the full-size SD1.5 (its motion modules need SD1.5's channel layout).
 - SDXL: a UNet-only file with SDXL's input transformer depths [0, 0, 2, 2, 10, 10] (the match), no
   attention at the top level, the 2816-wide added conditioning, 320 channels at every level. Its text
   encoders (CLIP-L + OpenCLIP-bigG, 1.4 GB) are not built: tests feed CONDITIONING tensors directly.
@@ -109,7 +112,8 @@ SD_VAE_DDCONFIG = {
 }
 
 _SALT = {"unet": 0, "clip": 1, "vae": 2, "controlnet": 3, "sd2_unet": 4, "sd2_clip": 5, "sd2_v_unet": 6,
-         "sdxl_unet": 7}
+         "sdxl_unet": 7, "motion_module": 8}
+SD15_CHANNELS = (320, 640, 1280, 1280)  # SD1.5's levels
 _SILU_GAIN = 1.68  # 1 / sqrt(E[silu(z)^2]) for z ~ N(0, 1): keeps a conv + SiLU stack's variance
 
 
@@ -269,6 +273,35 @@ def _controlnet_state_dict(seed: int) -> dict[str, torch.Tensor]:
 
 # ----- files ------------------------------------------------------------------------------------------
 
+def _motion_module_state_dict(seed: int, ade) -> dict[str, torch.Tensor]:
+    """A random AnimateDiff v2 motion module from ADE's own MotionModule class (``ade``: ADE's pack module, or its
+    folder, then imported here), in fp16: norms near 1, everything else small, the positional encoding as built."""
+    if isinstance(ade, (str, Path)):
+        _import_comfy()
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from comfy_server import ANIMATEDIFF_EVOLVED_MODULE, import_pack
+
+        ade = import_pack(Path(ade), ANIMATEDIFF_EVOLVED_MODULE)
+    mm = ade.animatediff.motion_module_ad
+    with _seeded(seed, "motion_module"):
+        parts = {f"down_blocks.{i}": mm.MotionModule(c, temporal_pe_max_len=32, block_type=mm.BlockType.DOWN,
+                                                     block_idx=i) for i, c in enumerate(SD15_CHANNELS)}
+        parts.update({f"up_blocks.{i}": mm.MotionModule(c, temporal_pe_max_len=32, block_type=mm.BlockType.UP,
+                                                        block_idx=i) for i, c in enumerate(reversed(SD15_CHANNELS))})
+        parts["mid_block"] = mm.MotionModule(1280, temporal_pe_max_len=32, block_type=mm.BlockType.MID)
+        state = {}
+        for prefix, module in parts.items():
+            for name, tensor in module.state_dict().items():
+                if name.endswith("pe"):
+                    value = tensor
+                elif "norm" in name and name.endswith("weight"):
+                    value = 1 + 0.1 * torch.randn(tensor.shape)
+                else:
+                    value = 0.05 * torch.randn(tensor.shape)
+                state[f"{prefix}.{name}"] = value.half().contiguous()
+    return state
+
+
 def _is_current(path: Path) -> bool:
     from safetensors import safe_open
 
@@ -344,6 +377,13 @@ def tiny_sdxl_unet(models_dir: Path, seed: int = 0) -> Path:
     """``models_dir/tiny_sdxl_unet_seed{seed}.safetensors``: a UNet-only file ComfyUI detects as SDXL."""
     return _write(Path(models_dir) / f"tiny_sdxl_unet_seed{seed}.safetensors",
                   lambda seed: _unet_state_dict(seed, TINY_SDXL_UNET_CONFIG, "sdxl_unet", ""), seed, "sdxl-unet")
+
+
+def random_animatediff_v2(models_dir: Path, ade, seed: int = 0) -> Path:
+    """``models_dir/random_animatediff_v2_seed{seed}.safetensors``: a random AnimateDiff v2 motion module for the
+    full-size SD1.5 (~0.9 GB); ``ade`` is AnimateDiff-Evolved's pack module or folder (imported only to build)."""
+    return _write(Path(models_dir) / f"random_animatediff_v2_seed{seed}.safetensors",
+                  lambda seed: _motion_module_state_dict(seed, ade), seed, "animatediff-v2")
 
 
 def tiny_controlnet(models_dir: Path, seed: int = 0) -> Path:

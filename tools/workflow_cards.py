@@ -16,10 +16,11 @@ from PIL import Image, ImageDraw, ImageFont
 STAGES = ("Load", "Tune / invert", "Edit", "Save / compare")
 STAGE_OF = {  # node type -> index in STAGES; every other node is an edit step
     **dict.fromkeys(("CheckpointLoaderSimple", "VE_LoadVideo", "ControlNetLoader", "CLIPTextEncode", "VE_LoadTuned",
-                     "VE_LoadMotionLoRA", "CLIPVisionLoader"), 0),
+                     "VE_LoadMotionLoRA", "CLIPVisionLoader", "ADE_LoadAnimateDiffModel",
+                     "ADE_AnimateDiffLoRALoader"), 0),
     **dict.fromkeys(("VAEEncode", "VE_InflateUNet", "VE_SparseCausalAttention", "VE_OneShotTune", "VE_DDIMInvert",
                      "VE_AttentionCaptureConfig", "VE_MotionClipSet", "VE_TrainMotionDirector", "Canny",
-                     "VE_ContextWindows"), 1),
+                     "VE_ContextWindows", "ADE_ApplyAnimateDiffModelSimple", "ADE_UseEvolvedSampling"), 1),
     **dict.fromkeys(("VE_SaveVideo", "VE_CompareVideos", "VE_EditMetrics", "VE_PlotLoss", "VE_SaveTuned",
                      "VE_SaveMotionLoRA"), 3),
 }
@@ -78,7 +79,7 @@ def title_of(name: str) -> str:
     """A workflow file name as words: tune_a_video_edit -> 'Tune a video edit'."""
     return name.replace("_", " ").capitalize().replace("Tune a video", "Tune-A-Video").replace(
         "Tokenflow", "TokenFlow").replace("Fatezero", "FateZero").replace("Motiondirector", "MotionDirector").replace(
-        "Make your video", "Make-Your-Video")
+        "Make your video", "Make-Your-Video").replace("animatediff", "AnimateDiff")
 
 
 def draw_thumbnail(workflow: dict, name: str, display_names: dict, width: int = 640, height: int = 400) -> Image.Image:
@@ -93,7 +94,9 @@ def draw_thumbnail(workflow: dict, name: str, display_names: dict, width: int = 
         left = 20 + stage * column
         draw.rectangle([left + 4, 60, left + column - 8, height - 16], fill=STAGE_COLORS[stage])
         draw.text((left + 12, 66), title, fill="white", font=font)
-        names = sorted({display_names.get(n["type"], n["type"]) for n in workflow["nodes"]
+        # the default font has no emoji (AnimateDiff-Evolved's names end in some): only the words are drawn
+        names = sorted({re.sub(r"[^\x20-\x7e]", "", display_names.get(n["type"], n["type"])).strip()
+                        for n in workflow["nodes"]
                         if n["type"] != "Note" and stage_of(n) == stage})
         y = 94
         for label in names[:9]:

@@ -3,9 +3,9 @@
 Each module exposes ``WORKFLOWS``: file name -> function returning an API prompt (``GraphBuilder(prefix="")``).
 """
 
-from . import fatezero, make_your_video, motiondirector, tokenflow, tune_a_video
+from . import animatediff, fatezero, make_your_video, motiondirector, tokenflow, tune_a_video
 
-MODULES = [tune_a_video, tokenflow, fatezero, motiondirector, make_your_video]
+MODULES = [tune_a_video, tokenflow, fatezero, motiondirector, make_your_video, animatediff]
 
 
 # Workflows that load what another one saves (a tuned model, motion LoRAs): consumer -> producer.
@@ -16,6 +16,7 @@ PRODUCERS = {
     "fatezero_shape_edit": "tune_a_video_edit",
     "motiondirector_generate": "motiondirector_train",
     "make_your_video_depth": "motiondirector_train",
+    "motiondirector_animatediff": "motiondirector_animatediff_train",
 }
 
 
@@ -81,6 +82,19 @@ ABOUT = {
         "Make-Your-Video: a 32-frame clip from per-frame depth maps (depth ControlNet) with the causal temporal mask "
         "and the learned motion LoRA.", "the depth clip (the sample's depth maps are selected) and the prompt",
         "temporal_mask causal, temporal_window 15", "about 3 min (estimate)"),
+    "motiondirector_animatediff_train": (
+        "MotionDirector on AnimateDiff: learns the clips' motion as a LoRA of AnimateDiff-Evolved's motion module "
+        "(mm_sd_v15_v2) and saves it in ADE's motion-LoRA format (models/animatediff_motion_lora/); samples the new "
+        "prompt with the motion module alone, to compare.",
+        "the clips (one VE Load Video + VE Motion Clip Set each, at most 32 frames) and their prompts",
+        "steps 300, rank 8, lora_dropout 0 (AnimateDiff-MotionDirector's), temporal_target AnimateDiff motion module",
+        "about 15 min (estimate)"),
+    "motiondirector_animatediff": (
+        "Generates the new subject with the learned motion through AnimateDiff-Evolved's Load AnimateDiff LoRA → "
+        "Apply AnimateDiff Model (motion_lora) → Use Evolved Sampling. Training and generation are two workflows: "
+        "ADE's loader lists its LoRA folder when the prompt is queued, so one prompt cannot load the file it saves.",
+        "the LoRA file (Load AnimateDiff LoRA) and the prompt", "the LoRA's strength 1; the same motion module and "
+        "beta_schedule as the training", "about 1 min (estimate)"),
 }
 
 
@@ -91,9 +105,13 @@ def note(name: str) -> str:
     text = f"{does}\nChange first: {change}.\nWhat matters: {matters}.\nTime on a GPU: {time}."
     producer = PRODUCERS.get(name)
     if producer is not None:
-        what = "motion LoRAs" if producer == "motiondirector_train" else "tuned model"
+        what = "motion LoRAs" if producer.startswith("motiondirector") else "tuned model"
         text += (f"\nRun {producer} first (once): this workflow loads the {what} it saves; pick its file in the "
                  f"loader node (the first save is numbered _00001_).")
+    packs = other_packs(name)
+    if packs:
+        text += (f"\nNeeds the node pack {', '.join(packs)} (ComfyUI-Manager installs it); without it the frontend "
+                 "lists its nodes as missing.")
     if base_model(name) == "sd21":
         return text + ("\nCheckpoint: SD 2.1 base (TokenFlow's default); when it is missing the frontend offers its "
                        "download.")
@@ -104,6 +122,12 @@ def note(name: str) -> str:
 def base_model(name: str) -> str:
     """The base model a workflow's checkpoint is: ``sd15`` (most), or another one the demo must provide."""
     return next((m.BASE_MODELS[name] for m in MODULES if name in getattr(m, "BASE_MODELS", {})), "sd15")
+
+
+def other_packs(name: str) -> tuple[str, ...]:
+    """The other node packs (folder names, as in ../shared/third_party) a workflow and its producer need."""
+    names = (name, PRODUCERS.get(name))
+    return tuple(dict.fromkeys(pack for m in MODULES for n in names for pack in getattr(m, "PACKS", {}).get(n, ())))
 
 
 def all_workflows() -> dict:

@@ -21,7 +21,20 @@ def _checkpoint_and_inflated(g: GraphBuilder):
     return ckpt, inflated
 
 
-def _generate(g, ckpt, model, prompt, prefix):
+def clip_set_of(g: GraphBuilder, ckpt):
+    """The training videos: each clip of CLIPS loaded, encoded and captioned, chained into one VE Motion Clip Set."""
+    clip_set = None
+    for start_frame, n_frames, prompt in CLIPS:
+        video = g.node("VE_LoadVideo", file=SOURCE_VIDEO, n_frames=n_frames, start_frame=start_frame, frame_stride=2,
+                       width=384, height=384, path="", memory_limit_gb=0.0)
+        latent = g.node("VAEEncode", pixels=video.out(0), vae=ckpt.out(2))
+        text = g.node("CLIPTextEncode", clip=ckpt.out(1), text=prompt)
+        inputs = {"clip_set": clip_set.out(0)} if clip_set is not None else {}
+        clip_set = g.node("VE_MotionClipSet", latent=latent.out(0), conditioning=text.out(0), **inputs)
+    return clip_set
+
+
+def generate(g, ckpt, model, prompt, prefix):
     """Official inference: DDIM 30 steps, cfg 12, 384x384, 16 frames (the batch), saved at 8 fps."""
     positive = g.node("CLIPTextEncode", clip=ckpt.out(1), text=prompt)
     negative = g.node("CLIPTextEncode", clip=ckpt.out(1), text="")
@@ -35,14 +48,7 @@ def _generate(g, ckpt, model, prompt, prefix):
 def motiondirector_train():
     g = GraphBuilder(prefix="")
     ckpt, inflated = _checkpoint_and_inflated(g)
-    clip_set = None
-    for start_frame, n_frames, prompt in CLIPS:
-        video = g.node("VE_LoadVideo", file=SOURCE_VIDEO, n_frames=n_frames, start_frame=start_frame, frame_stride=2,
-                       width=384, height=384, path="", memory_limit_gb=0.0)
-        latent = g.node("VAEEncode", pixels=video.out(0), vae=ckpt.out(2))
-        text = g.node("CLIPTextEncode", clip=ckpt.out(1), text=prompt)
-        inputs = {"clip_set": clip_set.out(0)} if clip_set is not None else {}
-        clip_set = g.node("VE_MotionClipSet", latent=latent.out(0), conditioning=text.out(0), **inputs)
+    clip_set = clip_set_of(g, ckpt)
     train = g.node("VE_TrainMotionDirector", model=inflated.out(0), clip_set=clip_set.out(0), steps=300, rank=32,
                    learning_rate=5e-4, weight_decay=1e-4, seed=0, gradient_checkpointing=True,
                    spatial_mask_probability=0.2, lora_dropout=0.1, checkpoint_every=0, checkpoint_name=LORA_NAME,
@@ -52,7 +58,7 @@ def motiondirector_train():
     # Validation sample, as the official training loop does: temporal LoRA only.
     applied = g.node("VE_ApplyMotionLoRA", model=inflated.out(0), spatial_lora=train.out(0), spatial_strength=0.0,
                      temporal_lora=train.out(1), temporal_strength=1.0, spatial_set=0)
-    _generate(g, ckpt, applied.out(0), NEW_PROMPT, "video_edit/motiondirector_validation")
+    generate(g, ckpt, applied.out(0), NEW_PROMPT, "video_edit/motiondirector_validation")
     return g.finalize()
 
 
@@ -62,7 +68,7 @@ def motiondirector_generate():
     lora = g.node("VE_LoadMotionLoRA", model=inflated.out(0), spatial_file=f"{LORA_NAME}_00001_spatial.safetensors",
                   spatial_strength=0.0, temporal_file=f"{LORA_NAME}_00001_temporal.safetensors", temporal_strength=1.0,
                   spatial_set=0)
-    _generate(g, ckpt, lora.out(0), NEW_PROMPT, "video_edit/motiondirector")
+    generate(g, ckpt, lora.out(0), NEW_PROMPT, "video_edit/motiondirector")
     return g.finalize()
 
 
