@@ -75,3 +75,29 @@ def test_long_clip_workflow_runs_in_windows_and_passes(comfy, demo_settings):
     log = comfy.log_tail(200_000)
     assert "VE Context Windows: 12 frames in 4 windows of up to 4" in log
     assert "VE TokenFlow: 6 keyframes in 6 passes" in log
+
+
+def test_animatediff_motion_lora_is_ades_and_moves_its_output(comfy, demo_settings, workflow_runs):
+    """motiondirector_animatediff (after motiondirector_animatediff_train, as the demo runs them): the saved temporal
+    LoRA is in ADE's folder and format, trained (not all zero), and ADE's Load AnimateDiff LoRA changes the sampled
+    latents against strength 0 (compared losslessly: the KSampler's latents saved by core Save Latent)."""
+    import copy
+
+    from safetensors.torch import load_file
+    from video_edit.nodes.shared.animatediff import ADE_LORA_FOLDER, is_ade_motion_lora
+    from workflow_graphs import set_inputs
+    from workflow_graphs.animatediff import LORA_NAME
+
+    workflow_runs["motiondirector_animatediff"]  # skipped, with the reason, where ADE is absent
+    lora = load_file(comfy.models_dir(ADE_LORA_FOLDER) / f"{LORA_NAME}_00001_temporal.safetensors")
+    assert is_ade_motion_lora(lora) and all("temporal" in key for key in lora)
+    assert any(tensor.abs().max() > 0 for key, tensor in lora.items() if ".up." in key)
+    latents = {}
+    for strength in (0.0, 1.0):
+        prompt = set_inputs(copy.deepcopy(demo_settings.prompt("motiondirector_animatediff")), strength=strength)
+        sampler = next(key for key, node in prompt.items() if node["class_type"] == "KSampler")
+        prompt["ade_check_latent"] = {"class_type": "SaveLatent", "inputs": {
+            "samples": [sampler, 0], "filename_prefix": f"ade_check/strength_{strength}"}}
+        (saved,) = [p for p in comfy.output_files(comfy.run(prompt)) if p.suffix == ".latent"]
+        latents[strength] = load_file(saved)["latent_tensor"]
+    assert latents[0.0].shape == latents[1.0].shape and not latents[0.0].equal(latents[1.0])

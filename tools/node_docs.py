@@ -8,6 +8,9 @@ tooltip, default and range, every output's tooltip) and from the shipped workflo
 which nodes feed it and which it feeds), with a hand-written line on what matters first and a picture for
 the nodes where one says more. docs/nodes/<method>.md holds the longer notes; each page links its section.
 
+The server gets AnimateDiff-Evolved from ../shared/third_party too: the pages name the nodes of the workflows on it
+(``From:`` / ``To:``) by their display names.
+
 Usage: python tools/node_docs.py  (tests/test_node_docs.py checks that the pages are current)
 """
 
@@ -22,7 +25,7 @@ from pathlib import Path
 TOOLS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TOOLS))
 
-from comfy_server import REPO_ROOT, ComfyServer  # noqa: E402
+from comfy_server import ANIMATEDIFF_EVOLVED, REPO_ROOT, THIRD_PARTY, ComfyServer, third_party_pack  # noqa: E402
 from workflow_format import PACK_ID  # noqa: E402
 
 PAGES_DIR = REPO_ROOT / "docs" / "web" / "docs"
@@ -59,7 +62,9 @@ NOTES = {
                            "fatezero_blend_mask.png"),
     "VE_MotionClipSet": ("motiondirector", "One node per training video, each with its own prompt.", None),
     "VE_TrainMotionDirector": ("motiondirector", "steps (official: 150 for one video, 300-500 for several); "
-                               "rank 32 and learning_rate 5e-4 are MotionDirector's.", None),
+                               "rank 32 and learning_rate 5e-4 are MotionDirector's; on AnimateDiff (temporal_target "
+                               "AnimateDiff motion module) rank 8 and lora_dropout 0 are AnimateDiff-MotionDirector's.",
+                               None),
     "VE_MotionNoisePrior": ("motiondirector", "noise_prior: 0 is plain noise, 0.1-0.5 keeps more of the "
                             "source video's layout.", None),
     "VE_ApplyMotionLoRA": ("motiondirector", "temporal_strength 1, spatial_strength 0 is MotionDirector's "
@@ -155,7 +160,12 @@ def render_all(object_info: dict) -> dict[str, str]:
 def main() -> int:
     from node_pictures import write_pictures
 
-    with tempfile.TemporaryDirectory() as base, ComfyServer(Path(base)) as server:
+    ade = third_party_pack(ANIMATEDIFF_EVOLVED)
+    if ade is None:
+        print(f"no {THIRD_PARTY / ANIMATEDIFF_EVOLVED}: the pages name its nodes in the workflows on it; get it at the "
+              "commit in ../shared/third_party/README.md", file=sys.stderr)
+        return 1
+    with tempfile.TemporaryDirectory() as base, ComfyServer(Path(base), other_packs=(ade,)) as server:
         object_info = server.object_info()
     PAGES_DIR.mkdir(parents=True, exist_ok=True)
     for name, text in render_all(object_info).items():
