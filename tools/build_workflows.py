@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 TOOLS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TOOLS))
 
-from comfy_server import (ANIMATEDIFF_EVOLVED, REPO_ROOT, THIRD_PARTY, ComfyServer,  # noqa: E402
-                          default_comfyui_path, third_party_pack)
+from comfy_server import (ANIMATEDIFF_EVOLVED, REPO_ROOT, default_comfyui_path, object_info_with,  # noqa: E402
+                          third_party_packs)
 from workflow_cards import lay_out_by_stage, write_thumbnail  # noqa: E402
 from workflow_format import api_to_ui  # noqa: E402
 
@@ -78,13 +77,8 @@ def main() -> int:
 
     version = next(line.split('"')[1] for line in (REPO_ROOT / "pyproject.toml").read_text().splitlines()
                    if line.startswith("version"))
-    ade = third_party_pack(ANIMATEDIFF_EVOLVED)
-    if ade is None:
-        print(f"no {THIRD_PARTY / ANIMATEDIFF_EVOLVED}: the AnimateDiff workflows need its node definitions; get it "
-              "at the commit in ../shared/third_party/README.md", file=sys.stderr)
-        return 1
-    with tempfile.TemporaryDirectory() as base, ComfyServer(Path(base), other_packs=(ade,)) as server:
-        object_info = server.object_info()
+    object_info = object_info_with(tuple(third_party_packs([ANIMATEDIFF_EVOLVED], "tools/build_workflows.py "
+                                                           "(the AnimateDiff workflows' nodes)").values()))
     for name, build in all_workflows().items():
         workflow = api_to_ui(build(), object_info, pack_version=version)
         lay_out_by_stage(workflow)

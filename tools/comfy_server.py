@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -32,6 +33,23 @@ def third_party_pack(name: str) -> Path | None:
     """``../shared/third_party/<name>`` beside this checkout (see its README), or None where it is absent."""
     path = THIRD_PARTY / name
     return path if (path / "__init__.py").is_file() else None
+
+
+def third_party_packs(names, needed_by: str) -> dict[str, Path]:
+    """Name -> folder of each of these packs in ../shared/third_party; SystemExit naming the absent ones and what
+    needs them."""
+    packs = {name: third_party_pack(name) for name in names}
+    missing = [name for name, path in packs.items() if path is None]
+    if missing:
+        raise SystemExit(f"{needed_by} needs the node pack {', '.join(missing)}, absent from {THIRD_PARTY}; get it at "
+                         "the commit in ../shared/third_party/README.md")
+    return packs
+
+
+def object_info_with(other_packs: tuple[Path, ...] = ()) -> dict:
+    """The node definitions of a headless ComfyUI with this pack and ``other_packs``, started for that alone."""
+    with tempfile.TemporaryDirectory() as base, ComfyServer(Path(base), other_packs=other_packs) as server:
+        return server.object_info()
 
 
 def import_pack(path: Path, module_name: str):

@@ -257,7 +257,7 @@ def run_with_producer(name: str, server, settings: Settings) -> dict:
 def demo(args: argparse.Namespace) -> int:
     """Set up the demo ComfyUI (models, clip), run the workflow, print the edited videos' paths."""
     sys.path.insert(0, str(TOOLS))
-    from comfy_server import ANIMATEDIFF_EVOLVED, THIRD_PARTY, ComfyServer, default_comfyui_path, third_party_pack
+    from comfy_server import ANIMATEDIFF_EVOLVED, ComfyServer, default_comfyui_path, third_party_packs
     from sample_clip import write_sample_clip
 
     sys.path.insert(0, str(default_comfyui_path()))
@@ -265,11 +265,7 @@ def demo(args: argparse.Namespace) -> int:
                              tiny_sd21_base_checkpoint)
     from workflow_graphs import base_model, other_packs
 
-    packs = {name: third_party_pack(name) for name in other_packs(args.workflow)}
-    missing = [name for name, path in packs.items() if path is None]
-    if missing:
-        raise SystemExit(f"{args.workflow} needs the node pack {', '.join(missing)}: the demo takes it from "
-                         f"{THIRD_PARTY}/ (see the README there), which is absent")
+    packs = third_party_packs(other_packs(args.workflow), args.workflow)
     server = ComfyServer(args.workdir, other_packs=tuple(packs.values()))
     models = REPO_ROOT / ".cache" / "tiny_models"
     files = dict(file="demo_source.mp4",

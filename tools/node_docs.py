@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 TOOLS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TOOLS))
 
-from comfy_server import ANIMATEDIFF_EVOLVED, REPO_ROOT, THIRD_PARTY, ComfyServer, third_party_pack  # noqa: E402
+from comfy_server import ANIMATEDIFF_EVOLVED, REPO_ROOT, object_info_with, third_party_packs  # noqa: E402
 from workflow_format import PACK_ID  # noqa: E402
 
 PAGES_DIR = REPO_ROOT / "docs" / "web" / "docs"
@@ -160,13 +159,8 @@ def render_all(object_info: dict) -> dict[str, str]:
 def main() -> int:
     from node_pictures import write_pictures
 
-    ade = third_party_pack(ANIMATEDIFF_EVOLVED)
-    if ade is None:
-        print(f"no {THIRD_PARTY / ANIMATEDIFF_EVOLVED}: the pages name its nodes in the workflows on it; get it at the "
-              "commit in ../shared/third_party/README.md", file=sys.stderr)
-        return 1
-    with tempfile.TemporaryDirectory() as base, ComfyServer(Path(base), other_packs=(ade,)) as server:
-        object_info = server.object_info()
+    object_info = object_info_with(tuple(third_party_packs([ANIMATEDIFF_EVOLVED], "tools/node_docs.py (the "
+                                                           "AnimateDiff workflows' nodes)").values()))
     PAGES_DIR.mkdir(parents=True, exist_ok=True)
     for name, text in render_all(object_info).items():
         (PAGES_DIR / name).write_text(text)
