@@ -70,6 +70,10 @@ def other_base_models():
 def missing_packs(workflow: str) -> str | None:
     """Why a workflow cannot run or load here (another node pack it needs is absent from ../shared/third_party),
     or None."""
+    import sys
+
+    if str(default_comfyui_path()) not in sys.path:  # workflow_graphs builds with ComfyUI's GraphBuilder
+        sys.path.insert(0, str(default_comfyui_path()))
     from workflow_graphs import other_packs
 
     missing = [name for name in other_packs(workflow) if third_party_pack(name) is None]
