@@ -19,7 +19,7 @@ from comfy_server import ComfyServer, default_comfyui_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = Path(os.environ.get("VE_CACHE_DIR", REPO_ROOT / ".cache"))
-COMFY_FIXTURES = {"comfy", "comfy_lib", "sd15", "sd21", "sd21_v", "sdxl"}
+COMFY_FIXTURES = {"comfy", "comfy_lib", "sd15", "sd21", "sd21_v", "sdxl", "sdxl_checkpoint", "sdxl_encode"}
 
 
 def pytest_collection_modifyitems(items):
@@ -68,6 +68,15 @@ def other_base_models():
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl():
+    """Path of the tiny SDXL checkpoint: the SDXL UNet of ``other_base_models`` with its text encoders and the SD VAE
+    (cached, seeded; ~1.35 GB, built in ~17 s)."""
+    from tiny_models import tiny_sdxl_checkpoint
+
+    return tiny_sdxl_checkpoint(CACHE_DIR / "tiny_models")
+
+
+@pytest.fixture(scope="session")
 def comfy(tmp_path_factory, tiny_models):
     """A running ComfyUI server with this pack and the tiny models installed."""
     server = ComfyServer(tmp_path_factory.mktemp("comfyui"))
@@ -112,6 +121,22 @@ def sdxl(comfy_lib, other_base_models):
     import comfy.sd
 
     return comfy.sd.load_diffusion_model(str(other_base_models["sdxl_unet"]))
+
+
+@pytest.fixture(scope="session")
+def sdxl_checkpoint(comfy_lib, tiny_sdxl):
+    """The tiny SDXL checkpoint loaded by ComfyUI's own loader: (model, clip, vae), clip with CLIP-L and bigG."""
+    import comfy.sd
+
+    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(tiny_sdxl), output_vae=True, output_clip=True)
+    return model, clip, vae
+
+
+@pytest.fixture(scope="session")
+def sdxl_encode(sdxl_checkpoint):
+    """Text -> SDXL CONDITIONING with the tiny SDXL checkpoint's text encoders (CLIPTextEncode)."""
+    clip = sdxl_checkpoint[1]
+    return lambda text: clip.encode_from_tokens_scheduled(clip.tokenize(text))
 
 
 def sdxl_conditioning(seed: int, size: int = 64):
