@@ -125,18 +125,22 @@ def sdxl(comfy_lib, other_base_models):
 
 @pytest.fixture(scope="session")
 def sdxl_checkpoint(comfy_lib, tiny_sdxl):
-    """The tiny SDXL checkpoint loaded by ComfyUI's own loader: (model, clip, vae), clip with CLIP-L and bigG."""
+    """The tiny SDXL checkpoint loaded by ComfyUI's own loader: (model, clip, vae), clip with CLIP-L and bigG (computing
+    in float32: on the CPU, ComfyUI's float16 makes each bigG encode take seconds)."""
     import comfy.sd
 
-    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(tiny_sdxl), output_vae=True, output_clip=True)
+    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(tiny_sdxl), output_vae=True, output_clip=True,
+                                                                te_model_options={"dtype": torch.float32})
     return model, clip, vae
 
 
 @pytest.fixture(scope="session")
 def sdxl_encode(sdxl_checkpoint):
-    """Text -> SDXL CONDITIONING with the tiny SDXL checkpoint's text encoders (CLIPTextEncode)."""
+    """Text -> SDXL CONDITIONING with the tiny SDXL checkpoint's text encoders (CLIPTextEncode), once per text."""
+    import functools
+
     clip = sdxl_checkpoint[1]
-    return lambda text: clip.encode_from_tokens_scheduled(clip.tokenize(text))
+    return functools.cache(lambda text: clip.encode_from_tokens_scheduled(clip.tokenize(text)))
 
 
 def sdxl_conditioning(seed: int, size: int = 64):
