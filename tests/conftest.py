@@ -192,16 +192,17 @@ def object_info(comfy):
 
 
 @pytest.fixture(scope="session")
-def demo_settings(comfy, other_base_models):
+def demo_settings(comfy, other_base_models, tiny_sdxl):
     """The demo's settings (tools/demo.py) at the smallest size the tests run workflows at: the tiny models, a
     sample clip, 4 frames of 64x64, 2 steps (every workflow is cut by workflow_graphs.shrink, as the demo cuts it);
-    workflows on SD2.1-base get the tiny SD2.1 checkpoint."""
+    workflows on SD2.1-base get the tiny SD2.1 checkpoint, those on SDXL the tiny SDXL one."""
     from demo import Settings
     from sample_clip import write_sample_clip
 
     write_sample_clip(comfy.input_dir / "skier.mp4", frames=20, size=96)
     files = dict(ckpt_name=comfy.checkpoint_name, control_net_name=comfy.controlnet_name, file="skier.mp4",
-                 sd21_ckpt_name=comfy.add_model("checkpoints", other_base_models["sd21_base"]))
+                 sd21_ckpt_name=comfy.add_model("checkpoints", other_base_models["sd21_base"]),
+                 sdxl_ckpt_name=comfy.add_model("checkpoints", tiny_sdxl))
     return Settings(files, frames=4, size=64, steps=2)
 
 

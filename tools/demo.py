@@ -46,7 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--workflow", default="tune_a_video_edit", choices=WORKFLOWS, metavar="NAME",
                         help=f"a workflow in workflows/: {', '.join(WORKFLOWS)}")
     parser.add_argument("--checkpoint", type=Path,
-                        help="the workflow's base checkpoint: SD1.x, SD2.1-base for tokenflow_sd21 (default: a "
+                        help="the workflow's base checkpoint: SD1.x, SD2.1-base for tokenflow_sd21, SDXL for "
+                             "tokenflow_sdxl (default: a "
                              "generated tiny random model)")
     parser.add_argument("--controlnet", type=Path,
                         help="an SD1.x ControlNet for the workflows that use one (default: a generated tiny one, "
@@ -158,7 +159,8 @@ def describe_failure(error, prompt: dict) -> str:
 @dataclass(frozen=True)
 class Settings:
     """What the demo changes in a workflow: the files its loaders name (``ckpt_name``, ``control_net_name``,
-    ``file``; ``sd21_ckpt_name`` replaces ``ckpt_name`` in workflows on SD2.1: workflow_graphs.base_model) and the
+    ``file``; ``sd21_ckpt_name`` / ``sdxl_ckpt_name`` replace ``ckpt_name`` in workflows on SD2.1 / SDXL:
+    workflow_graphs.base_model) and the
     size it is cut to."""
     files: dict
     frames: int
@@ -257,7 +259,7 @@ def demo(args: argparse.Namespace) -> int:
     from sample_clip import write_sample_clip
 
     sys.path.insert(0, str(default_comfyui_path()))
-    from tiny_models import tiny_controlnet, tiny_sd15_checkpoint, tiny_sd21_base_checkpoint
+    from tiny_models import tiny_controlnet, tiny_sd15_checkpoint, tiny_sd21_base_checkpoint, tiny_sdxl_checkpoint
     from workflow_graphs import base_model
 
     server = ComfyServer(args.workdir)
@@ -265,8 +267,10 @@ def demo(args: argparse.Namespace) -> int:
     files = dict(file="demo_source.mp4",
                  ckpt_name=server.add_model("checkpoints", args.checkpoint or tiny_sd15_checkpoint(models)),
                  control_net_name=server.add_model("controlnet", args.controlnet or tiny_controlnet(models)))
-    if base_model(args.workflow) == "sd21":
-        files["sd21_ckpt_name"] = server.add_model("checkpoints", args.checkpoint or tiny_sd21_base_checkpoint(models))
+    tiny_base = {"sd21": tiny_sd21_base_checkpoint, "sdxl": tiny_sdxl_checkpoint}.get(base_model(args.workflow))
+    if tiny_base is not None:
+        files[f"{base_model(args.workflow)}_ckpt_name"] = server.add_model("checkpoints",
+                                                                           args.checkpoint or tiny_base(models))
     settings = Settings(files, args.frames, args.size, args.steps)
     clip = server.input_dir / "demo_source.mp4"
     server.input_dir.mkdir(parents=True, exist_ok=True)
