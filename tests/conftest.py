@@ -19,7 +19,7 @@ from comfy_server import ANIMATEDIFF_EVOLVED, THIRD_PARTY, ComfyServer, default_
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = Path(os.environ.get("VE_CACHE_DIR", REPO_ROOT / ".cache"))
-COMFY_FIXTURES = {"comfy", "comfy_lib", "sd15", "sd21", "sd21_v", "sdxl"}
+COMFY_FIXTURES = {"comfy", "comfy_lib", "sd15", "sd21", "sd21_v", "sdxl", "sdxl_checkpoint", "sdxl_encode"}
 
 
 def pytest_collection_modifyitems(items):
@@ -99,6 +99,15 @@ def animatediff():
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl():
+    """Path of the tiny SDXL checkpoint: the SDXL UNet of ``other_base_models`` with its text encoders and the SD VAE
+    (cached, seeded; ~1.35 GB, built in ~17 s)."""
+    from tiny_models import tiny_sdxl_checkpoint
+
+    return tiny_sdxl_checkpoint(CACHE_DIR / "tiny_models")
+
+
+@pytest.fixture(scope="session")
 def comfy(tmp_path_factory, tiny_models, animatediff):
     """A running ComfyUI server with this pack and the tiny models installed, and AnimateDiff-Evolved with its
     random motion module where ../shared has it."""
@@ -146,6 +155,26 @@ def sdxl(comfy_lib, other_base_models):
     import comfy.sd
 
     return comfy.sd.load_diffusion_model(str(other_base_models["sdxl_unet"]))
+
+
+@pytest.fixture(scope="session")
+def sdxl_checkpoint(comfy_lib, tiny_sdxl):
+    """The tiny SDXL checkpoint loaded by ComfyUI's own loader: (model, clip, vae), clip with CLIP-L and bigG (computing
+    in float32: on the CPU, ComfyUI's float16 makes each bigG encode take seconds)."""
+    import comfy.sd
+
+    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(tiny_sdxl), output_vae=True, output_clip=True,
+                                                                te_model_options={"dtype": torch.float32})
+    return model, clip, vae
+
+
+@pytest.fixture(scope="session")
+def sdxl_encode(sdxl_checkpoint):
+    """Text -> SDXL CONDITIONING with the tiny SDXL checkpoint's text encoders (CLIPTextEncode), once per text."""
+    import functools
+
+    clip = sdxl_checkpoint[1]
+    return functools.cache(lambda text: clip.encode_from_tokens_scheduled(clip.tokenize(text)))
 
 
 def sdxl_conditioning(seed: int, size: int = 64):
@@ -197,18 +226,19 @@ def object_info(comfy):
 
 
 @pytest.fixture(scope="session")
-def demo_settings(comfy, other_base_models, animatediff):
+def demo_settings(comfy, other_base_models, tiny_sdxl, animatediff):
     """The demo's settings (tools/demo.py) at the smallest size the tests run workflows at: the tiny models, a
     sample clip, 4 frames of 64x64, 2 steps (every workflow is cut by workflow_graphs.shrink, as the demo cuts it);
-    workflows on SD2.1-base get the tiny SD2.1 checkpoint, the AnimateDiff ones (where ../shared has ADE) the
-    random full-size SD1.5 and the random motion module."""
+    workflows on SD2.1-base get the tiny SD2.1 checkpoint, those on SDXL the tiny SDXL one, the AnimateDiff ones
+    (where ../shared has ADE) the random full-size SD1.5 and the random motion module."""
     from demo import Settings
     from sample_clip import write_sample_clip
     from tiny_models import full_size_sd15_checkpoint
 
     write_sample_clip(comfy.input_dir / "skier.mp4", frames=20, size=96)
     files = dict(ckpt_name=comfy.checkpoint_name, control_net_name=comfy.controlnet_name, file="skier.mp4",
-                 sd21_ckpt_name=comfy.add_model("checkpoints", other_base_models["sd21_base"]))
+                 sd21_ckpt_name=comfy.add_model("checkpoints", other_base_models["sd21_base"]),
+                 sdxl_ckpt_name=comfy.add_model("checkpoints", tiny_sdxl))
     if animatediff:
         files.update(model_name=comfy.motion_module_name, sd15_full_ckpt_name=comfy.add_model(
             "checkpoints", full_size_sd15_checkpoint(CACHE_DIR / "tiny_models")))

@@ -121,6 +121,29 @@ def exact(a, b):
 
 # ----- ours after ours ------------------------------------------------------------------------------------------
 
+def test_every_transformer_of_a_deep_block_is_its_own_slot(sdxl):
+    """SDXL blocks hold several transformers, (block, number, 0..n-1): a patch installed at index t > 0 finds that
+    slot empty, not transformer 0's patch (which the short key (block, number) answers on our slot dict), so
+    capture and fusion patches are never nested across transformers, nor refused as a second fusion."""
+    from video_edit.kernels.unet_layout import iter_transformer_blocks
+    from video_edit.nodes import fatezero, fatezero_capture, sparse_causal
+    from video_edit.nodes.shared.attention_slots import chain, install, replace_patches
+
+    keys = [key for key, *_ in iter_transformer_blocks(sdxl.model.diffusion_model)]
+    assert {key[2] for key in keys} == set(range(10))
+    cross_frame = sparse_causal.with_cross_frame_attention(sdxl, "sparse_causal")
+    for model, patch_class, roles in ((sdxl, fatezero_capture.SelfAttentionCapture, ["capture"]),
+                                      (sdxl, fatezero.SelfAttentionFusion, ["fusion"]),
+                                      (cross_frame, fatezero.SelfAttentionFusion, ["fusion", "cross-frame"])):
+        clone = model.clone()
+        for key in keys:
+            install(clone, "attn1", key, patch_class(None, key))
+        slots = replace_patches(clone.model_options, "attn1")
+        assert set(slots) == set(keys)
+        for key in keys:
+            assert [p.role for p in chain(slots[key])] == roles
+            assert [p.key for p in chain(slots[key]) if isinstance(p, patch_class)] == [key]
+
 @pytest.mark.parametrize("mode", MODES)
 def test_sparse_causal_after_fusion_goes_inside_it(s, mode):
     """Issue 27 order 1: the same model as sparse-causal before fusion (was a shape error for sparse_causal and

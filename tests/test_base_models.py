@@ -158,7 +158,8 @@ def test_tokenflow_edits_and_leaves_the_model(base, model_state):
 def test_fatezero_capture_fusion_and_blend(base):
     """Mask threshold 2 with 'same level' blending everywhere gives back the source clip (as on SD1.5)."""
     if base.clip is None:
-        pytest.skip("FateZero aligns prompts with the CLIP tokenizer: SDXL has no text encoder here")
+        pytest.skip("FateZero aligns prompts with the CLIP tokenizer: on SDXL it runs on the tiny SDXL checkpoint's "
+                    "text encoders in test_fatezero_sdxl.py")
     from video_edit.nodes import fatezero, fatezero_capture, inversion
 
     video = _video()

@@ -19,7 +19,8 @@ from tiny_models import (TINY_SD2_UNET_CONFIG, TINY_SD2_V_UNET_CONFIG, TINY_SDXL
 # controlnet.py). "clip missing" is checked separately: real SD1.5 files lack text_projection too.
 KEY_PROBLEMS = re.compile(r"unet missing|unet unexpected|Missing VAE keys|Leftover VAE keys|clip unexpected|"
                           r"left over keys|missing controlnet keys|unexpected controlnet keys|leftover keys|no match")
-CLIP_MISSING_OK = {"clip_l.logit_scale", "clip_l.transformer.text_projection.weight", "clip_h.logit_scale"}
+CLIP_MISSING_OK = {"clip_l.logit_scale", "clip_l.transformer.text_projection.weight", "clip_h.logit_scale",
+                   "clip_g.logit_scale"}
 
 
 class _Records(logging.Handler):
@@ -242,6 +243,28 @@ def test_sd21_base_checkpoint_is_detected_as_sd2_eps_with_clip_h(comfy_lib, othe
     context = clip.encode_from_tokens(clip.tokenize("a photo of a cat"))
     assert context.shape == (1, 77, 1024) and torch.isfinite(context).all()
     assert vae is not None
+
+
+def test_sdxl_checkpoint_is_detected_as_sdxl_with_both_text_encoders(comfy_lib, tiny_sdxl):
+    """SDXL's checkpoint layout with the tiny SDXL UNet; the fp8-stored text encoders load and encode."""
+    import comfy.model_base
+    import comfy.sd
+    import comfy.supported_models
+    from safetensors import safe_open
+
+    with safe_open(str(tiny_sdxl), "pt") as f:
+        dtypes = {k.split(".")[0] + "." + k.split(".")[2]: f.get_slice(k).get_dtype() for k in f.keys()
+                  if k.startswith("conditioner.")}
+    assert dtypes == {"conditioner.0": "F8_E4M3", "conditioner.1": "F8_E4M3"}
+    (model, clip, vae, _), log = _logged(comfy.sd.load_checkpoint_guess_config, str(tiny_sdxl), output_vae=True,
+                                         output_clip=True)
+    assert type(model.model.model_config) is comfy.supported_models.SDXL
+    assert model.model.model_type == comfy.model_base.ModelType.EPS
+    assert _detected_config(model) == TINY_SDXL_UNET_CONFIG
+    assert _key_problems(log) == []  # clip missing: logit_scale, CLIP-L's projection
+    cond = clip.encode_from_tokens_scheduled(clip.tokenize("a photo of a cat"))
+    assert cond[0][0].shape == (1, 77, 2048) and cond[0][1]["pooled_output"].shape == (1, 1280)
+    assert torch.isfinite(cond[0][0]).all() and vae is not None
 
 
 @pytest.mark.parametrize("name, config_class, model_type, config", [

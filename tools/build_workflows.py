@@ -22,14 +22,17 @@ from workflow_format import api_to_ui  # noqa: E402
 
 
 # The models the workflows name, with where the frontend downloads them from when they are missing (a loader
-# node's properties.models: name, url, directory): SD1.5, SD 2.1-base and the ControlNet 1.1 models for SD1.5, as
-# safetensors, and AnimateDiff's v2 motion module for SD1.5 (published only as a pickled .ckpt).
+# node's properties.models: name, url, directory): SD1.5, SD 2.1-base, SDXL base 1.0 and the ControlNet 1.1 models for
+# SD1.5, as safetensors, and AnimateDiff's v2 motion module for SD1.5 (published only as a pickled .ckpt).
 MODELS = {
     "v1-5-pruned-emaonly-fp16.safetensors": (
         "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/v1-5-pruned-emaonly-fp16.safetensors",
         "checkpoints"),
     "v2-1_512-ema-pruned.safetensors": (
         "https://huggingface.co/stabilityai/stable-diffusion-2-1-base/resolve/main/v2-1_512-ema-pruned.safetensors",
+        "checkpoints"),
+    "sd_xl_base_1.0.safetensors": (
+        "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors",
         "checkpoints"),
     "control_v11p_sd15_canny_fp16.safetensors": (
         "https://huggingface.co/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/"

@@ -49,8 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--workflow", default="tune_a_video_edit", choices=WORKFLOWS, metavar="NAME",
                         help=f"a workflow in workflows/: {', '.join(WORKFLOWS)}")
     parser.add_argument("--checkpoint", type=Path,
-                        help="the workflow's base checkpoint: SD1.x, SD2.1-base for tokenflow_sd21 (default: a "
-                             "generated tiny random model; a random full-size SD1.5 for the AnimateDiff ones)")
+                        help="the workflow's base checkpoint: SD1.x, SD2.1-base for tokenflow_sd21, SDXL for "
+                             "tokenflow_sdxl (default: a generated tiny random model; a random full-size SD1.5 for "
+                             "the AnimateDiff ones)")
     parser.add_argument("--controlnet", type=Path,
                         help="an SD1.x ControlNet for the workflows that use one (default: a generated tiny one, "
                              "which only fits the tiny model)")
@@ -162,8 +163,9 @@ def describe_failure(error, prompt: dict) -> str:
 class Settings:
     """What the demo changes in a workflow: the files its loaders name (``ckpt_name``, ``control_net_name``,
     ``file``, ``model_name`` (an AnimateDiff motion module); ``<base>_ckpt_name`` replaces ``ckpt_name`` in
-    workflows on another base model: ``sd21_ckpt_name`` on SD2.1, ``sd15_full_ckpt_name`` on the full-size SD1.5
-    that AnimateDiff needs: workflow_graphs.base_model) and the size it is cut to."""
+    workflows on another base model: ``sd21_ckpt_name`` on SD2.1, ``sdxl_ckpt_name`` on SDXL,
+    ``sd15_full_ckpt_name`` on the full-size SD1.5 that AnimateDiff needs: workflow_graphs.base_model) and the size
+    it is cut to."""
     files: dict
     frames: int
     size: int
@@ -262,7 +264,7 @@ def demo(args: argparse.Namespace) -> int:
 
     sys.path.insert(0, str(default_comfyui_path()))
     from tiny_models import (full_size_sd15_checkpoint, random_animatediff_v2, tiny_controlnet, tiny_sd15_checkpoint,
-                             tiny_sd21_base_checkpoint)
+                             tiny_sd21_base_checkpoint, tiny_sdxl_checkpoint)
     from workflow_graphs import base_model, other_packs
 
     packs = third_party_packs(other_packs(args.workflow), args.workflow)
@@ -271,11 +273,11 @@ def demo(args: argparse.Namespace) -> int:
     files = dict(file="demo_source.mp4",
                  ckpt_name=server.add_model("checkpoints", args.checkpoint or tiny_sd15_checkpoint(models)),
                  control_net_name=server.add_model("controlnet", args.controlnet or tiny_controlnet(models)))
-    if base_model(args.workflow) == "sd21":
-        files["sd21_ckpt_name"] = server.add_model("checkpoints", args.checkpoint or tiny_sd21_base_checkpoint(models))
-    if base_model(args.workflow) == "sd15_full":
-        files["sd15_full_ckpt_name"] = server.add_model("checkpoints",
-                                                        args.checkpoint or full_size_sd15_checkpoint(models))
+    base = base_model(args.workflow)
+    other_base = {"sd21": tiny_sd21_base_checkpoint, "sdxl": tiny_sdxl_checkpoint,
+                  "sd15_full": full_size_sd15_checkpoint}.get(base)
+    if other_base is not None:
+        files[f"{base}_ckpt_name"] = server.add_model("checkpoints", args.checkpoint or other_base(models))
     if ANIMATEDIFF_EVOLVED in packs:
         files["model_name"] = server.add_model("animatediff_models", random_animatediff_v2(models,
                                                                                            packs[ANIMATEDIFF_EVOLVED]))

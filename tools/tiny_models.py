@@ -20,8 +20,11 @@ are not part of its match:
   (down 4x2, up 4x3, mid 1, a positional encoding of 32 frames), every weight random so it changes what it
   sees; ADE loads it on the full-size SD1.5 (its motion modules need SD1.5's channel layout).
 - SDXL: a UNet-only file with SDXL's input transformer depths [0, 0, 2, 2, 10, 10] (the match), no
-  attention at the top level, the 2816-wide added conditioning, 320 channels at every level. Its text
-  encoders (CLIP-L + OpenCLIP-bigG, 1.4 GB) are not built: tests feed CONDITIONING tensors directly.
+  attention at the top level, the 2816-wide added conditioning, 320 channels at every level (tests feed it
+  CONDITIONING tensors directly). The SDXL checkpoint is that UNet with the SD VAE and the full-size text
+  encoders (CLIP-L + OpenCLIP-bigG) under SDXL's checkpoint keys (``conditioner.embedders.0.transformer.``,
+  ``conditioner.embedders.1.model.``); their weights are stored in float8_e4m3fn (ComfyUI loads fp8 weights
+  and computes in its own dtype), which keeps the file at ~1.35 GB instead of 1.6 GB of fp16 text encoder.
 
     python tools/tiny_models.py MODELS_DIR [--seed N]
 """
@@ -112,7 +115,7 @@ SD_VAE_DDCONFIG = {
 }
 
 _SALT = {"unet": 0, "clip": 1, "vae": 2, "controlnet": 3, "sd2_unet": 4, "sd2_clip": 5, "sd2_v_unet": 6,
-         "sdxl_unet": 7, "motion_module": 8}
+         "sdxl_unet": 7, "motion_module": 8, "sdxl_clip_g": 9}
 SD15_CHANNELS = (320, 640, 1280, 1280)  # SD1.5's levels
 _SILU_GAIN = 1.68  # 1 / sqrt(E[silu(z)^2]) for z ~ N(0, 1): keeps a conv + SiLU stack's variance
 
@@ -196,8 +199,8 @@ def _init_(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def _state_dict(module: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
-    return {prefix + k: v.to(torch.float16).contiguous() for k, v in module.state_dict().items()}
+def _state_dict(module: torch.nn.Module, prefix: str, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    return {prefix + k: v.to(dtype).contiguous() for k, v in module.state_dict().items()}
 
 
 def _unet_state_dict(seed: int, config: dict = TINY_UNET_CONFIG, part: str = "unet",
@@ -212,20 +215,30 @@ def _unet_state_dict(seed: int, config: dict = TINY_UNET_CONFIG, part: str = "un
     return _state_dict(unet, prefix)
 
 
-def _sd2_clip_state_dict(seed: int) -> dict[str, torch.Tensor]:
-    """The full-size OpenCLIP-H text encoder of SD2.x, in the original checkpoint's (OpenCLIP) key layout."""
+def _open_clip_state_dict(seed: int, config_file: Path, part: str, prefix: str,
+                          dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """A full-size OpenCLIP text encoder (SD2.x's H, SDXL's bigG) in the original checkpoints' (OpenCLIP) key
+    layout under ``prefix``."""
     ops = _import_comfy()
     import comfy.clip_model
     import comfy.diffusers_convert
+
+    with _seeded(seed, part):
+        clip = _init_(comfy.clip_model.CLIPTextModel(json.loads(config_file.read_text()), torch.float32, "cpu", ops))
+    return comfy.diffusers_convert.convert_text_enc_state_dict_v20(_state_dict(clip, prefix + "transformer.", dtype))
+
+
+def _sd2_clip_state_dict(seed: int) -> dict[str, torch.Tensor]:
+    """The full-size OpenCLIP-H text encoder of SD2.x."""
+    _import_comfy()
     import comfy.text_encoders.sd2_clip
 
-    config = json.loads((Path(comfy.text_encoders.sd2_clip.__file__).parent / "sd2_clip_config.json").read_text())
-    with _seeded(seed, "sd2_clip"):
-        clip = _init_(comfy.clip_model.CLIPTextModel(config, torch.float32, "cpu", ops))
-    return comfy.diffusers_convert.convert_text_enc_state_dict_v20(_state_dict(clip, "cond_stage_model.model.transformer."))
+    config = Path(comfy.text_encoders.sd2_clip.__file__).parent / "sd2_clip_config.json"
+    return _open_clip_state_dict(seed, config, "sd2_clip", "cond_stage_model.model.")
 
 
-def _clip_state_dict(seed: int) -> dict[str, torch.Tensor]:
+def _clip_state_dict(seed: int, prefix: str = "cond_stage_model.transformer.",
+                     dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
     ops = _import_comfy()
     import comfy.clip_model
     import comfy.sd1_clip
@@ -234,8 +247,7 @@ def _clip_state_dict(seed: int) -> dict[str, torch.Tensor]:
     with _seeded(seed, "clip"):
         clip = _init_(comfy.clip_model.CLIPTextModel(config, torch.float32, "cpu", ops))
     # Like the original SD1.5 file: the HF CLIPTextModel's weights only (no text_projection).
-    return {k: v for k, v in _state_dict(clip, "cond_stage_model.transformer.").items()
-            if k.startswith("cond_stage_model.transformer.text_model.")}
+    return {k: v for k, v in _state_dict(clip, prefix, dtype).items() if k.startswith(prefix + "text_model.")}
 
 
 def _vae_state_dict(seed: int) -> dict[str, torch.Tensor]:
@@ -350,6 +362,21 @@ def _build_sd2_checkpoint(seed: int) -> dict[str, torch.Tensor]:
     return sd
 
 
+def _build_sdxl_checkpoint(seed: int) -> dict[str, torch.Tensor]:
+    """SDXL's checkpoint layout: the UNet, CLIP-L (``embedders.0``, as SD1.5's) and OpenCLIP-bigG
+    (``embedders.1``), both in float8_e4m3fn, and the SD VAE."""
+    _import_comfy()
+    import comfy.sdxl_clip
+
+    sd = _unet_state_dict(seed, TINY_SDXL_UNET_CONFIG, "sdxl_unet")
+    sd.update(_clip_state_dict(seed, "conditioner.embedders.0.transformer.", torch.float8_e4m3fn))
+    config = Path(comfy.sdxl_clip.__file__).parent / "clip_config_bigg.json"
+    sd.update(_open_clip_state_dict(seed, config, "sdxl_clip_g", "conditioner.embedders.1.model.",
+                                    torch.float8_e4m3fn))
+    sd.update(_vae_state_dict(seed))
+    return sd
+
+
 def full_size_sd15_checkpoint(models_dir: Path, seed: int = 0) -> Path:
     """``models_dir/full_size_sd15_seed{seed}.safetensors``: random weights in the real SD1.5 shapes (~2 GB)."""
     return _write(Path(models_dir) / f"full_size_sd15_seed{seed}.safetensors",
@@ -386,6 +413,12 @@ def random_animatediff_v2(models_dir: Path, ade, seed: int = 0) -> Path:
                   lambda seed: _motion_module_state_dict(seed, ade), seed, "animatediff-v2")
 
 
+def tiny_sdxl_checkpoint(models_dir: Path, seed: int = 0) -> Path:
+    """``models_dir/tiny_sdxl_seed{seed}.safetensors``: the tiny SDXL UNet + CLIP-L + OpenCLIP-bigG (fp8) + SD VAE,
+    SDXL's checkpoint layout (~1.35 GB)."""
+    return _write(Path(models_dir) / f"tiny_sdxl_seed{seed}.safetensors", _build_sdxl_checkpoint, seed, "sdxl")
+
+
 def tiny_controlnet(models_dir: Path, seed: int = 0) -> Path:
     """``models_dir/tiny_controlnet_seed{seed}.safetensors``: a ControlNet for the tiny checkpoint of ``seed``."""
     return _write(Path(models_dir) / f"tiny_controlnet_seed{seed}.safetensors", _controlnet_state_dict, seed,
@@ -402,3 +435,4 @@ if __name__ == "__main__":
     print(tiny_sd21_base_checkpoint(options.models_dir, options.seed))
     print(tiny_sd21_v_unet(options.models_dir, options.seed))
     print(tiny_sdxl_unet(options.models_dir, options.seed))
+    print(tiny_sdxl_checkpoint(options.models_dir, options.seed))

@@ -79,7 +79,7 @@ def title_of(name: str) -> str:
     """A workflow file name as words: tune_a_video_edit -> 'Tune a video edit'."""
     return name.replace("_", " ").capitalize().replace("Tune a video", "Tune-A-Video").replace(
         "Tokenflow", "TokenFlow").replace("Fatezero", "FateZero").replace("Motiondirector", "MotionDirector").replace(
-        "Make your video", "Make-Your-Video").replace("animatediff", "AnimateDiff")
+        "Make your video", "Make-Your-Video").replace("animatediff", "AnimateDiff").replace(" sdxl", " SDXL")
 
 
 def draw_thumbnail(workflow: dict, name: str, display_names: dict, width: int = 640, height: int = 400) -> Image.Image:

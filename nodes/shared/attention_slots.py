@@ -122,9 +122,11 @@ def describe(patch) -> str:
 
 
 def replace_patch(model, kind: str, key: tuple):
-    """The attn1/attn2 replace patch ComfyUI would call for block ``key`` (full key first, as ComfyUI does)."""
+    """The attn1/attn2 replace patch ComfyUI would call for block ``key``: the full key's, else one at the short key
+    ``(block, number)`` itself, as ComfyUI looks them up. Not through SlotDict's short-key answer, which is the
+    patch at transformer 0: in a block with several transformers (SDXL) that is another slot's patch."""
     patches = replace_patches(model.model_options, kind)
-    return patches.get(key, patches.get(key[:2]))
+    return patches[key] if key in patches else dict.get(patches, key[:2])
 
 
 def chain(patch):

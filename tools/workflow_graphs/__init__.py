@@ -53,6 +53,12 @@ ABOUT = {
     "tokenflow_sd21": (
         "TokenFlow's official default recipe: tokenflow_edit on SD 2.1 base (stable-diffusion-2-1-base).",
         "the edit prompt (sampler) and the clip", "as tokenflow_edit", "about 5 min (estimate)"),
+    "tokenflow_sdxl": (
+        "TokenFlow on SDXL base 1.0 at its native 1024x1024, 24 frames, with the fast recipe (the clip inverted at "
+        "the sampler's own 50 steps, fixed_point); TokenFlow was published on SD 1.5 / 2.1.",
+        "the edit prompt (sampler) and the clip; VE Load Video's width / height (768 takes about half the time, "
+        "below that SDXL loses detail)", "as tokenflow_fast; keyframe_chunk_size 8 (lower it if memory runs out)",
+        "about 20 min at 1024x1024 (estimate)"),
     "tokenflow_on_tuned": (
         "TokenFlow on the model tune_a_video_edit tuned.", "the tuned file and the edit prompt",
         "as tokenflow_edit", "about 3 min (estimate)"),
@@ -98,6 +104,15 @@ ABOUT = {
 }
 
 
+# The checkpoint each base model's workflows name (workflow_graphs.base_model), as their notes describe it.
+CHECKPOINTS = {
+    "sd15": "SD1.5 (Tune-A-Video was published with SD 1.4/1.5)",
+    "sd15_full": "SD1.5 (AnimateDiff's v2 motion module is trained for it)",
+    "sd21": "SD 2.1 base (TokenFlow's default)",
+    "sdxl": "SDXL base 1.0",
+}
+
+
 def note(name: str) -> str:
     """The note a workflow carries for the artist: what it does, what to change first, what matters, how long
     it takes, and which other workflow must run first."""
@@ -112,11 +127,7 @@ def note(name: str) -> str:
     if packs:
         text += (f"\nNeeds the node pack {', '.join(packs)} (ComfyUI-Manager installs it); without it the frontend "
                  "lists its nodes as missing.")
-    if base_model(name) == "sd21":
-        return text + ("\nCheckpoint: SD 2.1 base (TokenFlow's default); when it is missing the frontend offers its "
-                       "download.")
-    return text + ("\nCheckpoint: SD1.5 (Tune-A-Video was published with SD 1.4/1.5); when it is missing the "
-                   "frontend offers its download.")
+    return f"{text}\nCheckpoint: {CHECKPOINTS[base_model(name)]}; when it is missing the frontend offers its download."
 
 
 def base_model(name: str) -> str:

@@ -7,6 +7,8 @@ Official settings (preprocess.py, configs/config_pnp.yaml): inversion in 500 DDI
 tokenflow_fast is the pack's fast recipe: the inversion at the sampler's own 50 steps, fixed_point with no extra
 refinement (50 model calls instead of 500; docs/nodes/tokenflow.md).
 tokenflow_sd21 is tokenflow_edit's recipe on the official default base model, sd_version '2.1' (stable-diffusion-2-1-base).
+tokenflow_sdxl is the fast recipe on SDXL base 1.0 at its native 1024x1024, 24 frames (TokenFlow itself has no SDXL
+setting; the pack's SDXL support is docs/nodes/base_models.md).
 """
 
 from comfy_execution.graph_utils import GraphBuilder
@@ -18,6 +20,7 @@ from .tune_a_video import CHECKPOINT, SOURCE_PROMPT, SOURCE_VIDEO, TUNED_FILE
 EDIT_PROMPT = "a marble sculpture of a man skiing"
 NEGATIVE_PROMPT = "ugly, blurry, low res, unrealistic, unaesthetic"
 SD21_BASE_CHECKPOINT = "v2-1_512-ema-pruned.safetensors"  # stabilityai/stable-diffusion-2-1-base, single file
+SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"  # stabilityai/stable-diffusion-xl-base-1.0, single file
 
 
 OFFICIAL_INVERSION = {"steps": 500, "method": "ddim", "iterations": 3, "keep_steps": 50}
@@ -25,10 +28,10 @@ FAST_INVERSION = {"steps": 50, "method": "fixed_point", "iterations": 0, "keep_s
 
 
 def _edit(g: GraphBuilder, ckpt, model, n_frames: int, frame_stride: int, prefix: str, inversion_model=None,
-          keyframes_per_pass: int = 0, inversion_settings: dict = OFFICIAL_INVERSION):
+          keyframes_per_pass: int = 0, inversion_settings: dict = OFFICIAL_INVERSION, size: int = 512):
     """Load and invert the clip with the inversion prompt, TokenFlow, sample from its latent, save the video."""
     video = g.node("VE_LoadVideo", file=SOURCE_VIDEO, n_frames=n_frames, start_frame=0, frame_stride=frame_stride,
-                   width=512, height=512, path="", memory_limit_gb=0.0)
+                   width=size, height=size, path="", memory_limit_gb=0.0)
     latent = g.node("VAEEncode", pixels=video.out(0), vae=ckpt.out(2))
     source = g.node("CLIPTextEncode", clip=ckpt.out(1), text=SOURCE_PROMPT)
     inversion = g.node("VE_DDIMInvert", model=inversion_model or model, latent=latent.out(0),
@@ -66,6 +69,15 @@ def tokenflow_sd21():
     return g.finalize()
 
 
+def tokenflow_sdxl():
+    """tokenflow_fast on SDXL base 1.0 at its native 1024x1024: 24 frames, the inversion at the sampler's 50 steps."""
+    g = GraphBuilder(prefix="")
+    ckpt = g.node("CheckpointLoaderSimple", ckpt_name=SDXL_CHECKPOINT)
+    _edit(g, ckpt, ckpt.out(0), n_frames=24, frame_stride=1, prefix="video_edit/tokenflow_sdxl",
+          inversion_settings=FAST_INVERSION, size=1024)
+    return g.finalize()
+
+
 def tokenflow_on_tuned():
     g = GraphBuilder(prefix="")
     ckpt = g.node("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
@@ -86,12 +98,13 @@ def tokenflow_long_clip():
 
 
 # Workflows whose checkpoint is not SD1.x: the base model the demo and the tests give them (tools/demo.py).
-BASE_MODELS = {"tokenflow_sd21": "sd21"}
+BASE_MODELS = {"tokenflow_sd21": "sd21", "tokenflow_sdxl": "sdxl"}
 
 WORKFLOWS = {
     "tokenflow_edit": tokenflow_edit,
     "tokenflow_fast": tokenflow_fast,
     "tokenflow_sd21": tokenflow_sd21,
+    "tokenflow_sdxl": tokenflow_sdxl,
     "tokenflow_on_tuned": tokenflow_on_tuned,
     "tokenflow_long_clip": tokenflow_long_clip,
 }
