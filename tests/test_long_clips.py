@@ -222,8 +222,12 @@ def tokenflow_long(sd15, encode):
 
 
 def test_tokenflow_in_passes_equals_the_clip_at_once_on_identical_frames(tokenflow_long):
+    """Equal in exact arithmetic. In float32 the passes' smaller batches round differently from the whole clip's,
+    and 3 steps at cfg 7.5 carry that to 5.2e-4 on some CPUs (an AMD EPYC, 2026-12-06; under 1e-4 on others), on
+    outputs up to 12. The bound, 5e-3, is far below what a pass's wrong injection does: without the attention
+    injection the output moves by 0.12, without the feature injection by 3.4 (measured on this clip)."""
     clip = moving_clip(1).repeat(14, 1, 1, 1)
-    torch.testing.assert_close(tokenflow_long(clip, keyframes_per_pass=3), tokenflow_long(clip), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(tokenflow_long(clip, keyframes_per_pass=3), tokenflow_long(clip), rtol=0, atol=5e-3)
 
 
 def test_tokenflow_passes_on_a_moving_clip(tokenflow_long):
