@@ -15,8 +15,7 @@ from pathlib import Path
 TOOLS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TOOLS))
 
-from comfy_server import (ANIMATEDIFF_EVOLVED, REPO_ROOT, default_comfyui_path, object_info_with,  # noqa: E402
-                          third_party_packs)
+from comfy_server import ANIMATEDIFF_EVOLVED, REPO_ROOT, default_comfyui_path, object_info_with  # noqa: E402
 from workflow_cards import lay_out_by_stage, write_thumbnail  # noqa: E402
 from workflow_format import api_to_ui  # noqa: E402
 
@@ -80,8 +79,7 @@ def main() -> int:
 
     version = next(line.split('"')[1] for line in (REPO_ROOT / "pyproject.toml").read_text().splitlines()
                    if line.startswith("version"))
-    object_info = object_info_with(tuple(third_party_packs([ANIMATEDIFF_EVOLVED], "tools/build_workflows.py "
-                                                           "(the AnimateDiff workflows' nodes)").values()))
+    object_info = object_info_with([ANIMATEDIFF_EVOLVED], "tools/build_workflows.py (the AnimateDiff workflows' nodes)")
     for name, build in all_workflows().items():
         workflow = api_to_ui(build(), object_info, pack_version=version)
         lay_out_by_stage(workflow)

@@ -3,7 +3,8 @@
 Used by the tests and by the demo. ``ComfyServer`` starts ``main.py --cpu`` on 127.0.0.1 at a free port,
 in its own base directory (models, input, output, custom_nodes), with this repository symlinked into
 ``custom_nodes`` (and, when asked, other packs beside it: ``third_party_pack`` finds the test copies of
-``../shared/third_party``, never part of this pack). Graphs are API-format dicts (``comfy_execution.graph_utils.GraphBuilder`` builds them).
+``../shared/third_party``, never part of this pack). Graphs are API-format dicts
+(``comfy_execution.graph_utils.GraphBuilder`` builds them).
 """
 
 from __future__ import annotations
@@ -46,9 +47,11 @@ def third_party_packs(names, needed_by: str) -> dict[str, Path]:
     return packs
 
 
-def object_info_with(other_packs: tuple[Path, ...] = ()) -> dict:
-    """The node definitions of a headless ComfyUI with this pack and ``other_packs``, started for that alone."""
-    with tempfile.TemporaryDirectory() as base, ComfyServer(Path(base), other_packs=other_packs) as server:
+def object_info_with(other_packs, needed_by: str) -> dict:
+    """The node definitions of a headless ComfyUI, started for that alone, with this pack and the ``other_packs``
+    (names in ../shared/third_party; SystemExit naming the absent ones and ``needed_by``)."""
+    folders = tuple(third_party_packs(other_packs, needed_by).values())
+    with tempfile.TemporaryDirectory() as base, ComfyServer(Path(base), other_packs=folders) as server:
         return server.object_info()
 
 

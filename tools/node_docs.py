@@ -24,7 +24,7 @@ from pathlib import Path
 TOOLS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TOOLS))
 
-from comfy_server import ANIMATEDIFF_EVOLVED, REPO_ROOT, object_info_with, third_party_packs  # noqa: E402
+from comfy_server import ANIMATEDIFF_EVOLVED, REPO_ROOT, object_info_with  # noqa: E402
 from workflow_format import PACK_ID  # noqa: E402
 
 PAGES_DIR = REPO_ROOT / "docs" / "web" / "docs"
@@ -159,8 +159,7 @@ def render_all(object_info: dict) -> dict[str, str]:
 def main() -> int:
     from node_pictures import write_pictures
 
-    object_info = object_info_with(tuple(third_party_packs([ANIMATEDIFF_EVOLVED], "tools/node_docs.py (the "
-                                                           "AnimateDiff workflows' nodes)").values()))
+    object_info = object_info_with([ANIMATEDIFF_EVOLVED], "tools/node_docs.py (the AnimateDiff workflows' nodes)")
     PAGES_DIR.mkdir(parents=True, exist_ok=True)
     for name, text in render_all(object_info).items():
         (PAGES_DIR / name).write_text(text)
