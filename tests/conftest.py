@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from comfy_server import ANIMATEDIFF_EVOLVED, THIRD_PARTY, ComfyServer, default_comfyui_path, third_party_pack
+from workflow_titles import workflow_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = Path(os.environ.get("VE_CACHE_DIR", REPO_ROOT / ".cache"))
@@ -245,14 +246,14 @@ def demo_settings(comfy, other_base_models, tiny_sdxl, animatediff):
     return Settings(files, frames=4, size=64, steps=2)
 
 
-def produces_model_files(path: Path) -> bool:
+def produces_model_files(name: str) -> bool:
     """Workflows that save tuned weights or LoRAs: they run first, others load what they save."""
-    types = {node["type"] for node in json.loads(path.read_text())["nodes"]}
+    types = {node["type"] for node in json.loads(workflow_file(name).read_text())["nodes"]}
     return any(t.startswith("VE_Save") and t != "VE_SaveVideo" for t in types)
 
 
-def in_run_order(workflows: list[Path]) -> list[Path]:
-    return sorted(workflows, key=lambda p: (not produces_model_files(p), p.name))
+def in_run_order(names) -> list[str]:
+    return sorted(names, key=lambda name: (not produces_model_files(name), name))
 
 
 class WorkflowRuns:

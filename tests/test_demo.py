@@ -17,13 +17,21 @@ def demo(*args, timeout=600):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--workflow", "does_not_exist"], "choose from 'fatezero_edit'"),
+    (["--workflow", "does_not_exist"], "invalid choice: 'does_not_exist' (choose from 'tokenflow_edit'"),
     (["--video", "/nonexistent.mp4"], "--video: no such file: /nonexistent.mp4"),
     (["--size", "100"], "--size must be a positive multiple of 8"),
 ])
 def test_bad_arguments_are_named_before_any_setup(args, message):
     result = demo("--check-args", *args, timeout=30)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("workflow", ["tokenflow_fast", "TokenFlow - fast recipe", "TokenFlow - fast recipe.json"])
+def test_a_workflow_is_named_by_its_name_or_its_title(workflow):
+    """The demo takes what the template browser shows (the title, or the file's name) as well as the name."""
+    from demo import parse_args
+
+    assert parse_args(["--workflow", workflow]).workflow == "tokenflow_fast"
 
 
 def test_a_dependent_workflow_runs_its_producer_first(tmp_path, tiny_models):

@@ -1,4 +1,4 @@
-"""The fast recipes of workflows/*_fast.json against the official ones on the tiny SD1.5 (docs/nodes/tokenflow.md,
+"""The fast recipes (the *_fast workflows) against the official ones on the tiny SD1.5 (docs/nodes/tokenflow.md,
 fatezero.md, tune_a_video.md): exact UNet call counts, the method's edit still runs on the fast inversion, and the
 round trip (inversion sampled back with the inversion prompt, cfg 1) is at least as good as the official one's."""
 

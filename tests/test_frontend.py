@@ -1,7 +1,7 @@
 """The shipped workflows in the real ComfyUI frontend (bundled and newest), tools/workflow_format.py's api_to_ui, and
 videos the pack saves playing in the browser.
 
-One headless chromium session (tests/frontend/check_workflows.mjs) loads every ``workflows/*.json`` plus a few
+One headless chromium session (tests/frontend/check_workflows.mjs) loads every workflow of ``workflows/`` plus a few
 workflows written here (a broken one, a core txt2img graph made with ``api_to_ui``, a widget-layout sample of
 this pack's nodes and tricky core nodes, and a graph with bypassed / muted nodes, a Reroute, a PrimitiveNode and
 a Note) into the frontend served by the ``comfy`` server, and records per workflow the node types it misses,
@@ -24,11 +24,12 @@ import pytest
 
 from conftest import skip_without_packs
 from workflow_format import PACK_ID, api_to_ui, node_layout, strip_meta
+from workflow_titles import TITLES, workflow_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FRONTEND_DIR = REPO_ROOT / "tests" / "frontend"
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*.json"))
+WORKFLOWS = list(TITLES)  # by name; each in workflow_file(name)
 
 BROKEN_TYPE = "VE_DoesNotExist"
 # Core nodes whose widgets exercise the converter's rules: seed controls (flag, legacy name rule, flag false),
@@ -144,11 +145,11 @@ def run_results(workflow_runs, tmp_path_factory) -> Path:
     from conftest import in_run_order, missing_packs
 
     results = {}
-    for path in in_run_order(WORKFLOWS):
-        if missing_packs(path.stem):
+    for name in in_run_order(WORKFLOWS):
+        if missing_packs(name):
             continue
         try:
-            results[str(path)] = workflow_runs[path.stem]
+            results[str(workflow_file(name))] = workflow_runs[name]
         except SystemExit:
             pass
     target = tmp_path_factory.mktemp("runs") / "runs.json"
@@ -180,7 +181,7 @@ def frontend(comfy, run_results, tmp_path_factory):
         paths[name].write_text(json.dumps(workflow, indent=1))
     out = work / "report.json"
     shots = Path(os.environ.get("VE_FRONTEND_SCREENSHOTS", work / "screenshots"))
-    files = [str(p) for p in WORKFLOWS] + [str(p) for p in paths.values()]
+    files = [str(workflow_file(name)) for name in WORKFLOWS] + [str(p) for p in paths.values()]
     started = time.monotonic()
     result = subprocess.run(["node", str(FRONTEND_DIR / "check_workflows.mjs"), comfy.url, str(out),
                              "--screenshots", str(shots), "--outputs", str(run_results), *files],
@@ -225,7 +226,7 @@ def newest_frontend(tmp_path_factory, tiny_models, animatediff, comfy, run_resul
     with server:
         copy_results(run_results, comfy, server)  # once started: ComfyUI empties its temp folder on start
         result = subprocess.run(["node", str(FRONTEND_DIR / "check_workflows.mjs"), server.url, str(out),
-                                 "--outputs", str(run_results), *[str(p) for p in WORKFLOWS],
+                                 "--outputs", str(run_results), *[str(workflow_file(name)) for name in WORKFLOWS],
                                  frontend["paths"]["broken"]],
                                 cwd=FRONTEND_DIR, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"check_workflows.mjs failed:\n{result.stdout}\n{result.stderr}"
@@ -256,18 +257,14 @@ def _describe(entry: dict) -> str:
     return json.dumps({k: entry.get(k) for k in ("missing", "errors", "warnings")}, indent=1)[:6000]
 
 
-def test_workflows_exist():
-    assert WORKFLOWS, "workflows/ has no *.json workflows"
-
-
-@pytest.mark.parametrize("workflow", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
-def test_workflow_loads_in_frontend(frontend, workflow):
-    skip_without_packs(workflow.stem)
-    entry = _entry(frontend, str(workflow))
-    assert not entry["missing"], f"{workflow.name}: node types missing in the frontend:\n{_describe(entry)}"
-    assert not entry["errors"], f"{workflow.name}: errors while loading in the frontend:\n{_describe(entry)}"
-    assert entry["prompt"], f"{workflow.name}: the frontend built an empty prompt"
-    _assert_opens_clean(entry, workflow.name)
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_workflow_loads_in_frontend(frontend, name):
+    skip_without_packs(name)
+    entry = _entry(frontend, str(workflow_file(name)))
+    assert not entry["missing"], f"{name}: node types missing in the frontend:\n{_describe(entry)}"
+    assert not entry["errors"], f"{name}: errors while loading in the frontend:\n{_describe(entry)}"
+    assert entry["prompt"], f"{name}: the frontend built an empty prompt"
+    _assert_opens_clean(entry, name)
 
 
 def _assert_opens_clean(entry: dict, where: str):
@@ -279,48 +276,56 @@ def _assert_opens_clean(entry: dict, where: str):
 
 
 @pytest.mark.parametrize("which", ["bundled", "newest"])
-@pytest.mark.parametrize("workflow", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
-def test_no_overlap_after_a_run(frontend, newest_frontend, workflow_runs, workflow, which):
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_no_overlap_after_a_run(frontend, newest_frontend, workflow_runs, name, which):
     """The results of a real run of the workflow (the demo's settings), handed to the page as the server hands them
     over: every result file shows (a video or an image), and no node grows over another."""
-    skip_without_packs(workflow.stem)
-    entry = _entry(frontend if which == "bundled" else newest_frontend, str(workflow))
-    assert workflow.stem not in workflow_runs.failures, workflow_runs.failures.get(workflow.stem)
+    skip_without_packs(name)
+    entry = _entry(frontend if which == "bundled" else newest_frontend, str(workflow_file(name)))
+    assert name not in workflow_runs.failures, workflow_runs.failures.get(name)
     shown = entry["shown_after_run"]
     assert shown["expected"] > 0 and shown["videos"] + shown["images"] == shown["expected"], \
-        f"{workflow.name} in the {which} frontend: not every result shows: {shown}"
-    assert entry["overlaps_after_run"] == [], f"{workflow.name} in the {which} frontend: overlapping nodes after a run"
+        f"{name} in the {which} frontend: not every result shows: {shown}"
+    assert entry["overlaps_after_run"] == [], f"{name} in the {which} frontend: overlapping nodes after a run"
 
 
 @pytest.mark.parametrize("which", ["bundled", "newest"])
 def test_template_browser_lists_every_workflow_with_its_card_and_help_pages_are_served(frontend, newest_frontend,
                                                                                        which):
+    """Every workflow, by its title, simplest first (TITLES' order, which docs/web/template_order.js gives the
+    frontend: the server's own order is the file system's), each card's thumbnail a JPEG, and the cards the
+    template browser shows first are those titles in that order, their thumbnails loaded."""
     startup = (frontend if which == "bundled" else newest_frontend)["report"]["__startup__"]
     templates = startup["templates"]
-    assert sorted(templates["names"]) == sorted(p.stem for p in WORKFLOWS)
+    titles = list(TITLES.values())
+    assert templates["names"] == titles
     assert set(templates["thumbnails"].values()) == {"image/jpeg"}, templates["thumbnails"]
+    cards = templates["cards"]
+    assert len(cards) >= 8 and [card["title"] for card in cards] == titles[:len(cards)], cards
+    assert all(card["loaded"] for card in cards), cards
     assert all(line.startswith("# VE ") for line in startup["help_pages"].values()), startup["help_pages"]
 
 
-@pytest.mark.parametrize("workflow", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
-def test_workflow_loads_in_the_newest_frontend(frontend, newest_frontend, workflow):
-    skip_without_packs(workflow.stem)
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_workflow_loads_in_the_newest_frontend(frontend, newest_frontend, name):
+    skip_without_packs(name)
+    workflow = workflow_file(name)
     entry = _entry(newest_frontend, str(workflow))
-    where = f"{workflow.name} in frontend {newest_frontend['version']}"
+    where = f"{name} in frontend {newest_frontend['version']}"
     assert not entry["missing"], f"{where}: node types missing:\n{_describe(entry)}"
     assert not entry["errors"], f"{where}: errors while loading:\n{_describe(entry)}"
     assert queued(entry["prompt"]) == queued(_entry(frontend, str(workflow))["prompt"]), where
     _assert_opens_clean(entry, where)
 
 
-@pytest.mark.parametrize("workflow", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
-def test_shipped_workflow_is_its_api_graph(frontend, comfy_lib, workflow):
-    """What the frontend queues from workflows/<name>.json is exactly the API graph tests and the demo run."""
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_shipped_workflow_is_its_api_graph(frontend, comfy_lib, name):
+    """What the frontend queues from the workflow's file is exactly the API graph tests and the demo run."""
     from workflow_graphs import all_workflows
 
-    skip_without_packs(workflow.stem)
-    entry = _entry(frontend, str(workflow))
-    assert queued(entry["prompt"]) == strip_meta(all_workflows()[workflow.stem]())
+    skip_without_packs(name)
+    entry = _entry(frontend, str(workflow_file(name)))
+    assert queued(entry["prompt"]) == strip_meta(all_workflows()[name]())
 
 
 def test_broken_workflow_is_reported(frontend):

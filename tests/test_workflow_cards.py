@@ -1,20 +1,23 @@
-"""What the shipped workflows give an artist before anything runs (tools/build_workflows.py, tools/workflow_cards.py):
-a current template card, a Note, the download metadata of the models they name, the pack's sample clip selected
-(copied into ComfyUI's input folder at start, never over a file), and stage groups in which no two nodes overlap
-at the sizes their previews grow to."""
+"""What the shipped workflows give an artist before anything runs (tools/build_workflows.py, tools/workflow_cards.py,
+tools/workflow_titles.py): a file named by its title, listed in the template browser's order, a current template
+card, a Note, the download metadata of the models they name, the pack's sample clip selected (copied into ComfyUI's
+input folder at start, never over a file), and stage groups in which no two nodes overlap at the sizes their
+previews grow to."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from workflow_cards import PREVIEW, STAGES, all_workflows_hash, stage_of, workflow_hash
+from workflow_titles import TITLES, WORKFLOWS_DIR, template_order_js, workflow_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*.json"))
+WORKFLOWS = [workflow_file(name) for name in TITLES]
 SAMPLES = REPO_ROOT / "workflows" / "input"
 # Loader node -> the model folder and file types its download metadata may name (AnimateDiff's motion modules are
 # published only as pickled .ckpt files).
@@ -26,6 +29,26 @@ TITLE_BAR = 30  # LiteGraph draws a node's title above its pos
 
 def nodes_of(path: Path) -> list[dict]:
     return json.loads(path.read_text())["nodes"]
+
+
+def test_every_workflow_has_a_title_and_its_file_and_the_template_order_is_current(comfy_lib):
+    """workflows/ holds exactly the titled workflows' files (and their cards), every workflow tools/workflow_graphs
+    builds has a title, and docs/web/template_order.js lists the titles in TITLES' order."""
+    from workflow_graphs import all_workflows
+
+    assert set(all_workflows()) == set(TITLES)
+    assert len({title.lower() for title in TITLES.values()}) == len(TITLES)  # distinct on case-insensitive systems
+    assert {p.name for p in WORKFLOWS_DIR.glob("*.json")} == {p.name for p in WORKFLOWS}
+    assert {p.name for p in WORKFLOWS_DIR.glob("*.jpg")} == {p.with_suffix(".jpg").name for p in WORKFLOWS}
+    assert (REPO_ROOT / "docs" / "web" / "template_order.js").read_text() == template_order_js(), \
+        "docs/web/template_order.js is stale: run python tools/build_workflows.py"
+
+
+@pytest.mark.parametrize("title", TITLES.values())
+def test_title_reads_as_words_and_is_a_file_name_valid_everywhere(title):
+    """Words (the method first), and only characters every file system and a URL path take as they are (no
+    reserved Windows characters, no '%', '#', '?', no leading or trailing space or dot)."""
+    assert re.fullmatch(r"[A-Z][A-Za-z0-9 .()-]*[A-Za-z0-9)]", title) and "  " not in title
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
@@ -41,7 +64,7 @@ def test_readme_screenshot_is_current(name):
     shot = REPO_ROOT / "docs" / "images" / f"{name}.jpg"
     assert f"docs/images/{name}.jpg" in (REPO_ROOT / "README.md").read_text(), f"the README does not show {shot.name}"
     comment = Image.open(shot).info.get("comment", b"").decode()
-    assert comment == all_workflows_hash(REPO_ROOT / "workflows"), \
+    assert comment == all_workflows_hash(), \
         f"{shot.name} shows other workflows than workflows/ holds: run python tools/readme_screenshots.py"
 
 

@@ -2,7 +2,9 @@
 
 Starts a headless ComfyUI with the pack, and AnimateDiff-Evolved from ../shared/third_party (the workflows on it
 need its node definitions), to read the node definitions, then lays each graph out for the editor in
-groups by stage, adds the model download metadata and the Note, and draws the template card (workflows/<name>.jpg).
+groups by stage, adds the model download metadata and the Note, and writes the template card: the file named by
+the workflow's title (workflows/<title>.json), its thumbnail (workflows/<title>.jpg), and the order the template
+browser lists them in (docs/web/template_order.js). Files of workflows no longer built are removed.
 Usage: python tools/build_workflows.py
 """
 
@@ -18,6 +20,7 @@ sys.path.insert(0, str(TOOLS))
 from comfy_server import ANIMATEDIFF_EVOLVED, REPO_ROOT, default_comfyui_path, object_info_with  # noqa: E402
 from workflow_cards import lay_out_by_stage, write_thumbnail  # noqa: E402
 from workflow_format import api_to_ui  # noqa: E402
+from workflow_titles import TITLES, WORKFLOWS_DIR, template_order_js, workflow_file  # noqa: E402
 
 
 # The models the workflows name, with where the frontend downloads them from when they are missing (a loader
@@ -86,12 +89,19 @@ def main() -> int:
         add_model_metadata(workflow)
         add_other_pack_ids(workflow, object_info)
         add_note(workflow, note(name))
-        path = REPO_ROOT / "workflows" / f"{name}.json"
+        path = workflow_file(name)
         text = json.dumps(workflow, indent=1) + "\n"
         path.write_text(text)
         display_names = {node_type: info.get("display_name") or node_type for node_type, info in object_info.items()}
         write_thumbnail(path.with_suffix(".jpg"), text, workflow, name, display_names)
         print(path)
+    for stale in [*WORKFLOWS_DIR.glob("*.json"), *WORKFLOWS_DIR.glob("*.jpg")]:
+        if stale.stem not in TITLES.values():
+            stale.unlink()
+            print(f"removed {stale}")
+    order = REPO_ROOT / "docs" / "web" / "template_order.js"
+    order.write_text(template_order_js())
+    print(order)
     return 0
 
 

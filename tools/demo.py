@@ -1,6 +1,6 @@
 """The demo: a complete edit of a sample clip in a headless ComfyUI; prints the edited video's path.
 
-Runs workflows/<workflow>.json (its API graph, from tools/workflow_graphs) as an artist would queue it, with the
+Runs a workflow of workflows/ (its API graph, from tools/workflow_graphs) as an artist would queue it, with the
 inputs shrunk for a CPU: the generated tiny SD1.5 model and ControlNet (or --checkpoint PATH for real weights), a
 generated clip of a skier (or --video PATH), fewer frames and steps. A workflow that loads what another saves (a
 tuned model, motion LoRAs) runs that one first when its file is missing. A workflow on another node pack
@@ -25,9 +25,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from workflow_titles import TITLES
+
 TOOLS = Path(__file__).resolve().parent
 REPO_ROOT = TOOLS.parent
-WORKFLOWS = sorted(p.stem for p in (REPO_ROOT / "workflows").glob("*.json"))
 LOADED_FILES = {  # loader node -> {input: model folder}: files a workflow needs from an earlier one
     "VE_LoadTuned": {"tuned_file": "video_edit_tuned"},
     "VE_LoadMotionLoRA": {"spatial_file": "loras", "temporal_file": "video_edit_motion_lora"},
@@ -42,12 +43,18 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return action.help if action.default is None else super()._get_help_string(action)
 
 
+def name_of(workflow: str) -> str:
+    """A workflow's name from its name or its title (the file's name in workflows/, the template's title)."""
+    return next((name for name, title in TITLES.items() if title == workflow.removesuffix(".json")), workflow)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     """The demo's arguments, checked before anything is set up (``--check-args`` stops there)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=HelpFormatter)
-    parser.add_argument("--workflow", default="tune_a_video_edit", choices=WORKFLOWS, metavar="NAME",
-                        help=f"a workflow in workflows/: {', '.join(WORKFLOWS)}")
+    parser.add_argument("--workflow", default="tune_a_video_edit", choices=TITLES, metavar="NAME", type=name_of,
+                        help="a workflow of workflows/, by name or title: "
+                             + "; ".join(f"{name} ('{title}')" for name, title in TITLES.items()))
     parser.add_argument("--checkpoint", type=Path,
                         help="the workflow's base checkpoint: SD1.x, SD2.1-base for tokenflow_sd21, SDXL for "
                              "tokenflow_sdxl (default: a generated tiny random model; a random full-size SD1.5 for "
@@ -172,7 +179,7 @@ class Settings:
     steps: int
 
     def prompt(self, name: str) -> dict:
-        """The workflow's API graph (tools/workflow_graphs: the source of workflows/<name>.json) with these files,
+        """The workflow's API graph (tools/workflow_graphs: the source of its file in workflows/) with these files,
         cut to this size by ``workflow_graphs.shrink``, as the tests cut it."""
         from workflow_graphs import all_workflows, base_model, set_inputs, shrink
 

@@ -26,12 +26,12 @@ sys.path.insert(0, str(TOOLS))
 
 from comfy_server import ANIMATEDIFF_EVOLVED, REPO_ROOT, object_info_with  # noqa: E402
 from workflow_format import PACK_ID  # noqa: E402
+from workflow_titles import TITLES, workflow_file  # noqa: E402
 
 PAGES_DIR = REPO_ROOT / "docs" / "web" / "docs"
-WORKFLOWS_DIR = REPO_ROOT / "workflows"
 REPOSITORY = "https://github.com/comfyui-video-edit/comfyui-video-edit/blob/main"
 
-METHODS = {  # workflow file name prefix -> method
+METHODS = {  # workflow name prefix -> method
     "tune_a_video": "Tune-A-Video", "tokenflow": "TokenFlow", "fatezero": "FateZero",
     "motiondirector": "MotionDirector", "make_your_video": "Make-Your-Video",
 }
@@ -82,12 +82,12 @@ def workflow_usage(object_info: dict) -> tuple[dict, dict, dict]:
     """From the shipped workflows: node id -> workflows using it; (node id, input) -> display names of the nodes
     that feed it; (node id, output index) -> display names of the nodes it feeds."""
     used_in, feeds_input, fed_by_output = defaultdict(set), defaultdict(set), defaultdict(set)
-    for path in sorted(WORKFLOWS_DIR.glob("*.json")):
-        workflow = json.loads(path.read_text())
+    for workflow_name in TITLES:
+        workflow = json.loads(workflow_file(workflow_name).read_text())
         types = {node["id"]: node["type"] for node in workflow["nodes"]}
         inputs = {node["id"]: [slot["name"] for slot in node.get("inputs", [])] for node in workflow["nodes"]}
         for node_type in types.values():
-            used_in[node_type].add(path.stem)
+            used_in[node_type].add(workflow_name)
         for _, source, out_slot, target, in_slot, _ in workflow["links"]:
             name = lambda node: object_info.get(types[node], {}).get("display_name") or types[node]  # noqa: E731
             feeds_input[(types[target], inputs[target][in_slot])].add(name(source))
@@ -121,7 +121,7 @@ def input_row(name: str, spec: list, sources: set) -> str:
 def render(node_id: str, info: dict, usage: tuple[dict, dict, dict]) -> str:
     used_in, feeds_input, fed_by_output = usage
     page, first, picture = NOTES[node_id]
-    workflows = sorted(used_in.get(node_id, ()))
+    workflows = [name for name in TITLES if name in used_in.get(node_id, ())]  # the template browser's order
     lines = [f"# {info['display_name']}", "",
              f"`{node_id}` · category `{info['category']}`"
              + (f" · used by {', '.join(methods_of(set(workflows)))}" if workflows else ""), "",
@@ -139,7 +139,8 @@ def render(node_id: str, info: dict, usage: tuple[dict, dict, dict]) -> str:
         connected = f" To: {', '.join(sorted(targets))}." if targets else ""
         lines.append(f"| {name} | {kind} | {tooltip}{connected} |")
     lines += ["", "## Workflows", ""]
-    lines += [f"- `{name}` (Workflow → Browse Templates → {PACK_ID})" for name in workflows] or ["- none ships yet"]
+    lines += ([f"- **{TITLES[name]}** (Workflow → Browse Templates → {PACK_ID})" for name in workflows]
+              or ["- none ships yet"])
     lines += ["", f"More: [{page}.md]({REPOSITORY}/docs/nodes/{page}.md), the method's notes and its "
                   f"differences from the official code.", ""]
     return "\n".join(lines)

@@ -1,6 +1,6 @@
 """Draw the README's screenshots in the real frontend (headless Chromium, 1600x1000), as an artist sees it:
 docs/images/templates.jpg, the template browser on the pack's templates, and docs/images/after_run.jpg,
-tune_a_video_edit as shipped, run at the demo's size on the tiny models with the shipped sample clip. Each JPEG's
+Tune-A-Video - tune and edit a clip as shipped, run at the demo's size on the tiny models with the shipped sample clip. Each JPEG's
 comment is the hash of the workflows it was drawn from (tests/test_workflow_cards.py checks it is current).
 
 Needs what the frontend tests need (tools/setup/setup_env.sh --test: node, tests/frontend/node_modules,
@@ -24,6 +24,7 @@ sys.path.insert(0, str(TOOLS))
 from comfy_server import REPO_ROOT, ComfyServer, default_comfyui_path  # noqa: E402
 from demo import Settings  # noqa: E402
 from workflow_cards import all_workflows_hash  # noqa: E402
+from workflow_titles import workflow_file  # noqa: E402
 
 FRONTEND_DIR = REPO_ROOT / "tests" / "frontend"
 IMAGES = REPO_ROOT / "docs" / "images"
@@ -48,14 +49,14 @@ def main() -> int:
         with server:
             result = subprocess.run(
                 ["node", str(FRONTEND_DIR / "run_preview.mjs"), server.url, str(work / "report.json"),
-                 str(REPO_ROOT / "workflows" / f"{WORKFLOW}.json"), str(work / "values.json")],
+                 str(workflow_file(WORKFLOW)), str(work / "values.json")],
                 cwd=FRONTEND_DIR, env={**os.environ, "VE_SCREENSHOTS": str(shots)}, capture_output=True, text=True,
                 timeout=900)
         if result.returncode != 0:
             print(f"run_preview.mjs failed:\n{result.stdout}\n{result.stderr}", file=sys.stderr)
             return 1
         IMAGES.mkdir(parents=True, exist_ok=True)
-        drawn_from = all_workflows_hash(REPO_ROOT / "workflows").encode()
+        drawn_from = all_workflows_hash().encode()
         for name in ("templates", "after_run"):
             target = IMAGES / f"{name}.jpg"
             partial = target.with_name(target.name + ".partial")

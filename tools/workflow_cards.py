@@ -1,6 +1,6 @@
 """What tools/build_workflows.py adds to a laid-out workflow for the artist: nodes placed in titled groups by stage
 (load -> tune / invert -> edit -> save / compare) with room for the previews the nodes grow to, and the template
-card's thumbnail (workflows/<name>.jpg), a drawn diagram of those stages that records the hash of the workflow
+card's thumbnail (workflows/<title>.jpg), a drawn diagram of those stages that records the hash of the workflow
 it was drawn from (tests/test_workflow_cards.py checks it is current)."""
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import textwrap
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
+
+from workflow_titles import TITLES, workflow_file
 
 STAGES = ("Load", "Tune / invert", "Edit", "Save / compare")
 STAGE_OF = {  # node type -> index in STAGES; every other node is an edit step
@@ -70,16 +72,10 @@ def workflow_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def all_workflows_hash(folder: Path) -> str:
-    """The hash of every workflow file in ``folder`` (names and contents): what the README's screenshots show."""
-    return workflow_hash("".join(f"{p.name}\n{p.read_text()}" for p in sorted(folder.glob("*.json"))))
-
-
-def title_of(name: str) -> str:
-    """A workflow file name as words: tune_a_video_edit -> 'Tune a video edit'."""
-    return name.replace("_", " ").capitalize().replace("Tune a video", "Tune-A-Video").replace(
-        "Tokenflow", "TokenFlow").replace("Fatezero", "FateZero").replace("Motiondirector", "MotionDirector").replace(
-        "Make your video", "Make-Your-Video").replace("animatediff", "AnimateDiff").replace(" sdxl", " SDXL")
+def all_workflows_hash() -> str:
+    """The hash of the workflow files in the template browser's order (names, order and contents): what the
+    README's screenshots show."""
+    return workflow_hash("".join(f"{name}\n{workflow_file(name).read_text()}" for name in TITLES))
 
 
 def draw_thumbnail(workflow: dict, name: str, display_names: dict, width: int = 640, height: int = 400) -> Image.Image:
@@ -88,7 +84,7 @@ def draw_thumbnail(workflow: dict, name: str, display_names: dict, width: int = 
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default(size=15)
     big = ImageFont.load_default(size=26)
-    draw.text((20, 14), title_of(name), fill=(30, 30, 30), font=big)
+    draw.text((20, 14), TITLES[name], fill=(30, 30, 30), font=big)
     column = (width - 40) // len(STAGES)
     for stage, title in enumerate(STAGES):
         left = 20 + stage * column
@@ -112,6 +108,6 @@ def draw_thumbnail(workflow: dict, name: str, display_names: dict, width: int = 
 
 
 def write_thumbnail(path: Path, workflow_text: str, workflow: dict, name: str, display_names: dict) -> None:
-    """workflows/<name>.jpg, its JPEG comment the hash of the workflow file it shows."""
+    """workflows/<title>.jpg, its JPEG comment the hash of the workflow file it shows."""
     draw_thumbnail(workflow, name, display_names).save(path, "JPEG", quality=88,
                                                         comment=workflow_hash(workflow_text).encode())

@@ -23,8 +23,10 @@
 //            frontend's own api), then, once the results' videos and images have loaded, the overlapping pairs and
 //            what the page shows: {videos, images, expected} (result videos with metadata, result images loaded,
 //            the number of result files the outputs name)
-// The "__startup__" entry also holds the pack's templates (names and each card's content type, as the template
-// browser fetches them) and the first line of a few node help pages (the URL the help panel falls back to).
+// The "__startup__" entry also holds the pack's templates: their names as the template browser gets them (through
+// the frontend's api, which the pack's template_order.js wraps), each card's thumbnail content type, and the cards
+// the template browser shows, in order ({title, loaded}); and the first line of a few node help pages (the URL
+// the help panel falls back to).
 // and out.json maps each workflow path (as given) to that object. Errors from opening the page before
 // any workflow are reported under the key "__startup__" with the same shape.
 //
@@ -35,7 +37,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { chromium } from 'playwright-core'
 import { overlappingNodes } from './overlaps.mjs'
-import { closeUi } from './dialogs.mjs'
+import { closeUi, openTemplateCards } from './dialogs.mjs'
 
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium'
 const CHROMIUM_FLAGS = [
@@ -185,10 +187,10 @@ async function main() {
         }
       })
     })
-    // The pack's templates as the template browser gets them (names, then each card's thumbnail), and the
-    // node help pages at the URL the frontend's node help panel falls back to.
+    // The pack's templates as the template browser gets them (names, then each card's thumbnail) and shows them,
+    // and the node help pages at the URL the frontend's node help panel falls back to.
     startup.templates = await page.evaluate(async (pack) => {
-      const names = (await (await fetch('/api/workflow_templates')).json())[pack] ?? []
+      const names = (await window.comfyAPI.api.api.getWorkflowTemplates())[pack] ?? []
       const thumbnails = {}
       for (const name of names) {
         const res = await fetch(`/api/workflow_templates/${pack}/${name}.jpg`)
@@ -196,6 +198,8 @@ async function main() {
       }
       return { names, thumbnails }
     }, PACK)
+    startup.templates.cards = await openTemplateCards(page, PACK)
+    await closeUi(page)
     startup.help_pages = await page.evaluate(async (pack) => {
       const pages = {}
       for (const id of ['VE_OneShotTune', 'VE_TokenFlow', 'VE_AttentionFusion', 'VE_TrainMotionDirector', 'VE_LoadVideo']) {

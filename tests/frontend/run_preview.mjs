@@ -15,7 +15,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { chromium } from 'playwright-core'
 import { overlappingNodes } from './overlaps.mjs'
-import { closeUi } from './dialogs.mjs'
+import { closeUi, openTemplateCards } from './dialogs.mjs'
 
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium'
 const FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
@@ -25,13 +25,7 @@ const FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-backgro
 const [server, out, file, valuesFile] = process.argv.slice(2)
 
 async function screenshotTemplates (page, target) {
-  // Workflow → Browse Templates, then the pack's own category, once its cards have loaded.
-  await page.evaluate(() => window.app.extensionManager.command.execute('Comfy.BrowseTemplates'))
-  await page.getByText('comfyui-video-edit', { exact: true }).first().click({ timeout: 30_000 })
-  await page.waitForFunction(() => {
-    const cards = [...document.querySelectorAll('img')].filter((i) => i.src.startsWith('blob:')) // the cards
-    return cards.length > 0 && cards.every((i) => i.complete && i.naturalWidth > 0)
-  }, null, { timeout: 60_000, polling: 250 })
+  await openTemplateCards(page, 'comfyui-video-edit')
   await page.waitForTimeout(500)
   await page.screenshot({ path: target })
   await page.reload({ waitUntil: 'domcontentloaded' }) // the dialog closed, as a fresh page

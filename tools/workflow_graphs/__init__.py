@@ -1,13 +1,15 @@
 """The pack's workflows, written as API graphs; tools/build_workflows.py turns them into workflows/*.json.
 
-Each module exposes ``WORKFLOWS``: file name -> function returning an API prompt (``GraphBuilder(prefix="")``).
+Each module exposes ``WORKFLOWS``: workflow name -> function returning an API prompt (``GraphBuilder(prefix="")``).
+A workflow's name (``tune_a_video_edit``) is its handle in code, tests and the demo's ``--workflow``; its file is
+named by its title (workflow_cards.TITLES).
 """
+
+from workflow_titles import TITLES
 
 from . import animatediff, fatezero, make_your_video, motiondirector, tokenflow, tune_a_video
 
 MODULES = [tune_a_video, tokenflow, fatezero, motiondirector, make_your_video, animatediff]
-
-
 # Workflows that load what another one saves (a tuned model, motion LoRAs): consumer -> producer.
 PRODUCERS = {
     "tune_a_video_reuse": "tune_a_video_edit",
@@ -31,18 +33,20 @@ ABOUT = {
         "editing (estimate)"),
     "tune_a_video_controlnet": (
         "Tune-A-Video with a Canny ControlNet per frame keeping the clip's edges.",
-        "the clip and both prompts; ControlNet strength", "as tune_a_video_edit", "about 11 min (estimate)"),
+        "the clip and both prompts; ControlNet strength", "as in 'Tune-A-Video - tune and edit a clip'",
+        "about 11 min (estimate)"),
     "tune_a_video_reuse": (
-        "Edits again with a model tune_a_video_edit saved (VE Load Tuned Model): no retraining.",
+        "Edits again with a model 'Tune-A-Video - tune and edit a clip' saved (VE Load Tuned Model): no "
+        "retraining.",
         "the tuned file and the edit prompt", "the same clip and prompts the tuning used", "about 1 min (estimate)"),
     "tune_a_video_fast": (
-        "Edits again with a model tune_a_video_edit saved, with the pack's fast recipe: fixed_point inversion (one "
-        "refinement) at 20 steps, the edit in 20 (60 UNet calls instead of 100).",
+        "Edits again with a model 'Tune-A-Video - tune and edit a clip' saved, with the pack's fast recipe: "
+        "fixed_point inversion (one refinement) at 20 steps, the edit in 20 (60 UNet calls instead of 100).",
         "the tuned file and the edit prompt", "VE DDIM Invert method fixed_point, iterations 1, steps 20",
         "about 30 s (estimate)"),
     "tokenflow_edit": (
         "TokenFlow: training-free edit of 40 frames: keyframes edited together, their tokens propagated (on SD1.5; "
-        "tokenflow_sd21 is the same on TokenFlow's default model, SD 2.1 base).",
+        "'TokenFlow - SD 2.1 (official default)' is the same on TokenFlow's default model, SD 2.1 base).",
         "the edit prompt (sampler) and the clip", "keyframe_chunk_size 8, pnp windows 0.5 / 0.8; 500 inversion "
         "steps kept at 50", "about 5 min (estimate)"),
     "tokenflow_fast": (
@@ -51,17 +55,18 @@ ABOUT = {
         "the edit prompt (sampler) and the clip", "VE DDIM Invert method fixed_point, iterations 0, steps 50",
         "about 2 min (estimate)"),
     "tokenflow_sd21": (
-        "TokenFlow's official default recipe: tokenflow_edit on SD 2.1 base (stable-diffusion-2-1-base).",
-        "the edit prompt (sampler) and the clip", "as tokenflow_edit", "about 5 min (estimate)"),
+        "TokenFlow's official default recipe: 'TokenFlow - edit a clip' on SD 2.1 base (stable-diffusion-2-1-base).",
+        "the edit prompt (sampler) and the clip", "as in 'TokenFlow - edit a clip'", "about 5 min (estimate)"),
     "tokenflow_sdxl": (
         "TokenFlow on SDXL base 1.0 at its native 1024x1024, 24 frames, with the fast recipe (the clip inverted at "
         "the sampler's own 50 steps, fixed_point); TokenFlow was published on SD 1.5 / 2.1.",
         "the edit prompt (sampler) and the clip; VE Load Video's width / height (768 takes about half the time, "
-        "below that SDXL loses detail)", "as tokenflow_fast; keyframe_chunk_size 8 (lower it if memory runs out)",
+        "below that SDXL loses detail)",
+        "as in 'TokenFlow - fast recipe'; keyframe_chunk_size 8 (lower it if memory runs out)",
         "about 20 min at 1024x1024 (estimate)"),
     "tokenflow_on_tuned": (
-        "TokenFlow on the model tune_a_video_edit tuned.", "the tuned file and the edit prompt",
-        "as tokenflow_edit", "about 3 min (estimate)"),
+        "TokenFlow on the model 'Tune-A-Video - tune and edit a clip' tuned.", "the tuned file and the edit prompt",
+        "as in 'TokenFlow - edit a clip'", "about 3 min (estimate)"),
     "tokenflow_long_clip": (
         "TokenFlow on 240 frames, a few keyframes per pass, so memory follows the pass, not the clip.",
         "the clip and the edit prompt; keyframes_per_pass", "keyframes_per_pass, VE Context Windows' length",
@@ -75,7 +80,8 @@ ABOUT = {
         "60 UNet calls instead of 100.", "the clip, source_prompt, edit_prompt and blend_words",
         "VE DDIM Invert method fixed_point, iterations 1, steps 20", "about 1 min (estimate)"),
     "fatezero_shape_edit": (
-        "FateZero shape edit on the model tune_a_video_edit tuned.", "the tuned file, the prompts and blend_words",
+        "FateZero shape edit on the model 'Tune-A-Video - tune and edit a clip' tuned.",
+        "the tuned file, the prompts and blend_words",
         "replace 0.5, blend 'both'", "about 2 min (estimate)"),
     "motiondirector_train": (
         "MotionDirector: learns the clips' motion as a temporal LoRA (and their look as a spatial one), saved.",
@@ -121,8 +127,8 @@ def note(name: str) -> str:
     producer = PRODUCERS.get(name)
     if producer is not None:
         what = "motion LoRAs" if producer.startswith("motiondirector") else "tuned model"
-        text += (f"\nRun {producer} first (once): this workflow loads the {what} it saves; pick its file in the "
-                 f"loader node (the first save is numbered _00001_).")
+        text += (f"\nRun '{TITLES[producer]}' first (once): this workflow loads the {what} it saves; pick its "
+                 "file in the loader node (the first save is numbered _00001_).")
     packs = other_packs(name)
     if packs:
         text += (f"\nNeeds the node pack {', '.join(packs)} (ComfyUI-Manager installs it); without it the frontend "

@@ -4,7 +4,7 @@ Official settings (config/teaser/jeep_watercolor.yaml, config/teaser/jeep_posche
 50 DDIM steps for inversion and editing, cfg 7.5; zero-shot: the pseudo-3D UNet (frame-spanning GroupNorm) with
 middle-frame attention in the blocks of at least 640 channels (least_sc_channel), self/cross replace 0.8;
 shape: the tuned model's sparse-causal attention, replace 0.5, the blend words of both prompts blending the
-self-attention and the latents (jeep_posche_local_latent_blend.yaml). Run workflows/tune_a_video_edit.json first
+self-attention and the latents (jeep_posche_local_latent_blend.yaml). Run tune_a_video_edit first
 for the tuned file. The maps take about 0.21 GiB per step for 8 frames (tools/benchmarks/fatezero.py).
 fatezero_fast is the pack's fast recipe: fixed_point inversion with one refinement at 20 steps, sampled in 20
 (60 model calls instead of 100; docs/nodes/fatezero.md).

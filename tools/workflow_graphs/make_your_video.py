@@ -1,7 +1,7 @@
 """Make-Your-Video workflow: depth-guided generation of a longer clip with the causal temporal mask.
 
 The model is SD1.5 inflated with Make-Your-Video's causal temporal mask (each frame's temporal attention sees
-itself and the 15 frames before it) carrying the motion LoRA that workflows/motiondirector_train.json learns
+itself and the 15 frames before it) carrying the motion LoRA that motiondirector_train learns
 from 16- and 12-frame clips; per-frame depth maps of a 32-frame clip guide the structure through a depth
 ControlNet, the prompt the appearance. Run motiondirector_train first for the LoRA.
 """

@@ -3,7 +3,7 @@
 
 Official settings (preprocess.py, configs/config_pnp.yaml): inversion in 500 DDIM steps keeping the latents of the
 50 sampling steps, cfg 7.5, keyframe chunks of 8 frames, PnP windows
-0.5 / 0.8, seed 1, the negative prompt below. Run workflows/tune_a_video_edit.json first for the tuned file.
+0.5 / 0.8, seed 1, the negative prompt below. Run tune_a_video_edit first for the tuned file.
 tokenflow_fast is the pack's fast recipe: the inversion at the sampler's own 50 steps, fixed_point with no extra
 refinement (50 model calls instead of 500; docs/nodes/tokenflow.md).
 tokenflow_sd21 is tokenflow_edit's recipe on the official default base model, sd_version '2.1' (stable-diffusion-2-1-base).
