@@ -33,8 +33,10 @@ function rank(name) {
 }
 
 const getWorkflowTemplates = api.getWorkflowTemplates;
-api.getWorkflowTemplates = async function () {
-  const templates = await getWorkflowTemplates.apply(this, arguments);
-  if (Array.isArray(templates?.[PACK])) templates[PACK].sort((a, b) => rank(a) - rank(b));
-  return templates;
-};
+if (typeof getWorkflowTemplates === "function") {
+  api.getWorkflowTemplates = async function () {
+    const templates = await getWorkflowTemplates.apply(this, arguments);
+    if (Array.isArray(templates?.[PACK])) templates[PACK].sort((a, b) => rank(a) - rank(b));
+    return templates;
+  };
+}

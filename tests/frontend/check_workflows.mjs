@@ -25,7 +25,7 @@
 //            the number of result files the outputs name)
 // The "__startup__" entry also holds the pack's templates: their names as the template browser gets them (through
 // the frontend's api, which the pack's template_order.js wraps), each card's thumbnail content type, and the cards
-// the template browser shows, in order ({title, loaded}); and the first line of a few node help pages (the URL
+// the template browser shows, in order ({title, loaded}), and the template files it failed to get; and the first line of a few node help pages (the URL
 // the help panel falls back to).
 // and out.json maps each workflow path (as given) to that object. Errors from opening the page before
 // any workflow are reported under the key "__startup__" with the same shape.
@@ -198,8 +198,20 @@ async function main() {
       }
       return { names, thumbnails }
     }, PACK)
-    startup.templates.cards = await openTemplateCards(page, PACK)
-    await closeUi(page)
+    // The template browser in a page of its own (not every frontend closes it on request): the cards it shows, in
+    // order, and any template file it failed to get.
+    const browse = await context.newPage()
+    startup.templates.failed = []
+    browse.on('response', (res) => {
+      if (res.status() >= 400 && res.url().includes('/workflow_templates')) {
+        startup.templates.failed.push(`HTTP ${res.status()}: ${res.url()}`)
+      }
+    })
+    await browse.goto(args.server + '/', { waitUntil: 'domcontentloaded' })
+    await browse.waitForFunction(() => window.app?.graph && window.app.extensionManager, null,
+      { timeout: READY_TIMEOUT_MS, polling: 200 })
+    startup.templates.cards = await openTemplateCards(browse, PACK)
+    await browse.close()
     startup.help_pages = await page.evaluate(async (pack) => {
       const pages = {}
       for (const id of ['VE_OneShotTune', 'VE_TokenFlow', 'VE_AttentionFusion', 'VE_TrainMotionDirector', 'VE_LoadVideo']) {

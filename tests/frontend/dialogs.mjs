@@ -19,15 +19,22 @@ export async function closeUi(page) {
 }
 
 // Workflow → Browse Templates → the pack's own category, once the cards in view have loaded their thumbnails
-// (the frontend shows the first few and the rest on scrolling): each card's title (its thumbnail's alt text, the
-// title the card shows) in the order shown, and whether its thumbnail loaded. The dialog stays open.
-export async function openTemplateCards (page, pack) {
+// (the frontend shows the first few and the rest on scrolling, and may draw a card before its thumbnail): each
+// card's title (its thumbnail's alt text, the title the card shows) in the order shown, and whether its thumbnail
+// loaded. Cards are the images whose alt text names one of the pack's templates. The dialog stays open.
+export async function openTemplateCards (page, pack, atLeast = 8) {
   await page.evaluate(() => window.app.extensionManager.command.execute('Comfy.BrowseTemplates'))
   await page.getByText(pack, { exact: true }).first().click({ timeout: 30_000 })
-  await page.waitForFunction(() => {
-    const cards = [...document.querySelectorAll('img')].filter((i) => i.src.startsWith('blob:'))
-    return cards.length > 0 && cards.every((i) => i.complete)
-  }, null, { timeout: 60_000, polling: 250 })
-  return page.evaluate(() => [...document.querySelectorAll('img')].filter((i) => i.src.startsWith('blob:'))
-    .map((i) => ({ title: i.alt, loaded: i.naturalWidth > 0 })))
+  const cards = async () => page.evaluate(async (pack) => {
+    const names = new Set((await window.comfyAPI.api.api.getWorkflowTemplates())[pack] ?? [])
+    return [...document.querySelectorAll('img')].filter((i) => names.has(i.alt))
+      .map((i) => ({ title: i.alt, loaded: i.src.startsWith('blob:') && i.complete && i.naturalWidth > 0 }))
+  }, pack)
+  const deadline = Date.now() + 60_000
+  let shown = await cards()
+  while (Date.now() < deadline && (shown.length < atLeast || !shown.every((card) => card.loaded))) {
+    await page.waitForTimeout(250)
+    shown = await cards()
+  }
+  return shown
 }
