@@ -43,8 +43,8 @@ def test_half_precision_weights_tune_in_fp32_and_the_edit_runs(half):
     base = sparse_causal.with_cross_frame_attention(video_unet.inflate(model), "sparse_causal")
     latent = {"samples": video}
 
-    def loss(m):
-        return sum(tuning.one_shot_tune(m, latent, cond, steps=3, learning_rate=1e-12, seed=7)[1]["loss"]) / 3
+    def loss(m):  # on the same two draws of noise and timestep (each a training step: 14 s in bf16 on a CPU)
+        return sum(tuning.one_shot_tune(m, latent, cond, steps=2, learning_rate=1e-12, seed=7)[1]["loss"]) / 2
 
     tuned, losses = tuning.one_shot_tune(base, latent, cond, steps=8, learning_rate=2e-3, seed=1)
     assert all(torch.isfinite(torch.tensor(losses["loss"])))
@@ -58,8 +58,8 @@ def test_half_precision_weights_tune_in_fp32_and_the_edit_runs(half):
     assert min(float(d.abs().max()) for d in trained.query_deltas.values()) > 0
     assert {p.dtype for p in model.model.diffusion_model.parameters()} == {dtype}  # the shared MODEL is untouched
 
-    noisy = inversion.ddim_invert(tuned, latent, cond, 3).noisiest
-    edited = sample_back(tuned, noisy, cond, 3)
+    noisy = inversion.ddim_invert(tuned, latent, cond, 2).noisiest
+    edited = sample_back(tuned, noisy, cond, 2)
     assert edited.shape == video.shape and torch.isfinite(edited).all()
 
 
