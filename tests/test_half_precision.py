@@ -43,12 +43,12 @@ def test_half_precision_weights_tune_in_fp32_and_the_edit_runs(half):
     base = sparse_causal.with_cross_frame_attention(video_unet.inflate(model), "sparse_causal")
     latent = {"samples": video}
 
-    def loss(m):  # on the same two draws of noise and timestep (each a training step: 14 s in bf16 on a CPU)
-        return sum(tuning.one_shot_tune(m, latent, cond, steps=2, learning_rate=1e-12, seed=7)[1]["loss"]) / 2
-
+    # Each step of the bfloat16-native case is 14 s of emulated bf16 arithmetic on a CPU, so the loss is compared on
+    # one draw of noise and timestep: the first of the tuning (seed 1), before it and once it is done.
     tuned, losses = tuning.one_shot_tune(base, latent, cond, steps=8, learning_rate=2e-3, seed=1)
     assert all(torch.isfinite(torch.tensor(losses["loss"])))
-    before, after = loss(base), loss(tuned)
+    before = losses["loss"][0]
+    after = tuning.one_shot_tune(tuned, latent, cond, steps=1, learning_rate=1e-12, seed=1)[1]["loss"][0]
     assert after < 0.9 * before, (before, after)
 
     trained = tuned.get_attachment(PatcherKeys.TUNING)
@@ -58,8 +58,8 @@ def test_half_precision_weights_tune_in_fp32_and_the_edit_runs(half):
     assert min(float(d.abs().max()) for d in trained.query_deltas.values()) > 0
     assert {p.dtype for p in model.model.diffusion_model.parameters()} == {dtype}  # the shared MODEL is untouched
 
-    noisy = inversion.ddim_invert(tuned, latent, cond, 2).noisiest
-    edited = sample_back(tuned, noisy, cond, 2)
+    noisy = inversion.ddim_invert(tuned, latent, cond, 1).noisiest
+    edited = sample_back(tuned, noisy, cond, 1)
     assert edited.shape == video.shape and torch.isfinite(edited).all()
 
 
