@@ -293,7 +293,7 @@ def test_no_overlap_after_a_run(frontend, newest_frontend, workflow_runs, name, 
 def test_template_browser_lists_every_workflow_with_its_card_and_help_pages_are_served(frontend, newest_frontend,
                                                                                        which):
     """Every workflow, by its title, simplest first (TITLES' order, which docs/web/template_order.js gives the
-    frontend: the server's own order is the file system's), each card's thumbnail a JPEG, and the cards the
+    frontend from template_order.json: the server's own order is the file system's), each card's thumbnail a JPEG, and the cards the
     template browser shows first are those titles in that order, their thumbnails loaded."""
     startup = (frontend if which == "bundled" else newest_frontend)["report"]["__startup__"]
     templates = startup["templates"]

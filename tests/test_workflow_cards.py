@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from workflow_cards import PREVIEW, STAGES, all_workflows_hash, stage_of, workflow_hash
-from workflow_titles import TITLES, WORKFLOWS_DIR, template_order_js, workflow_file
+from workflow_titles import TEMPLATE_ORDER, TITLES, WORKFLOWS_DIR, template_order_json, workflow_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = [workflow_file(name) for name in TITLES]
@@ -33,15 +33,16 @@ def nodes_of(path: Path) -> list[dict]:
 
 def test_every_workflow_has_a_title_and_its_file_and_the_template_order_is_current(comfy_lib):
     """workflows/ holds exactly the titled workflows' files (and their cards), every workflow tools/workflow_graphs
-    builds has a title, and docs/web/template_order.js lists the titles in TITLES' order."""
+    builds has a title, and docs/web/template_order.json (which template_order.js reads) lists the titles in
+    TITLES' order."""
     from workflow_graphs import all_workflows
 
     assert set(all_workflows()) == set(TITLES)
     assert len({title.lower() for title in TITLES.values()}) == len(TITLES)  # distinct on case-insensitive systems
     assert {p.name for p in WORKFLOWS_DIR.glob("*.json")} == {p.name for p in WORKFLOWS}
     assert {p.name for p in WORKFLOWS_DIR.glob("*.jpg")} == {p.with_suffix(".jpg").name for p in WORKFLOWS}
-    assert (REPO_ROOT / "docs" / "web" / "template_order.js").read_text() == template_order_js(), \
-        "docs/web/template_order.js is stale: run python tools/build_workflows.py"
+    assert TEMPLATE_ORDER.read_text() == template_order_json(), \
+        f"{TEMPLATE_ORDER.name} is stale: run python tools/build_workflows.py"
 
 
 @pytest.mark.parametrize("title", TITLES.values())

@@ -1,5 +1,5 @@
-"""Every workflow of workflows/ runs end to end in the real ComfyUI executor, through the demo's own entry point and cut
-to the tiny model by the same code as the demo (workflow_graphs.shrink)."""
+"""Every workflow of workflows/ runs end to end in the real ComfyUI executor, through the demo's own entry point
+and cut to the tiny model by the same code as the demo (workflow_graphs.shrink)."""
 
 from pathlib import Path
 

@@ -4,7 +4,8 @@ Starts a headless ComfyUI with the pack, and AnimateDiff-Evolved from ../shared/
 need its node definitions), to read the node definitions, then lays each graph out for the editor in
 groups by stage, adds the model download metadata and the Note, and writes the template card: the file named by
 the workflow's title (workflows/<title>.json), its thumbnail (workflows/<title>.jpg), and the order the template
-browser lists them in (docs/web/template_order.js). Files of workflows no longer built are removed.
+browser lists them in (docs/web/template_order.json, which template_order.js reads). Files of workflows no longer
+built are removed.
 Usage: python tools/build_workflows.py
 """
 
@@ -20,7 +21,7 @@ sys.path.insert(0, str(TOOLS))
 from comfy_server import ANIMATEDIFF_EVOLVED, REPO_ROOT, default_comfyui_path, object_info_with  # noqa: E402
 from workflow_cards import lay_out_by_stage, write_thumbnail  # noqa: E402
 from workflow_format import api_to_ui  # noqa: E402
-from workflow_titles import TITLES, WORKFLOWS_DIR, template_order_js, workflow_file  # noqa: E402
+from workflow_titles import TEMPLATE_ORDER, TITLES, WORKFLOWS_DIR, template_order_json, workflow_file  # noqa: E402
 
 
 # The models the workflows name, with where the frontend downloads them from when they are missing (a loader
@@ -83,6 +84,7 @@ def main() -> int:
     version = next(line.split('"')[1] for line in (REPO_ROOT / "pyproject.toml").read_text().splitlines()
                    if line.startswith("version"))
     object_info = object_info_with([ANIMATEDIFF_EVOLVED], "tools/build_workflows.py (the AnimateDiff workflows' nodes)")
+    display_names = {node_type: info.get("display_name") or node_type for node_type, info in object_info.items()}
     for name, build in all_workflows().items():
         workflow = api_to_ui(build(), object_info, pack_version=version)
         lay_out_by_stage(workflow)
@@ -92,16 +94,14 @@ def main() -> int:
         path = workflow_file(name)
         text = json.dumps(workflow, indent=1) + "\n"
         path.write_text(text)
-        display_names = {node_type: info.get("display_name") or node_type for node_type, info in object_info.items()}
         write_thumbnail(path.with_suffix(".jpg"), text, workflow, name, display_names)
         print(path)
     for stale in [*WORKFLOWS_DIR.glob("*.json"), *WORKFLOWS_DIR.glob("*.jpg")]:
         if stale.stem not in TITLES.values():
             stale.unlink()
             print(f"removed {stale}")
-    order = REPO_ROOT / "docs" / "web" / "template_order.js"
-    order.write_text(template_order_js())
-    print(order)
+    TEMPLATE_ORDER.write_text(template_order_json())
+    print(TEMPLATE_ORDER)
     return 0
 
 

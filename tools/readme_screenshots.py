@@ -1,7 +1,8 @@
 """Draw the README's screenshots in the real frontend (headless Chromium, 1600x1000), as an artist sees it:
 docs/images/templates.jpg, the template browser on the pack's templates, and docs/images/after_run.jpg,
-Tune-A-Video - tune and edit a clip as shipped, run at the demo's size on the tiny models with the shipped sample clip. Each JPEG's
-comment is the hash of the workflows it was drawn from (tests/test_workflow_cards.py checks it is current).
+Tune-A-Video - tune and edit a clip as shipped, run at the demo's size on the tiny models with the shipped sample
+clip. Each JPEG's comment is the hash of the workflows it was drawn from (tests/test_workflow_cards.py checks it is
+current).
 
 Needs what the frontend tests need (tools/setup/setup_env.sh --test: node, tests/frontend/node_modules,
 chromium). Usage: python tools/readme_screenshots.py   (about 3 minutes on 2 cores)

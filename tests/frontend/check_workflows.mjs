@@ -24,9 +24,9 @@
 //            what the page shows: {videos, images, expected} (result videos with metadata, result images loaded,
 //            the number of result files the outputs name)
 // The "__startup__" entry also holds the pack's templates: their names as the template browser gets them (through
-// the frontend's api, which the pack's template_order.js wraps), each card's thumbnail content type, and the cards
-// the template browser shows, in order ({title, loaded}), and the template files it failed to get; and the first line of a few node help pages (the URL
-// the help panel falls back to).
+// the frontend's api, which the pack's template_order.js wraps), each card's thumbnail content type, the cards the
+// template browser shows, in order ({title, loaded}), and the template files it failed to get; and the first line
+// of a few node help pages (the URL the help panel falls back to).
 // and out.json maps each workflow path (as given) to that object. Errors from opening the page before
 // any workflow are reported under the key "__startup__" with the same shape.
 //

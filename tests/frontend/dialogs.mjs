@@ -25,11 +25,11 @@ export async function closeUi(page) {
 export async function openTemplateCards (page, pack, atLeast = 8) {
   await page.evaluate(() => window.app.extensionManager.command.execute('Comfy.BrowseTemplates'))
   await page.getByText(pack, { exact: true }).first().click({ timeout: 30_000 })
-  const cards = async () => page.evaluate(async (pack) => {
-    const names = new Set((await window.comfyAPI.api.api.getWorkflowTemplates())[pack] ?? [])
-    return [...document.querySelectorAll('img')].filter((i) => names.has(i.alt))
-      .map((i) => ({ title: i.alt, loaded: i.src.startsWith('blob:') && i.complete && i.naturalWidth > 0 }))
-  }, pack)
+  const names = await page.evaluate(async (pack) => (await window.comfyAPI.api.api.getWorkflowTemplates())[pack] ?? [],
+    pack)
+  const cards = async () => page.evaluate((names) => [...document.querySelectorAll('img')]
+    .filter((i) => names.includes(i.alt))
+    .map((i) => ({ title: i.alt, loaded: i.src.startsWith('blob:') && i.complete && i.naturalWidth > 0 })), names)
   const deadline = Date.now() + 60_000
   let shown = await cards()
   while (Date.now() < deadline && (shown.length < atLeast || !shown.every((card) => card.loaded))) {
